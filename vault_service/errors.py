@@ -1,0 +1,137 @@
+"""One error base with stable codes; mapped once to RFC 9457 problem details in app.py.
+
+An error's message is for operators and must never carry a personal value, a token,
+a key or SQL text: the public `detail` is a fixed sentence per class unless a caller
+passes a safe one explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class VaultServiceError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        super().__init__(self.detail)
+
+
+class ConfigurationError(VaultServiceError):
+    code = "configuration_error"
+    title = "The service is not configured correctly"
+
+
+class BadRequest(VaultServiceError):
+    status = 400
+    code = "bad_request"
+    title = "The request is malformed"
+
+
+class InvalidBody(BadRequest):
+    code = "invalid_body"
+    title = "The request body does not match the schema"
+
+
+class InvalidParameter(BadRequest):
+    code = "invalid_parameter"
+    title = "A query or path parameter is invalid"
+
+
+class PurposeRequired(BadRequest):
+    code = "purpose_required"
+    title = "X-Purpose header missing or not in the allowed list"
+
+
+class Unauthenticated(VaultServiceError):
+    status = 401
+    code = "unauthenticated"
+    title = "A valid bearer token is required"
+
+    def __init__(self, detail: str | None = None, *, reason: str = "invalid_token") -> None:
+        # reason is a stable sub-code (e.g. "token_expired"); it is what tests and
+        # clients switch on, never a library's message.
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        self.reason = reason
+
+
+class Forbidden(VaultServiceError):
+    status = 403
+    code = "forbidden"
+    title = "The caller's role does not allow this action"
+
+
+class PurposeNotAllowed(Forbidden):
+    code = "purpose_not_allowed"
+    title = "This purpose is not allowed for the caller's role"
+
+
+class NotFound(VaultServiceError):
+    status = 404
+    code = "not_found"
+    title = "No such resource"
+
+
+class Conflict(VaultServiceError):
+    status = 409
+    code = "conflict"
+    title = "The request conflicts with the current state"
+
+
+class IdempotencyKeyReused(VaultServiceError):
+    status = 422
+    code = "idempotency_key_reused"
+    title = "This Idempotency-Key was already used with a different request"
+
+
+class PreconditionFailed(VaultServiceError):
+    status = 412
+    code = "precondition_failed"
+    title = "The record changed since it was read; fetch it again"
+
+
+class PreconditionRequired(VaultServiceError):
+    status = 428
+    code = "precondition_required"
+    title = "If-Match is required to update a record"
+
+
+class PayloadTooLarge(VaultServiceError):
+    status = 413
+    code = "payload_too_large"
+    title = "The request body is too large"
+
+
+class KmsUnavailable(VaultServiceError):
+    """Vault/OpenBao could not be reached or refused: fail closed, never plaintext."""
+
+    status = 503
+    code = "kms_unavailable"
+    title = "The key service is unavailable; try again later"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
+
+
+class DecryptionFailed(VaultServiceError):
+    """A ciphertext did not authenticate: tampered, moved to another record or field, or
+    wrapped under another key. Never returns partial or guessed data."""
+
+    status = 500
+    code = "decryption_failed"
+    title = "A stored value failed its integrity check"
+
+
+class AuditUnavailable(VaultServiceError):
+    status = 503
+    code = "audit_unavailable"
+    title = "The access log could not record this access; nothing was returned"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
