@@ -1,0 +1,21 @@
+"""The Vault/OpenBao adapter: the only module that talks to Vault."""
+
+from vault_service.kms.vault import (
+    BRANCH_KEK,
+    CHECKPOINT_KEY,
+    INDEX_KEY,
+    NATIONAL_INDEX_KEY,
+    SERVICE_KEYS,
+    TOKEN_KEY,
+    VaultKms,
+)
+
+__all__ = [
+    "BRANCH_KEK",
+    "CHECKPOINT_KEY",
+    "INDEX_KEY",
+    "NATIONAL_INDEX_KEY",
+    "SERVICE_KEYS",
+    "TOKEN_KEY",
+    "VaultKms",
+]

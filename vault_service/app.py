@@ -1,0 +1,194 @@
+"""create_app(settings): the one place that wires the service together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from litestar import Litestar, MediaType, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.config.response_cache import CACHE_FOREVER  # noqa: F401 - documented below
+from litestar.datastructures import CacheControlHeader, ResponseHeader
+from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+
+from vault_service import __version__
+from vault_service.auth.accounts import AccountGate
+from vault_service.auth.guards import BearerAuthMiddleware, permission_guard
+from vault_service.auth.routes import jwks
+from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
+from vault_service.crypto.keys import KeyHierarchy
+from vault_service.errors import Unauthenticated, VaultServiceError
+from vault_service.health import live, ready
+from vault_service.kms import VaultKms
+from vault_service.observability import TelemetryMiddleware, configure_telemetry
+from vault_service.records import schema as record_schema
+from vault_service.records.routes import RecordsController
+from vault_service.records.service import RecordService
+from vault_service.settings import Settings
+
+log = structlog.get_logger(__name__)
+PROBLEM = "application/problem+json"
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+def _problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    body = {
+        "type": f"https://vault-service.example/problems/{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "request_id": request_id,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM, headers=headers or {})
+
+
+def _on_service_error(
+    request: Request[Any, Any, Any], exc: VaultServiceError
+) -> Response[dict[str, Any]]:
+    code = exc.reason if isinstance(exc, Unauthenticated) else exc.code
+    event = "request_refused" if exc.status < 500 else "request_failed"
+    log.warning(event, code=code, status=exc.status, route=request.scope.get("path_template"))
+    return _problem(request, exc.status, code, exc.title, exc.detail, exc.headers)
+
+
+def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    # Litestar's own errors (unknown route, wrong method, body too large, bad params):
+    # a stable code per status, and never the framework's detail text, which can
+    # quote the offending input.
+    code = _HTTP_CODES.get(exc.status_code, "bad_request")
+    return _problem(request, exc.status_code, code, code.replace("_", " ").capitalize(), code)
+
+
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error(
+        "unhandled_error", error_type=type(exc).__name__, route=request.scope.get("path_template")
+    )
+    return _problem(request, 500, "internal_error", "Internal error", "internal_error")
+
+
+def create_app(settings: Settings) -> Litestar:
+    configure_telemetry()
+    schema = record_schema.load()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            server_settings={
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+                "application_name": "vault-service",
+            },
+        )
+        kms = VaultKms(settings)
+        gate = AccountGate(pool, settings.database_url, settings.account_cache_seconds)
+        try:
+            keys = KeyHierarchy(
+                kms,
+                pool,
+                ttl=settings.branch_key_ttl_seconds,
+                max_uses=settings.branch_key_max_uses,
+            )
+            signing = SigningKeys(kms)
+            await signing.refresh()  # fail fast: no verification keys, no service
+            await gate.start()
+            state = app.state
+            state.settings = settings
+            state.pool = pool
+            state.kms = kms
+            state.key_hierarchy = keys
+            state.signing_keys = signing
+            state.token_issuer = TokenIssuer(settings, kms, signing)
+            state.token_verifier = TokenVerifier(settings, signing)
+            state.account_gate = gate
+            state.records = RecordService(
+                pool,
+                keys,
+                schema,
+                search_page_max=settings.search_page_max,
+                caseload_page_max=settings.caseload_page_max,
+            )
+            log.info("service_started", version=__version__)
+            yield
+        finally:
+            await gate.stop()
+            await pool.close()
+            kms.close()
+
+    cors = (
+        CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-Purpose",
+                "X-Purpose-Detail",
+                "X-Request-Id",
+            ],
+            expose_headers=["ETag", "Location", "X-Request-Id", "Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
+        if settings.cors_origins
+        else None
+    )
+    return Litestar(
+        route_handlers=[RecordsController, jwks, live, ready],
+        lifespan=[lifespan],
+        middleware=[
+            DefineMiddleware(TelemetryMiddleware),
+            DefineMiddleware(BearerAuthMiddleware, exclude_from_auth_key="exclude_from_auth"),
+        ],
+        guards=[permission_guard],
+        cors_config=cors,
+        exception_handlers={
+            VaultServiceError: _on_service_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected,
+        },
+        # Responses may carry personal data: no cache anywhere, ever.
+        cache_control=CacheControlHeader(no_store=True),
+        response_headers=[
+            ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+            ResponseHeader(name="Referrer-Policy", value="no-referrer"),
+        ],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="vault-service",
+            version=__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+        ),
+        debug=False,
+    )
+
+
+__all__ = ["MediaType", "create_app"]

@@ -1,0 +1,137 @@
+"""Account state and token revocation, checked on every request.
+
+The state of an account (and whether a token id is revoked) is read from
+PostgreSQL and cached for at most `account_cache_seconds`. Every process also
+LISTENs on `vault_service_accounts`: a suspension, role change or revocation
+NOTIFYs the account id and every replica drops its cached entry at once. While
+the listener connection is down the cache is bypassed (fail closed: correct and
+slower, never stale).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+import structlog
+
+from vault_service.auth.permissions import Role
+from vault_service.auth.principal import Principal
+from vault_service.auth.tokens import Claims
+from vault_service.errors import Unauthenticated
+
+log = structlog.get_logger(__name__)
+
+CHANNEL: Final = "vault_service_accounts"
+SELECT_ACCOUNT_STATE: Final = """
+SELECT a.state, a.role, a.structure_id, a.tokens_valid_after,
+       EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $2) AS revoked
+FROM accounts a WHERE a.id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    state: str
+    role: str
+    structure_id: uuid.UUID | None
+    tokens_valid_after: float
+    revoked: bool
+    fetched_at: float
+
+
+class AccountGate:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, cache_seconds: float) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._ttl = cache_seconds
+        self._cache: dict[tuple[uuid.UUID, uuid.UUID], _State] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._ttl > 0:
+            self._task = asyncio.create_task(self._listen_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, ev=closed: ev.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self._listener = conn
+                self._cache.clear()  # anything cached while deaf may be stale
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("account_listener_down", error=type(exc).__name__)
+            self._listener = None
+            self._cache.clear()
+            await asyncio.sleep(1)
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            account = uuid.UUID(str(payload))
+        except ValueError:
+            return
+        for key in [k for k in self._cache if k[0] == account]:
+            del self._cache[key]
+
+    def _caching(self) -> bool:
+        return self._ttl > 0 and self._listener is not None and not self._listener.is_closed()
+
+    async def _state(self, account_id: uuid.UUID, jti: uuid.UUID) -> _State | None:
+        now = time.monotonic()
+        key = (account_id, jti)
+        cached = self._cache.get(key)
+        if cached is not None and now - cached.fetched_at < self._ttl and self._caching():
+            return cached
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(SELECT_ACCOUNT_STATE, account_id, jti)
+        if row is None:
+            return None
+        state = _State(
+            row["state"],
+            row["role"],
+            row["structure_id"],
+            row["tokens_valid_after"].timestamp(),
+            bool(row["revoked"]),
+            now,
+        )
+        if self._caching():
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[key] = state
+        return state
+
+    async def principal(self, claims: Claims) -> Principal:
+        state = await self._state(claims.sub, claims.jti)
+        if state is None or state.state != "active":
+            raise Unauthenticated(reason="account_inactive")
+        if state.revoked or claims.iat <= state.tokens_valid_after:
+            raise Unauthenticated(reason="token_revoked")
+        if state.role != claims.role or state.structure_id != claims.structure:
+            # The role or structure changed since issue: the token no longer describes
+            # the account, so it is refused rather than trusted for either side.
+            raise Unauthenticated(reason="token_stale")
+        return Principal(
+            account_id=claims.sub,
+            role=Role(state.role),
+            structure_id=state.structure_id,
+            scopes=frozenset(claims.scope.split()),
+            jti=claims.jti,
+            expires_at=claims.exp,
+        )

@@ -1,0 +1,84 @@
+"""Authentication middleware and the guards every route goes through.
+
+Deny by default: a route is public only if its handler says `opt={"public": True}`
+(never through a path regex); every other route must name one `Permission` in
+`opt["permission"]`, held both by the token's scopes and by the caller's current
+role. Data routes (`opt["data"]`) also need a valid `X-Purpose` for the role.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from vault_service.auth.accounts import AccountGate
+from vault_service.auth.permissions import ROLE_PERMISSIONS, ROLE_PURPOSES, Permission, Purpose
+from vault_service.auth.principal import Principal
+from vault_service.auth.tokens import TokenVerifier
+from vault_service.errors import Forbidden, PurposeNotAllowed, PurposeRequired, Unauthenticated
+
+PUBLIC_OPT: Final = "public"
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)$")
+_DETAIL = re.compile(r"^[\w .,;:'()/-]{1,200}$")
+
+
+class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        state = connection.app.state
+        header = connection.headers.get("authorization")
+        if header is None:
+            raise Unauthenticated(reason="token_missing")
+        if len(header) > 8200:
+            raise Unauthenticated(reason="token_too_large")
+        match = _BEARER.match(header)
+        if match is None:
+            raise Unauthenticated(reason="token_malformed")
+        verifier: TokenVerifier = state.token_verifier
+        gate: AccountGate = state.account_gate
+        claims = await verifier.verify(match[1])
+        principal = await gate.principal(claims)
+        return AuthenticationResult(user=principal, auth=claims)
+
+
+def permission_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    if handler.opt.get(PUBLIC_OPT):
+        return
+    permission = handler.opt.get("permission")
+    if not isinstance(permission, Permission):
+        raise Forbidden()  # a route that forgot to declare a permission serves no one
+    principal = connection.user
+    if not isinstance(principal, Principal):
+        raise Unauthenticated(reason="token_missing")
+    if (
+        permission not in ROLE_PERMISSIONS[principal.role]
+        or str(permission) not in principal.scopes
+    ):
+        raise Forbidden()
+    if handler.opt.get("data"):
+        connection.state.purpose = purpose_of(connection, principal)
+
+
+def purpose_of(
+    connection: ASGIConnection[Any, Any, Any, Any], principal: Principal
+) -> tuple[Purpose, str | None]:
+    raw = connection.headers.get("x-purpose")
+    try:
+        purpose = Purpose(raw) if raw is not None else None
+    except ValueError:
+        purpose = None
+    if purpose is None:
+        raise PurposeRequired()
+    if purpose not in ROLE_PURPOSES[principal.role]:
+        raise PurposeNotAllowed()
+    detail = connection.headers.get("x-purpose-detail")
+    if detail is not None and not _DETAIL.match(detail):
+        raise PurposeRequired("X-Purpose-Detail must be up to 200 plain characters")
+    return purpose, detail

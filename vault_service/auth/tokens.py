@@ -1,0 +1,247 @@
+"""The service's own JWTs: issued through Vault transit (Ed25519), verified locally.
+
+One algorithm (EdDSA), every registered claim required and checked, a lifetime of
+at most an hour, the key id an RFC 7638 thumbprint of a public key Vault holds.
+Verified tokens are cached by SHA-256 of the token until their own expiry, because
+an Ed25519 verification costs more than decrypting a whole record; the account's
+state and the token's revocation are checked on every request all the same
+(auth/accounts.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+import msgspec
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vault_service.auth.permissions import Role, scopes_for
+from vault_service.errors import ConfigurationError, Unauthenticated
+from vault_service.kms import TOKEN_KEY, VaultKms
+from vault_service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+ALGORITHM: Final = "EdDSA"
+MAX_TOKEN_BYTES: Final = 8192
+REQUIRED_CLAIMS: Final = ["iss", "aud", "exp", "nbf", "iat", "sub", "jti"]
+_KID = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# An unknown kid may mean a rotation we have not seen: look again, but not more
+# often than this, so forged kids cannot turn into a flood of Vault calls.
+_REFRESH_INTERVAL: Final = 30.0
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def thumbprint(public_key: bytes) -> str:
+    """RFC 7638 JWK thumbprint of an Ed25519 key (members in lexicographic order)."""
+    canonical = json.dumps(
+        {"crv": "Ed25519", "kty": "OKP", "x": _b64url(public_key)}, separators=(",", ":")
+    )
+    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    sub: uuid.UUID
+    jti: uuid.UUID
+    iat: int
+    exp: int
+    role: Role
+    scope: str
+    structure: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    kid: str
+    version: int
+    raw: bytes
+    key: Ed25519PublicKey
+
+
+class SigningKeys:
+    """Public keys of the token key's live versions, as read from Vault."""
+
+    def __init__(self, kms: VaultKms) -> None:
+        self._kms = kms
+        self.latest: VerificationKey | None = None
+        self.by_kid: dict[str, VerificationKey] = {}
+        self._last_refresh = float("-inf")
+
+    async def refresh(self) -> None:
+        self._last_refresh = time.monotonic()
+        latest, keys = await self._kms.public_keys(TOKEN_KEY)
+        by_kid = {}
+        for version, raw in keys.items():
+            vk = VerificationKey(
+                thumbprint(raw), version, raw, Ed25519PublicKey.from_public_bytes(raw)
+            )
+            by_kid[vk.kid] = vk
+        self.by_kid = by_kid
+        self.latest = next((k for k in by_kid.values() if k.version == latest), None)
+
+    async def lookup(self, kid: str) -> VerificationKey | None:
+        found = self.by_kid.get(kid)
+        if found is None and time.monotonic() - self._last_refresh > _REFRESH_INTERVAL:
+            await self.refresh()
+            found = self.by_kid.get(kid)
+        return found
+
+    def jwks(self) -> dict[str, Any]:
+        return {
+            "keys": [
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": _b64url(k.raw),
+                    "kid": k.kid,
+                    "alg": ALGORITHM,
+                    "use": "sig",
+                }
+                for k in sorted(self.by_kid.values(), key=lambda k: k.version)
+            ]
+        }
+
+
+class TokenIssuer:
+    def __init__(self, settings: Settings, kms: VaultKms, keys: SigningKeys) -> None:
+        self._settings = settings
+        self._kms = kms
+        self._keys = keys
+
+    async def issue(
+        self,
+        account_id: uuid.UUID,
+        role: Role,
+        structure_id: uuid.UUID | None,
+        ttl_seconds: int,
+        *,
+        now: int | None = None,
+    ) -> str:
+        if not 0 < ttl_seconds <= self._settings.jwt_max_lifetime_seconds:
+            raise ConfigurationError("token lifetime out of bounds")
+        if self._keys.latest is None:
+            await self._keys.refresh()
+        signing = self._keys.latest
+        if signing is None:
+            raise ConfigurationError("the token signing key has no usable version")
+        issued = int(time.time()) if now is None else now
+        header = {"alg": ALGORITHM, "typ": "JWT", "kid": signing.kid}
+        payload: dict[str, Any] = {
+            "iss": self._settings.jwt_issuer,
+            "aud": self._settings.jwt_audience,
+            "sub": str(account_id),
+            "jti": str(uuid.uuid4()),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + ttl_seconds,
+            "role": str(role),
+            "scope": " ".join(sorted(scopes_for(role))),
+        }
+        if structure_id is not None:
+            payload["structure"] = str(structure_id)
+        signing_input = (
+            _b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + _b64url(json.dumps(payload, separators=(",", ":")).encode())
+        )
+        signature = await self._kms.sign(TOKEN_KEY, signing_input.encode(), signing.version)
+        return signing_input + "." + _b64url(signature)
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, keys: SigningKeys) -> None:
+        self._settings = settings
+        self._keys = keys
+        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
+        self._cache_size = settings.token_cache_size
+
+    async def verify(self, token: str) -> Claims:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated(reason="token_too_large")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        cached = self._cache.get(digest)
+        now = time.time()
+        if cached is not None:
+            if cached.exp > now - self._settings.jwt_leeway_seconds:
+                self._cache.move_to_end(digest)
+                return cached
+            del self._cache[digest]
+        claims = await self._verify_uncached(token)
+        if self._cache_size:
+            self._cache[digest] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return claims
+
+    async def _verify_uncached(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated(reason="token_malformed") from None
+        # Refuse before any key lookup: alg "none", HS256 with our public key as the
+        # secret, or any algorithm other than the one we issue.
+        if header.get("alg") != ALGORITHM:
+            raise Unauthenticated(reason="token_algorithm")
+        if "crit" in header:
+            # We implement no extension; RFC 7515 4.1.11 says refuse what we do not know.
+            raise Unauthenticated(reason="token_crit")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not _KID.match(kid):
+            raise Unauthenticated(reason="token_kid")
+        key = await self._keys.lookup(kid)
+        if key is None:
+            raise Unauthenticated(reason="token_unknown_key")
+        s = self._settings
+        try:
+            payload = jwt.decode(
+                token,
+                key.key,
+                algorithms=[ALGORITHM],  # exactly one: never taken from the token
+                audience=s.jwt_audience,
+                issuer=s.jwt_issuer,
+                leeway=s.jwt_leeway_seconds,
+                options={
+                    "require": REQUIRED_CLAIMS,
+                    "verify_signature": True,
+                    "verify_exp": True,
+                    "verify_nbf": True,
+                    "verify_iat": True,  # refuses an iat in the future beyond leeway
+                    "verify_aud": True,
+                    "verify_iss": True,
+                    "strict_aud": True,  # aud must be our audience string, not a list
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated(reason="token_expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated(reason="token_not_yet_valid") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated(reason="token_audience") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated(reason="token_issuer") from None
+        except jwt.MissingRequiredClaimError:
+            raise Unauthenticated(reason="token_claims") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated(reason="token_signature") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated(reason="token_invalid") from None
+        try:
+            claims = msgspec.convert(payload, Claims)
+        except msgspec.ValidationError:
+            raise Unauthenticated(reason="token_claims") from None
+        if claims.exp - claims.iat > s.jwt_max_lifetime_seconds:
+            raise Unauthenticated(reason="token_lifetime")
+        return claims

@@ -1,0 +1,240 @@
+"""The admin CLI: `vault-service dev|serve|migrate|vault-setup|tokens|accounts|keys`.
+
+Secrets never come from command-line options (they would sit in shell history and
+`ps`): Vault and database credentials come from the environment or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from vault_service.errors import VaultServiceError
+from vault_service.settings import Settings
+
+_TTL = re.compile(r"^(\d+)([smh]?)$")
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError("TTL is like 900, 15m or 1h")
+    value = int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+    if not 60 <= value <= 3600:
+        raise argparse.ArgumentTypeError("TTL must be between 1 minute and 1 hour")
+    return value
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a UUID") from None
+
+
+# --- commands ------------------------------------------------------------------------
+def cmd_serve(settings: Settings) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    server = Granian(
+        "vault_service.asgi:app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        log_access=False,  # our TelemetryMiddleware logs route templates, never raw paths
+    )
+    server.serve()
+    return 0
+
+
+async def _migrate(dsn: str) -> list[str]:
+    from vault_service import migrations
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrations.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate() -> int:
+    dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
+    if not dsn:
+        print("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (the owner role) is not set", file=sys.stderr)
+        return 2
+    applied = asyncio.run(_migrate(dsn))
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def cmd_vault_setup() -> int:
+    """Transit keys, with an operator's token from VAULT_TOKEN (never the service's)."""
+    import hvac
+
+    from vault_service.kms.vault import setup_transit
+
+    addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
+    if not addr or not token:
+        print("set VAULT_ADDR and VAULT_TOKEN (an operator token)", file=sys.stderr)
+        return 2
+    client = hvac.Client(url=addr, token=token, verify=os.environ.get("VAULT_CACERT") or True)
+    created = setup_transit(client, os.environ.get("VAULT_SERVICE_VAULT_TRANSIT_MOUNT", "transit"))
+    print(json.dumps({"created": created}))
+    return 0
+
+
+async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
+    from vault_service.auth.permissions import Role
+    from vault_service.auth.tokens import SigningKeys, TokenIssuer
+    from vault_service.kms import VaultKms
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT role, structure_id, state FROM accounts WHERE id = $1", subject
+        )
+    finally:
+        await conn.close()
+    if row is None or row["state"] != "active":
+        raise VaultServiceError("no active account with this id")
+    kms = VaultKms(settings)
+    try:
+        issuer = TokenIssuer(settings, kms, SigningKeys(kms))
+        return await issuer.issue(subject, Role(row["role"]), row["structure_id"], ttl)
+    finally:
+        kms.close()
+
+
+async def _accounts(settings: Settings) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, role, structure_id, state, created_at FROM accounts ORDER BY created_at, id"
+        )
+    finally:
+        await conn.close()
+    return [
+        {
+            "id": str(r["id"]),
+            "role": r["role"],
+            "structure_id": str(r["structure_id"]) if r["structure_id"] else None,
+            "state": r["state"],
+            "created_at": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]
+
+
+async def _key_inventory(settings: Settings) -> dict[str, Any]:
+    from vault_service.kms import SERVICE_KEYS, VaultKms
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch(
+            """SELECT k.structure_id, k.version, k.created_at,
+                      split_part(k.wrapped_key, ':', 2) AS kek_version,
+                      (SELECT count(*) FROM records r WHERE r.structure_id = k.structure_id
+                         AND r.branch_key_version = k.version) AS records
+               FROM structure_keys k ORDER BY k.structure_id, k.version"""
+        )
+    finally:
+        await conn.close()
+    kms = VaultKms(settings)
+    try:
+        signing = {}
+        for name, kind in SERVICE_KEYS.items():
+            if kind == "ed25519":
+                latest, keys = await kms.public_keys(name)
+                signing[name] = {"latest_version": latest, "live_versions": sorted(keys)}
+    finally:
+        kms.close()
+    return {
+        "transit_keys": list(SERVICE_KEYS),
+        "signing_keys": signing,
+        "branch_keys": [
+            {
+                "structure_id": str(r["structure_id"]),
+                "version": r["version"],
+                "wrapped_under": r["kek_version"],
+                "records": r["records"],
+                "created_at": r["created_at"].isoformat(),
+            }
+            for r in rows
+        ],
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vault-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="everything on one machine, with demo data")
+    dev.add_argument("--reset", action="store_true", help="wipe .dev/ first")
+    dev.add_argument("--data-dir", type=Path, default=Path(".dev"))
+    dev.add_argument("--port", type=int, default=8000)
+    sub.add_parser("serve", help="the API against the configured PostgreSQL and Vault")
+    sub.add_parser("migrate", help="apply pending migrations (owner role)")
+    sub.add_parser("vault-setup", help="enable transit and create the keys (operator token)")
+    tokens = sub.add_parser("tokens", help="service tokens").add_subparsers(
+        dest="action", required=True
+    )
+    issue = tokens.add_parser("issue", help="print a signed token for an active account")
+    issue.add_argument("--subject", type=_uuid, required=True)
+    issue.add_argument("--ttl", type=parse_ttl, default=900)
+    accounts = sub.add_parser("accounts", help="accounts").add_subparsers(
+        dest="action", required=True
+    )
+    listing = accounts.add_parser("list", help="accounts with id, role, structure, state")
+    listing.add_argument("--json", action="store_true")
+    keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
+    keys.add_parser("list", help="transit keys, signing key versions, branch keys")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            from vault_service.devserver import run_dev
+
+            return run_dev(args.data_dir, reset=args.reset, port=args.port)
+        if args.command == "migrate":
+            return cmd_migrate()
+        if args.command == "vault-setup":
+            return cmd_vault_setup()
+        settings = Settings.from_env()
+        if args.command == "serve":
+            return cmd_serve(settings)
+        if args.command == "tokens":
+            print(asyncio.run(_issue(settings, args.subject, args.ttl)))
+            return 0
+        if args.command == "accounts":
+            rows = asyncio.run(_accounts(settings))
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
+            return 0
+        if args.command == "keys":
+            print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))
+            return 0
+    except VaultServiceError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""AES-256-GCM envelopes for fields and for wrapped record keys.
+
+Format v1 of every blob: version byte 0x01 || 12-byte random nonce || ciphertext||tag.
+The associated data binds a field's ciphertext to its record id, its field path and
+the key versions it was sealed under, so a ciphertext copied to another record or
+another field, or replayed after a re-encryption, fails to authenticate instead of
+decrypting to somebody else's value.
+
+Random 96-bit nonces: each record key seals a few dozen values in its life (every
+update re-seals only the changed fields), far below the 2^32 messages per key that
+NIST SP 800-38D allows for random nonces.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault_service.errors import DecryptionFailed
+
+FORMAT_V1: Final = 0x01
+NONCE_BYTES: Final = 12
+KEY_BYTES: Final = 32
+_FIELD_AAD: Final = b"vault-service/field/v1\x00"
+_RECORD_KEY_AAD: Final = b"vault-service/record-key/v1\x00"
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def field_aad(record_id: uuid.UUID, path: str, branch_version: int, key_version: int) -> bytes:
+    return b"".join(
+        (
+            _FIELD_AAD,
+            record_id.bytes,
+            struct.pack(">II", branch_version, key_version),
+            path.encode("utf-8"),
+        )
+    )
+
+
+def record_key_aad(record_id: uuid.UUID, structure_id: uuid.UUID, branch_version: int) -> bytes:
+    return b"".join(
+        (_RECORD_KEY_AAD, record_id.bytes, structure_id.bytes, struct.pack(">I", branch_version))
+    )
+
+
+def seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return bytes((FORMAT_V1,)) + nonce + aead.encrypt(nonce, plaintext, aad)
+
+
+def open_(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
+    """Authenticate and decrypt, or raise DecryptionFailed; never returns unverified bytes."""
+    if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != FORMAT_V1:
+        raise DecryptionFailed()
+    try:
+        return aead.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], aad)
+    except InvalidTag:
+        raise DecryptionFailed() from None

@@ -1,0 +1,103 @@
+"""`vault-service dev`: embedded PostgreSQL + OpenBao + demo data + the API.
+
+State lives under `.dev/` (database files, OpenBao storage and its dev unseal key,
+an env file for the CLI); `--reset` wipes it. Ctrl-C stops the API, then OpenBao,
+then PostgreSQL: nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from vault_service import devstack
+from vault_service.auth.permissions import Role
+
+
+async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str, str, str]]:
+    import asyncpg
+
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.kms import VaultKms
+    from vault_service.records import schema
+    from vault_service.records.service import RecordService
+    from vault_service.seed import seed
+    from vault_service.settings import Settings
+
+    await devstack.bootstrap_database(pg.admin_dsn, devstack.DATABASE)
+    await devstack.migrate_database(pg.admin_dsn, devstack.DATABASE)
+    settings = Settings.from_env(env)
+    kms = VaultKms(settings)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    owner = await asyncpg.connect(
+        devstack.dsn_for(pg.admin_dsn, user="vault_service_owner", database=devstack.DATABASE)
+    )
+    try:
+        keys = KeyHierarchy(kms, pool, ttl=300, max_uses=1_000_000)
+        service = RecordService(pool, keys, schema.load(), search_page_max=20, caseload_page_max=50)
+        accounts = await seed(owner, service)
+    finally:
+        await owner.close()
+        await pool.close()
+        kms.close()
+    return [(str(a.id), str(a.role), str(a.structure_id or "-")) for a in accounts]
+
+
+def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
+    data_dir = data_dir.resolve()
+    if reset:
+        devstack.wipe(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    print(f"starting PostgreSQL and OpenBao under {data_dir} ...", file=sys.stderr)
+    pg = devstack.start_embedded_postgres(data_dir / "pgdata")
+    bao = None
+    try:
+        bao = devstack.start_openbao(data_dir / "openbao", persistent=True)
+        service_token = devstack.configure_vault(bao, token_ttl="72h")  # noqa: S106 - a lifetime
+        env = {
+            "VAULT_SERVICE_DATABASE_URL": devstack.dsn_for(
+                pg.admin_dsn, user="vault_service_app", database=devstack.DATABASE
+            ),
+            "VAULT_SERVICE_VAULT_ADDR": bao.addr,
+            "VAULT_SERVICE_VAULT_TOKEN": service_token,
+            "VAULT_SERVICE_JWT_ISSUER": f"http://127.0.0.1:{port}",
+            "VAULT_SERVICE_JWT_AUDIENCE": "vault-service",
+            "VAULT_SERVICE_PORT": str(port),
+            "VAULT_SERVICE_CORS_ORIGINS": "http://localhost:5173",
+        }
+        accounts = asyncio.run(_prepare(pg, env))
+        env_file = data_dir / "env"
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        counsellor = next(a for a in accounts if a[1] == Role.COUNSELLOR)
+        print("\nDemo accounts (id, role, structure):", file=sys.stderr)
+        for account in accounts:
+            print("  " + "  ".join(account), file=sys.stderr)
+        print(
+            f"""
+API on http://127.0.0.1:{port}  (OpenAPI: /schema/openapi.json)
+In another terminal:
+  source {env_file}
+  TOKEN=$(vault-service tokens issue --subject {counsellor[0]})
+  curl -s -H "Authorization: Bearer $TOKEN" -H "X-Purpose: follow_up" http://127.0.0.1:{port}/v1/caseload
+Ctrl-C stops everything.
+""",
+            file=sys.stderr,
+        )
+        os.environ.update(env)
+        from vault_service.cli import cmd_serve
+        from vault_service.settings import Settings
+
+        return cmd_serve(Settings.from_env())
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if bao is not None:
+            bao.stop()
+        pg.stop()
+        print("stopped PostgreSQL and OpenBao", file=sys.stderr)

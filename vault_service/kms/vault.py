@@ -1,0 +1,259 @@
+"""Vault/OpenBao transit through hvac, off the event loop, with bounded retries.
+
+hvac is synchronous: every call runs in a small dedicated thread pool so a slow
+Vault never blocks the event loop, and the pool's size bounds how many Vault
+calls one process can have in flight. Any failure (network, timeout, sealed,
+permission) becomes `KmsUnavailable`: the caller fails closed. Error text from
+hvac is never logged or returned (it can echo request paths and bodies); only
+the exception class name is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+import structlog
+from opentelemetry import metrics
+
+from vault_service.errors import KmsUnavailable
+from vault_service.settings import Settings
+
+log = structlog.get_logger(__name__)
+_meter = metrics.get_meter("vault_service.kms")
+_calls = _meter.create_counter("vault_service.kms.calls", description="Vault API calls")
+_failures = _meter.create_counter("vault_service.kms.failures", description="failed Vault calls")
+
+# Transit keys (policy in infra/openbao/vault-service.hcl grants exactly these).
+BRANCH_KEK: Final = "vault-service-branch-kek"  # wraps per-structure branch keys
+INDEX_KEY: Final = "vault-service-index"  # HMAC root of per-structure blind-index keys
+NATIONAL_INDEX_KEY: Final = "vault-service-national-index"  # NIR and France Travail id
+TOKEN_KEY: Final = "vault-service-token"  # noqa: S105 - a key name, not a secret; Ed25519, signs our JWTs
+CHECKPOINT_KEY: Final = "vault-service-checkpoint"  # Ed25519, signs access-log checkpoints
+SERVICE_KEYS: Final[dict[str, str]] = {
+    BRANCH_KEK: "aes256-gcm96",
+    INDEX_KEY: "aes256-gcm96",
+    NATIONAL_INDEX_KEY: "aes256-gcm96",
+    TOKEN_KEY: "ed25519",
+    CHECKPOINT_KEY: "ed25519",
+}
+
+T = TypeVar("T")
+
+# Errors worth one more try: the network or a Vault that is briefly unavailable.
+_RETRYABLE = (
+    requests.ConnectionError,
+    requests.Timeout,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.BadGateway,
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _vault_blob(value: str) -> tuple[int, bytes]:
+    """Split transit's 'vault:v<N>:<base64>' into its key version and bytes."""
+    prefix, version, payload = value.split(":", 2)
+    if prefix != "vault" or not version.startswith("v"):
+        raise ValueError("not a transit blob")
+    return int(version[1:]), base64.b64decode(payload, validate=True)
+
+
+class VaultKms:
+    """Transit operations the service needs, and nothing else.
+
+    `calls` counts every request sent to Vault by this process: the benchmark
+    and tests read it to show the hot path makes none.
+    """
+
+    def __init__(self, settings: Settings, *, max_threads: int = 4) -> None:
+        self._settings = settings
+        self._mount = settings.vault_transit_mount
+        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="kms")
+        self._client_lock = threading.Lock()
+        self._client: hvac.Client | None = None
+        self.calls = 0
+
+    # --- plumbing -----------------------------------------------------------------
+    def _new_client(self) -> hvac.Client:
+        s = self._settings
+        verify: bool | str = s.vault_cacert or True
+        client = hvac.Client(url=s.vault_addr, timeout=s.vault_timeout_seconds, verify=verify)
+        if s.vault_token:
+            client.token = s.vault_token
+        else:
+            assert s.vault_role_id  # checked by Settings
+            assert s.vault_secret_id_file
+            secret_id = Path(s.vault_secret_id_file).read_text(encoding="utf-8").strip()
+            client.auth.approle.login(role_id=s.vault_role_id, secret_id=secret_id)
+        return client
+
+    def _client_or_login(self, *, fresh: bool = False) -> hvac.Client:
+        with self._client_lock:
+            if self._client is None or fresh:
+                self._client = self._new_client()
+            return self._client
+
+    def _call_sync(self, operation: str, fn: Callable[[hvac.Client], T]) -> T:
+        attempts = self._settings.vault_retries + 1
+        relogin_done = self._settings.vault_token is not None
+        for attempt in range(attempts):
+            self.calls += 1
+            _calls.add(1, {"operation": operation})
+            try:
+                return fn(self._client_or_login())
+            except hvac.exceptions.Forbidden:
+                # An AppRole token may have expired: log in once more, then give up.
+                if not relogin_done:
+                    relogin_done = True
+                    self._client_or_login(fresh=True)
+                    continue
+                _failures.add(1, {"operation": operation, "error": "Forbidden"})
+                log.error("kms_call_failed", operation=operation, error="Forbidden")
+                raise KmsUnavailable() from None
+            except _RETRYABLE as exc:
+                _failures.add(1, {"operation": operation, "error": type(exc).__name__})
+                if attempt + 1 < attempts:
+                    time.sleep(min(0.05 * 2**attempt, 0.5))
+                    continue
+                log.error("kms_call_failed", operation=operation, error=type(exc).__name__)
+                raise KmsUnavailable() from None
+            except Exception as exc:  # noqa: BLE001 - any other failure also fails closed
+                _failures.add(1, {"operation": operation, "error": type(exc).__name__})
+                log.error("kms_call_failed", operation=operation, error=type(exc).__name__)
+                raise KmsUnavailable() from None
+        raise KmsUnavailable()
+
+    async def _call(self, operation: str, fn: Callable[[hvac.Client], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._call_sync, operation, fn)
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- operations -------------------------------------------------------------------
+    async def generate_wrapped_key(self) -> str:
+        """A fresh 256-bit key that Vault returns only wrapped under the branch KEK."""
+
+        def op(c: hvac.Client) -> str:
+            r = c.secrets.transit.generate_data_key(
+                name=BRANCH_KEK, key_type="wrapped", bits=256, mount_point=self._mount
+            )
+            return str(r["data"]["ciphertext"])
+
+        return await self._call("datakey", op)
+
+    async def unwrap_key(self, wrapped: str) -> bytes:
+        def op(c: hvac.Client) -> bytes:
+            r = c.secrets.transit.decrypt_data(
+                name=BRANCH_KEK, ciphertext=wrapped, mount_point=self._mount
+            )
+            return base64.b64decode(r["data"]["plaintext"])
+
+        key = await self._call("decrypt", op)
+        if len(key) != 32:
+            raise KmsUnavailable()
+        return key
+
+    async def rewrap_key(self, wrapped: str) -> str:
+        def op(c: hvac.Client) -> str:
+            r = c.secrets.transit.rewrap_data(
+                name=BRANCH_KEK, ciphertext=wrapped, mount_point=self._mount
+            )
+            return str(r["data"]["ciphertext"])
+
+        return await self._call("rewrap", op)
+
+    async def derive(self, key_name: str, label: bytes) -> bytes:
+        """HMAC-SHA256 of `label` under a non-exportable transit key, version 1 pinned
+        so that derived blind-index keys never change under a rotation (a rotation
+        of index keys is a re-index, done by `vault-service keys reindex`)."""
+
+        def op(c: hvac.Client) -> bytes:
+            r = c.secrets.transit.generate_hmac(
+                name=key_name,
+                hash_input=_b64(label),
+                key_version=1,
+                algorithm="sha2-256",
+                mount_point=self._mount,
+            )
+            return _vault_blob(str(r["data"]["hmac"]))[1]
+
+        return await self._call("hmac", op)
+
+    async def sign(self, key_name: str, message: bytes, key_version: int) -> bytes:
+        """Ed25519 signature by a transit key; the private key never leaves Vault."""
+
+        def op(c: hvac.Client) -> bytes:
+            r = c.secrets.transit.sign_data(
+                name=key_name,
+                hash_input=_b64(message),
+                key_version=key_version,
+                mount_point=self._mount,
+            )
+            version, signature = _vault_blob(str(r["data"]["signature"]))
+            if version != key_version or len(signature) != 64:
+                raise ValueError("unexpected signature")
+            return signature
+
+        return await self._call("sign", op)
+
+    async def public_keys(self, key_name: str) -> tuple[int, dict[int, bytes]]:
+        """(latest version, {version: raw Ed25519 public key}) for the versions that
+        can still verify (at or above min_decryption_version)."""
+
+        def op(c: hvac.Client) -> tuple[int, dict[int, bytes]]:
+            r = c.secrets.transit.read_key(name=key_name, mount_point=self._mount)
+            data: dict[str, Any] = r["data"]
+            keys = {
+                int(version): base64.b64decode(info["public_key"])
+                for version, info in data["keys"].items()
+                if int(version) >= int(data.get("min_decryption_version", 1))
+            }
+            return int(data["latest_version"]), keys
+
+        return await self._call("read_key", op)
+
+    async def healthy(self) -> bool:
+        def op(c: hvac.Client) -> bool:
+            return bool(c.sys.read_health_status(method="GET").ok)
+
+        try:
+            return await self._call("health", op)
+        except KmsUnavailable:
+            return False
+
+
+def setup_transit(client: hvac.Client, mount: str = "transit") -> list[str]:
+    """Enable transit and create the service's keys (admin token required; idempotent).
+
+    Used by `vault-service vault-setup`, the dev stack and the tests; production runs
+    the same through infra/openbao/init.sh with an operator's token.
+    """
+    created: list[str] = []
+    if f"{mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("transit", path=mount)
+    for name, key_type in SERVICE_KEYS.items():
+        try:
+            client.secrets.transit.read_key(name=name, mount_point=mount)
+        except hvac.exceptions.InvalidPath:
+            client.secrets.transit.create_key(
+                name=name, key_type=key_type, exportable=False, mount_point=mount
+            )
+            created.append(name)
+    return created

@@ -1,0 +1,25 @@
+-- Cluster roles of vault-service. Run once per cluster by the DBA (a superuser),
+-- before `vault-service migrate`: the dev stack and the tests run this very file,
+-- infra/postgres/init-roles.sh runs it in the deployment. Idempotent.
+-- No password is ever written here: the DBA sets them with \password or
+-- ALTER ROLE ... PASSWORD from a secret store.
+DO $roles$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_service_owner') THEN
+    -- Owns the schema and runs DDL through migrations only.
+    CREATE ROLE vault_service_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_service_app') THEN
+    -- The service at run time: DML on its own tables, granted table by table.
+    CREATE ROLE vault_service_app LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_service_auditor') THEN
+    -- Auditors' tools: read-only on the access log.
+    CREATE ROLE vault_service_auditor LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_service_retention') THEN
+    -- The retention job: prunes access-log entry bodies past their retention.
+    CREATE ROLE vault_service_retention LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+  END IF;
+END
+$roles$;

@@ -1,0 +1,157 @@
+"""Logs, traces and metrics that carry ids and codes, never personal values.
+
+- structlog renders JSON lines with the request id bound from a contextvar.
+- Traces: our own small ASGI middleware names each server span `METHOD /route/{template}`
+  and records method, route template and status only. The generic ASGI
+  instrumentation is not used on purpose: it records the raw path and the query
+  string (`url.query`), and search query strings are names and birth dates.
+- asyncpg spans come from the OpenTelemetry instrumentation with parameter capture off.
+- Exporters follow the usual OTEL_* variables: OTLP over HTTP when
+  OTEL_EXPORTER_OTLP_ENDPOINT (or the traces/metrics variants) is set, none otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from typing import Any, Final
+
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+_tracer = trace.get_tracer("vault_service.http")
+_meter = metrics.get_meter("vault_service.http")
+_requests = _meter.create_counter("vault_service.http.requests", description="HTTP requests")
+_duration = _meter.create_histogram(
+    "vault_service.http.duration", unit="s", description="HTTP request duration"
+)
+_configured = False
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # No exception text: it can carry values (a driver's error echoes a row).
+        structlog.processors.dict_tracebacks if level.upper() == "DEBUG" else _drop_exc_info,
+        structlog.processors.JSONRenderer(),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _drop_exc_info(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    exc = event.pop("exc_info", None)
+    if exc:
+        info = sys.exc_info() if exc is True else exc
+        if isinstance(info, tuple) and info[0] is not None:
+            event["error_type"] = info[0].__name__
+    return event
+
+
+def configure_telemetry(service_name: str = "vault-service") -> None:
+    """Install SDK providers once per process; exporters only when configured."""
+    global _configured  # noqa: PLW0603 - process-wide providers are set exactly once
+    if _configured:
+        return
+    _configured = True
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    tracer_provider = TracerProvider(resource=resource)
+    readers = []
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    # capture_parameters stays off: parameters are blind indexes and ciphertexts at
+    # best, and a future query could bind a value.
+    AsyncPGInstrumentor(capture_parameters=False).instrument()  # type: ignore[no-untyped-call]
+
+
+class TelemetryMiddleware:
+    """Request id, one server span named by route template, a duration metric."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        method = str(scope.get("method", ""))
+        with _tracer.start_as_current_span(f"{method} http", kind=SpanKind.SERVER) as span:
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                # Litestar has routed by now: the template, never the raw path.
+                route = scope.get("path_template") or "unmatched"
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                span.set_attribute("vault_service.request_id", request_id)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                elapsed = time.perf_counter() - start
+                attrs: dict[str, str | int] = {
+                    "http.route": route,
+                    "http.request.method": method,
+                    "http.response.status_code": status,
+                }
+                _requests.add(1, attrs)
+                _duration.record(elapsed, attrs)
+                structlog.get_logger("vault_service.access").info(
+                    "http_request",
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+                structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,65 @@
+"""SQL of case records: named constants, explicit column lists, no string building."""
+
+from __future__ import annotations
+
+from typing import Final
+
+RECORD_COLUMNS: Final = (
+    "r.id, r.structure_id, r.referent_id, r.branch_key_version, r.record_key, r.key_version, "
+    "r.sealed, r.clear, r.version, r.created_at, r.updated_at"
+)
+
+SELECT_RECORD: Final = f"SELECT {RECORD_COLUMNS} FROM records r WHERE r.id = $1"  # noqa: S608 - constant
+SELECT_RECORD_FOR_UPDATE: Final = SELECT_RECORD + " FOR UPDATE"
+
+INSERT_RECORD: Final = """
+INSERT INTO records (id, structure_id, referent_id, branch_key_version, record_key, key_version,
+                     sealed, clear, created_by)
+VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $3)
+RETURNING version, created_at, updated_at
+"""
+
+UPDATE_RECORD: Final = """
+UPDATE records SET sealed = $2, clear = $3, version = version + 1, updated_at = now()
+WHERE id = $1 AND version = $4
+RETURNING version, updated_at
+"""
+
+INSERT_INDEX: Final = """
+INSERT INTO record_index (record_id, structure_id, name, digest)
+SELECT $1, $2, n, d FROM unnest($3::text[], $4::bytea[]) AS u (n, d)
+ON CONFLICT DO NOTHING
+"""
+DELETE_INDEX: Final = "DELETE FROM record_index WHERE record_id = $1 AND name = ANY($2::text[])"
+
+SELECT_IDEMPOTENCY: Final = """
+SELECT request_digest, record_id FROM idempotency_keys WHERE account_id = $1 AND key = $2
+"""
+INSERT_IDEMPOTENCY: Final = """
+INSERT INTO idempotency_keys (account_id, key, request_digest, record_id) VALUES ($1, $2, $3, $4)
+"""
+
+# Equality search: records whose index rows match every (name, digest) pair given,
+# restricted to what the caller may see ($4 structure, $5 referent or NULL), paged by id.
+SEARCH: Final = f"""
+SELECT {RECORD_COLUMNS} FROM records r
+WHERE r.id IN (
+    SELECT i.record_id FROM record_index i
+    JOIN unnest($1::text[], $2::bytea[]) AS q (n, d) ON i.name = q.n AND i.digest = q.d
+    GROUP BY i.record_id HAVING count(DISTINCT i.name) = $3
+)
+  AND r.structure_id = $4
+  AND ($5::uuid IS NULL OR r.referent_id = $5)
+  AND r.id > $6
+ORDER BY r.id
+LIMIT $7
+"""  # noqa: S608 - constant
+
+CASELOAD: Final = f"""
+SELECT {RECORD_COLUMNS} FROM records r
+WHERE r.structure_id = $1
+  AND ($2::uuid IS NULL OR r.referent_id = $2)
+  AND r.id > $3
+ORDER BY r.id
+LIMIT $4
+"""  # noqa: S608 - constant

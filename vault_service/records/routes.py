@@ -1,0 +1,165 @@
+"""HTTP routes of case records (API.md). Thin: parse, call the service, shape headers."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Final
+
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post
+
+from vault_service.auth.permissions import Permission
+from vault_service.auth.principal import Principal
+from vault_service.errors import InvalidBody, InvalidParameter, PreconditionRequired
+from vault_service.records.service import (
+    Page,
+    RecordDocument,
+    RecordService,
+    etag,
+    parse_if_match,
+)
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+_PAGING: Final = frozenset({"cursor", "limit"})
+JSON: Final = "application/json"
+
+
+class NirQuery(msgspec.Struct, forbid_unknown_fields=True):
+    nir: str = msgspec.field()
+
+
+_nir_decoder = msgspec.json.Decoder(NirQuery)
+
+
+def parse_record_id(raw: str) -> uuid.UUID:
+    try:
+        value = uuid.UUID(raw)
+    except ValueError:
+        raise InvalidParameter("record id must be a UUID") from None
+    if str(value) != raw.lower():
+        raise InvalidParameter("record id must be a UUID in canonical form")
+    return value
+
+
+def _limit(request: Request[Any, Any, Any], default: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidParameter("limit must be an integer between 1 and 1000")
+    return int(raw)
+
+
+def _single_params(request: Request[Any, Any, Any]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in params:
+            raise InvalidParameter("a query parameter is repeated")
+        if len(value) > 320:
+            raise InvalidParameter("a query parameter is too long")
+        params[key] = value
+    return params
+
+
+def _document_response(document: RecordDocument, status: int = 200) -> Response[bytes]:
+    return Response(
+        document.body, status_code=status, media_type=JSON, headers={"ETag": etag(document.version)}
+    )
+
+
+def _page_response(page: Page) -> Response[bytes]:
+    return Response(page.body, media_type=JSON)
+
+
+class RecordsController(Controller):
+    path = "/v1"
+    tags: Final = ["records"]  # type: ignore[misc]
+
+    @post(
+        "/records",
+        opt={"permission": Permission.RECORDS_CREATE, "data": True},
+        status_code=201,
+        summary="Create a youth record in the caller's structure",
+    )
+    async def create_record(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        service: RecordService = request.app.state.records
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.match(key):
+            raise InvalidParameter("Idempotency-Key must be 8 to 128 characters [A-Za-z0-9_.:-]")
+        created = await service.create(request.user, await request.body(), key)
+        headers = {"Location": f"/v1/records/{created.record_id}"}
+        if created.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        body = msgspec.json.encode({"id": created.record_id})
+        return Response(body, status_code=201, media_type=JSON, headers=headers)
+
+    @get(
+        "/records/{record_id:str}",
+        opt={"permission": Permission.RECORDS_READ, "data": True},
+        summary="Read a record: full for its referent, masked for the structure's supervisors",
+    )
+    async def read_record(
+        self, request: Request[Principal, Any, Any], record_id: str
+    ) -> Response[bytes]:
+        service: RecordService = request.app.state.records
+        document = await service.read(request.user, parse_record_id(record_id))
+        return _document_response(document)
+
+    @patch(
+        "/records/{record_id:str}",
+        opt={"permission": Permission.RECORDS_UPDATE, "data": True},
+        summary="Partial update (JSON merge patch of top-level properties) with If-Match",
+    )
+    async def update_record(
+        self, request: Request[Principal, Any, Any], record_id: str
+    ) -> Response[bytes]:
+        service: RecordService = request.app.state.records
+        rid = parse_record_id(record_id)
+        expected = parse_if_match(request.headers.get("if-match"))
+        if expected is None:
+            raise PreconditionRequired()
+        document = await service.update(request.user, rid, expected, await request.body())
+        return _document_response(document)
+
+    @get(
+        "/records",
+        opt={"permission": Permission.RECORDS_SEARCH, "data": True},
+        summary="Equality search over blind indexes; masked summaries, capped pages",
+    )
+    async def search_records(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        service: RecordService = request.app.state.records
+        params = _single_params(request)
+        criteria = {k: v for k, v in params.items() if k not in _PAGING}
+        page = await service.search(
+            request.user, criteria, params.get("cursor"), _limit(request, 20)
+        )
+        return _page_response(page)
+
+    @post(
+        "/records/search/nir",
+        opt={"permission": Permission.RECORDS_SEARCH_NIR, "data": True},
+        status_code=200,
+        summary="NIR lookup; the NIR travels in the body, never in a URL",
+    )
+    async def search_nir(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        service: RecordService = request.app.state.records
+        try:
+            query = _nir_decoder.decode(await request.body())
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise InvalidBody('expected {"nir": "<15 characters>"}') from None
+        page = await service.search(request.user, {"nir": query.nir}, None, 20, restricted=True)
+        return _page_response(page)
+
+    @get(
+        "/caseload",
+        opt={"permission": Permission.CASELOAD_READ, "data": True},
+        summary="The caller's youth (a supervisor: the structure's), masked summaries",
+    )
+    async def caseload(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        service: RecordService = request.app.state.records
+        params = _single_params(request)
+        if set(params) - _PAGING:
+            raise InvalidParameter("unknown query parameter")
+        page = await service.caseload(request.user, params.get("cursor"), _limit(request, 50))
+        return _page_response(page)

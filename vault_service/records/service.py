@@ -1,0 +1,483 @@
+"""Case records: validate, encrypt, index, authorise, decrypt.
+
+Object access (the OWASP API1 failure) is decided here, for every record, from
+the database row and the principal, never from anything the client sends:
+- a counsellor sees the full record of the youth they are referent of;
+- a supervisor sees a masked view of the youth of their own structure;
+- anything else answers 404 exactly like a record that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import enum
+import hmac
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault_service.auth.permissions import Role
+from vault_service.auth.principal import Principal
+from vault_service.crypto import aead
+from vault_service.crypto import blind_index as bi
+from vault_service.crypto.keys import KeyHierarchy
+from vault_service.errors import (
+    DecryptionFailed,
+    IdempotencyKeyReused,
+    InvalidBody,
+    InvalidParameter,
+    NotFound,
+    PreconditionFailed,
+)
+from vault_service.records import repository as sql
+from vault_service.records.schema import FieldPlan, RecordSchema
+
+_IDEMPOTENCY_LABEL: Final = b"vault-service/idempotency/v1"
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_msgpack_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
+_json_encoder = msgspec.json.Encoder()
+
+
+class View(enum.StrEnum):
+    FULL = "full"
+    MASKED = "masked"
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    record_id: uuid.UUID
+    version: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDocument:
+    record_id: uuid.UUID
+    version: int
+    body: bytes
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    body: bytes
+    record_ids: tuple[uuid.UUID, ...]
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        # A weak tag never satisfies If-Match (RFC 9110 13.1.1): compare strongly.
+        return -1
+    try:
+        return int(value.strip('"'))
+    except ValueError:
+        return -1
+
+
+def encode_cursor(record_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(record_id.bytes).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str | None) -> uuid.UUID:
+    if not cursor:
+        return uuid.UUID(int=0)
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return uuid.UUID(bytes=raw)
+    except (ValueError, binascii.Error):
+        raise InvalidParameter("cursor is not valid") from None
+
+
+def _validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidBody:
+    # msgspec names the path and the rule (`$.birth_name`, "length <= 100"), never
+    # the offending value; still, cap what we pass on.
+    return InvalidBody(str(exc)[:300])
+
+
+class RecordService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keys: KeyHierarchy,
+        schema: RecordSchema,
+        *,
+        search_page_max: int,
+        caseload_page_max: int,
+    ) -> None:
+        self._pool = pool
+        self._keys = keys
+        self._schema = schema
+        self._create = msgspec.json.Decoder(schema.create_type)
+        self._patch = msgspec.json.Decoder(schema.patch_type)
+        self._search_page_max = search_page_max
+        self._caseload_page_max = caseload_page_max
+        self._masked_fields = tuple(f for f in schema.fields.values() if f.mask is not None)
+        self._clear_fields = tuple(f.name for f in schema.fields.values() if not f.encrypted)
+
+    # --- helpers ---------------------------------------------------------------------
+    def _decode_create(self, body: bytes) -> dict[str, Any]:
+        try:
+            value = self._create.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise _validation_error(exc) from None
+        return dict(msgspec.structs.asdict(value))
+
+    def _decode_patch(self, body: bytes) -> dict[str, Any]:
+        try:
+            value = self._patch.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise _validation_error(exc) from None
+        changes = {k: v for k, v in msgspec.structs.asdict(value).items() if v is not msgspec.UNSET}
+        if not changes:
+            raise InvalidBody("the patch changes nothing")
+        return changes
+
+    @staticmethod
+    def _seal(
+        record_key: AESGCM, record_id: uuid.UUID, branch_version: int, name: str, value: Any
+    ) -> bytes:
+        aad = aead.field_aad(record_id, name, branch_version, 1)
+        return aead.seal(record_key, _json_encoder.encode(value), aad)
+
+    def _split(
+        self,
+        values: Mapping[str, Any],
+        record_key: AESGCM,
+        record_id: uuid.UUID,
+        branch_version: int,
+    ) -> tuple[dict[str, bytes], dict[str, Any]]:
+        sealed: dict[str, bytes] = {}
+        clear: dict[str, Any] = {}
+        for name, value in values.items():
+            plan = self._schema.fields[name]
+            if plan.encrypted:
+                sealed[name] = self._seal(record_key, record_id, branch_version, name, value)
+            else:
+                clear[name] = value
+        return sealed, clear
+
+    async def _index_rows(
+        self, structure_id: uuid.UUID, values: Mapping[str, Any], plans: Iterable[FieldPlan]
+    ) -> tuple[list[str], list[bytes]]:
+        names: list[str] = []
+        digests: list[bytes] = []
+        for plan in plans:
+            spec = plan.index
+            assert spec is not None
+            value = values.get(plan.name)
+            if value is None or value is msgspec.UNSET:
+                continue
+            items = value if isinstance(value, list) else [value]
+            key = await self._index_key(spec.name, spec.national, structure_id)
+            normalise = bi.NORMALISERS[spec.normalise]
+            for item in items:
+                text = item.isoformat() if isinstance(item, datetime.date) else str(item)
+                try:
+                    normalised = normalise(text)
+                except bi.NormalisationError:
+                    raise InvalidBody(f"`{plan.name}` cannot be normalised") from None
+                names.append(spec.name)
+                digests.append(bi.digest(key, normalised))
+        return names, digests
+
+    async def _index_key(self, name: str, national: bool, structure_id: uuid.UUID) -> bytes:
+        label = bi.key_label(name, None if national else structure_id)
+        return await self._keys.derived_key(national, label)
+
+    async def _record_key(self, row: asyncpg.Record) -> AESGCM:
+        branch = await self._keys.branch_key(row["structure_id"], row["branch_key_version"])
+        return self._keys.open_record_key(branch, row["id"], row["record_key"])
+
+    @staticmethod
+    def _view(principal: Principal, row: asyncpg.Record) -> View | None:
+        if principal.role == Role.COUNSELLOR and row["referent_id"] == principal.account_id:
+            return View.FULL
+        if principal.role == Role.SUPERVISOR and row["structure_id"] == principal.structure_id:
+            return View.MASKED
+        return None
+
+    def _open_fields(
+        self, row: asyncpg.Record, record_key: AESGCM, names: Iterable[str] | None = None
+    ) -> dict[str, bytes]:
+        sealed = _msgpack_decoder.decode(row["sealed"])
+        wanted = sealed.keys() if names is None else [n for n in names if n in sealed]
+        out = {}
+        for name in wanted:
+            if name not in self._schema.fields:
+                raise DecryptionFailed()  # a field the schema does not know: tampered row
+            aad = aead.field_aad(row["id"], name, row["branch_key_version"], row["key_version"])
+            out[name] = aead.open_(record_key, sealed[name], aad)
+        return out
+
+    @staticmethod
+    def _meta(row: asyncpg.Record, view: View) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "structure_id": row["structure_id"],
+            "referent_id": row["referent_id"],
+            "version": row["version"],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+            "view": view,
+        }
+
+    def _masked(self, row: asyncpg.Record, record_key: AESGCM) -> dict[str, Any]:
+        wanted = [f.name for f in self._masked_fields if f.encrypted]
+        opened = self._open_fields(row, record_key, wanted)
+        clear = _clear(row)
+        out: dict[str, Any] = {}
+        for plan in self._masked_fields:
+            if plan.mask == "clear":
+                if plan.name in clear:
+                    out[plan.name] = clear[plan.name]
+                continue
+            if plan.name not in opened:
+                continue
+            value = msgspec.json.decode(opened[plan.name])
+            if plan.mask == "initial":
+                out[plan.name] = (
+                    [_initial(v) for v in value] if isinstance(value, list) else _initial(value)
+                )
+            elif plan.mask == "year":
+                out[plan.name + "_year"] = int(str(value)[:4])
+        return out
+
+    # --- operations --------------------------------------------------------------------
+    async def create(
+        self, principal: Principal, body: bytes, idempotency_key: str | None
+    ) -> Created:
+        assert principal.structure_id is not None
+        values = self._decode_create(body)
+        request_digest = None
+        if idempotency_key is not None:
+            idem_key = await self._keys.derived_key(False, _IDEMPOTENCY_LABEL)
+            request_digest = hmac.new(idem_key, body, sha256).digest()
+            async with self._pool.acquire() as conn:
+                existing = await conn.fetchrow(
+                    sql.SELECT_IDEMPOTENCY, principal.account_id, idempotency_key
+                )
+            if existing is not None:
+                return self._replay(existing, request_digest)
+
+        structure_id = principal.structure_id
+        record_id = uuid.uuid4()
+        branch = await self._keys.active_branch_key(structure_id)
+        record_key, wrapped = self._keys.new_record_key(branch, record_id)
+        sealed, clear = self._split(values, record_key, record_id, branch.version)
+        names, digests = await self._index_rows(structure_id, values, self._schema.indexed)
+        national = {p.index.name for p in self._schema.indexed if p.index and p.index.national}
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    sql.INSERT_RECORD,
+                    record_id,
+                    structure_id,
+                    principal.account_id,
+                    branch.version,
+                    wrapped,
+                    _msgpack_encoder.encode(sealed),
+                    _json_encoder.encode(clear).decode(),
+                )
+                await self._insert_index(conn, record_id, structure_id, names, digests, national)
+                if idempotency_key is not None:
+                    await conn.execute(
+                        sql.INSERT_IDEMPOTENCY,
+                        principal.account_id,
+                        idempotency_key,
+                        request_digest,
+                        record_id,
+                    )
+        except asyncpg.UniqueViolationError:
+            # A concurrent retry with the same key won the race; ours rolled back whole.
+            assert request_digest is not None
+            async with self._pool.acquire() as conn:
+                existing = await conn.fetchrow(
+                    sql.SELECT_IDEMPOTENCY, principal.account_id, idempotency_key
+                )
+            if existing is None:
+                raise
+            return self._replay(existing, request_digest)
+        assert row is not None
+        return Created(record_id, int(row["version"]), replayed=False)
+
+    @staticmethod
+    def _replay(existing: asyncpg.Record, request_digest: bytes) -> Created:
+        if not hmac.compare_digest(existing["request_digest"], request_digest):
+            raise IdempotencyKeyReused()
+        return Created(existing["record_id"], 0, replayed=True)
+
+    @staticmethod
+    async def _insert_index(
+        conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
+        record_id: uuid.UUID,
+        structure_id: uuid.UUID,
+        names: list[str],
+        digests: list[bytes],
+        national: set[str],
+    ) -> None:
+        local = [(n, d) for n, d in zip(names, digests, strict=True) if n not in national]
+        wide = [(n, d) for n, d in zip(names, digests, strict=True) if n in national]
+        for scope, pairs in ((structure_id, local), (None, wide)):
+            if pairs:
+                await conn.execute(
+                    sql.INSERT_INDEX,
+                    record_id,
+                    scope,
+                    [n for n, _ in pairs],
+                    [d for _, d in pairs],
+                )
+
+    async def read(self, principal: Principal, record_id: uuid.UUID) -> RecordDocument:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(sql.SELECT_RECORD, record_id)
+        view = None if row is None else self._view(principal, row)
+        if row is None or view is None:
+            raise NotFound()
+        record_key = await self._record_key(row)
+        if view is View.FULL:
+            opened = self._open_fields(row, record_key)
+            clear = _clear(row)
+            record: dict[str, Any] = {name: msgspec.Raw(pt) for name, pt in opened.items()}
+            record.update(clear)
+        else:
+            record = self._masked(row, record_key)
+        document = self._meta(row, view)
+        document["record"] = record
+        return RecordDocument(
+            row["id"], int(row["version"]), _json_encoder.encode(document), tuple(record)
+        )
+
+    async def update(
+        self, principal: Principal, record_id: uuid.UUID, expected_version: int, body: bytes
+    ) -> RecordDocument:
+        changes = self._decode_patch(body)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(sql.SELECT_RECORD_FOR_UPDATE, record_id)
+            if row is None or self._view(principal, row) is not View.FULL:
+                raise NotFound()
+            if row["version"] != expected_version:
+                raise PreconditionFailed()
+            record_key = await self._record_key(row)
+            sealed = _msgpack_decoder.decode(row["sealed"])
+            clear = _clear(row)
+            present = {k: v for k, v in changes.items() if v is not None}
+            new_sealed, new_clear = self._split(
+                present, record_key, record_id, row["branch_key_version"]
+            )
+            for name, value in changes.items():
+                if value is None:
+                    sealed.pop(name, None)
+                    clear.pop(name, None)
+            sealed.update(new_sealed)
+            clear.update(new_clear)
+            touched = [p for p in self._schema.indexed if p.name in changes]
+            names, digests = await self._index_rows(row["structure_id"], present, touched)
+            national = {p.index.name for p in touched if p.index and p.index.national}
+            updated = await conn.fetchrow(
+                sql.UPDATE_RECORD,
+                record_id,
+                _msgpack_encoder.encode(sealed),
+                _json_encoder.encode(clear).decode(),
+                expected_version,
+            )
+            if updated is None:
+                raise PreconditionFailed()
+            if touched:
+                await conn.execute(
+                    sql.DELETE_INDEX, record_id, [p.index.name for p in touched if p.index]
+                )
+                await self._insert_index(
+                    conn, record_id, row["structure_id"], names, digests, national
+                )
+        return await self.read(principal, record_id)
+
+    def _scope(self, principal: Principal) -> tuple[uuid.UUID, uuid.UUID | None]:
+        """(structure, referent or None) that bound what a list or search may return."""
+        if principal.structure_id is None:
+            raise NotFound()
+        referent = principal.account_id if principal.role == Role.COUNSELLOR else None
+        return principal.structure_id, referent
+
+    async def search(
+        self,
+        principal: Principal,
+        criteria: Mapping[str, str],
+        cursor: str | None,
+        limit: int,
+        *,
+        restricted: bool = False,
+    ) -> Page:
+        """Equality search; `restricted` indexes (the NIR) only through their own route."""
+        if not criteria:
+            raise InvalidParameter("give at least one search criterion")
+        structure_id, referent = self._scope(principal)
+        names: list[str] = []
+        digests: list[bytes] = []
+        for name, value in criteria.items():
+            plan = self._schema.search_index(name)
+            if plan is None or plan.index is None or plan.index.restricted != restricted:
+                raise InvalidParameter("unknown search criterion")
+            spec = plan.index
+            normalised = bi.NORMALISERS[spec.normalise](value)
+            key = await self._index_key(spec.name, spec.national, structure_id)
+            names.append(spec.name)
+            digests.append(bi.digest(key, normalised))
+        return await self._page(
+            sql.SEARCH,
+            (names, digests, len(set(names)), structure_id, referent),
+            cursor,
+            min(limit, self._search_page_max),
+        )
+
+    async def caseload(self, principal: Principal, cursor: str | None, limit: int) -> Page:
+        structure_id, referent = self._scope(principal)
+        return await self._page(
+            sql.CASELOAD, (structure_id, referent), cursor, min(limit, self._caseload_page_max)
+        )
+
+    async def _page(
+        self, query: str, args: tuple[Any, ...], cursor: str | None, limit: int
+    ) -> Page:
+        after = decode_cursor(cursor)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(query, *args, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = []
+        for row in rows:
+            record_key = await self._record_key(row)
+            summary = {"id": row["id"], "referent_id": row["referent_id"]}
+            summary.update(self._masked(row, record_key))
+            items.append(summary)
+        body = {
+            "items": items,
+            "next_cursor": encode_cursor(rows[-1]["id"]) if more and rows else None,
+        }
+        return Page(_json_encoder.encode(body), tuple(r["id"] for r in rows))
+
+
+def _clear(row: asyncpg.Record) -> dict[str, Any]:
+    # asyncpg hands jsonb over as text unless a codec is set; we keep it text.
+    decoded: dict[str, Any] = msgspec.json.decode(row["clear"])
+    return decoded
+
+
+def _initial(value: Any) -> str:
+    text = str(value).strip()
+    return (text[:1].upper() + ".") if text else ""

@@ -1,0 +1,93 @@
+"""Typed settings, read once from the environment; missing secrets fail at start-up.
+
+There is no default for anything that is a secret or an address of a dependency:
+a service that starts with a made-up signing key or a guessed database is worse
+than one that refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from vault_service.errors import ConfigurationError
+
+PREFIX = "VAULT_SERVICE_"
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    database_url: str
+    vault_addr: str
+    vault_token: str | None = None
+    vault_role_id: str | None = None
+    vault_secret_id_file: str | None = None
+    vault_cacert: str | None = None
+    vault_transit_mount: str = "transit"
+    vault_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0
+    vault_retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    jwt_issuer: str
+    jwt_audience: str
+    # Our own tokens live minutes; the cap is enforced on issue and on verify.
+    jwt_max_lifetime_seconds: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 3600
+    jwt_leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = 30
+    token_cache_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
+    account_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 2.0
+    cors_origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    db_pool_min: PositiveInt = 2
+    db_pool_max: PositiveInt = 10
+    db_statement_timeout_ms: PositiveInt = 5000
+    branch_key_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    branch_key_max_uses: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=4 * 1024 * 1024)] = 256 * 1024
+    search_page_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    caseload_page_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.vault_token and not (self.vault_role_id and self.vault_secret_id_file):
+            raise ConfigurationError(
+                "Vault authentication missing: set VAULT_SERVICE_VAULT_TOKEN or "
+                "VAULT_SERVICE_VAULT_ROLE_ID and VAULT_SERVICE_VAULT_SECRET_ID_FILE"
+            )
+        if self.vault_secret_id_file and not Path(self.vault_secret_id_file).is_file():
+            raise ConfigurationError("VAULT_SERVICE_VAULT_SECRET_ID_FILE does not name a file")
+        if self.vault_cacert and not Path(self.vault_cacert).is_file():
+            raise ConfigurationError("VAULT_SERVICE_VAULT_CACERT does not name a file")
+        if not self.vault_addr.startswith(("https://", "http://127.", "http://localhost")):
+            # Plain HTTP only on loopback (the dev server); anything else must be TLS.
+            raise ConfigurationError("VAULT_SERVICE_VAULT_ADDR must be https outside loopback")
+        if self.db_pool_min > self.db_pool_max:
+            raise ConfigurationError("db_pool_min is larger than db_pool_max")
+        for origin in self.cors_origins:
+            if origin == "*" or not origin.startswith(
+                ("https://", "http://127.", "http://localhost")
+            ):
+                raise ConfigurationError("CORS origins must be explicit https origins")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            value = env.get(PREFIX + field.name.upper())
+            if value is None or value == "":
+                continue
+            if field.name == "cors_origins":
+                raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                raw[field.name] = value
+        try:
+            # strict=False lets msgspec parse "8000" into an int, "2.5" into a float.
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            # msgspec names the field and the constraint, never the value.
+            raise ConfigurationError(f"invalid settings: {exc}") from None
