@@ -8,9 +8,8 @@ from typing import Any
 
 import asyncpg
 import structlog
-from litestar import Litestar, MediaType, Request, Response
+from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.cors import CORSConfig
-from litestar.config.response_cache import CACHE_FOREVER  # noqa: F401 - documented below
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
@@ -186,6 +185,10 @@ def create_app(settings: Settings) -> Litestar:
             version=__version__,
             path="/schema",
             render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+            # Public by its router's opt (deny-by-default everywhere else).
+            openapi_router=Router(
+                path="/schema", route_handlers=[], opt={"public": True, "exclude_from_auth": True}
+            ),
         ),
         debug=False,
     )

@@ -1,12 +1,12 @@
 """RFC 9162 Merkle tree hashing, proof verification and proof generation.
 
-This module is pure (no I/O) so that an auditor can verify the access log with nothing
-but this file and the service's signed checkpoints: `verify_inclusion` and
-`verify_consistency` are a stable public API (see API.md).
+This module is pure (no I/O, standard library plus `vault_service.errors`) so that an
+auditor can verify the access log with it and the service's signed checkpoints alone:
+`verify_inclusion` and `verify_consistency` are a stable public API (see API.md).
 
 The verification algorithms follow RFC 9162 sections 2.1.3.2 and 2.1.4.2 in the shape
-of transparency-dev/merkle's `proof/verify.go`, so that a proof accepted here is
-accepted there and vice versa, with three deliberate hardenings:
+of transparency-dev/merkle's `proof/verify.go`, so that every proof accepted here is
+accepted there; the converse fails only for three deliberate hardenings:
 
 - every hash (leaf, root, proof element) must be exactly 32 bytes, even where a
   bytewise comparison alone would decide, because a verifier that tolerates odd
@@ -106,7 +106,8 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     Pairing neighbours and promoting an odd last node unchanged yields exactly the
     RFC 9162 tree (whose left subtrees are the largest power of two), without
     recursion, and keeps the per-node work inside a list comprehension: this is the
-    offline verifier's hot loop (about 1.8 M leaves/s on the reference machine).
+    offline verifier's hot loop, which must rebuild at least 300 k entries/s; this
+    runs at 1.3 to 2.0 M leaf hashes/s on the 2-core reference machine.
     """
     if not hashes:
         return EMPTY_ROOT

@@ -106,9 +106,10 @@ class TileReader:
     Nodes at Merkle levels that are multiples of 8 are read directly; the 7 levels in
     between are recomputed from (at most 128 hashes of) the tile below, which is the
     price tlog-tiles pays for storing 1/256 as many rows. Tiles are cached because one
-    proof often hits the same tile for several levels; make one reader per request:
-    the cache is never invalidated, which is safe only while the tree size in use is
-    fixed (stored hashes never change, but partial tiles grow).
+    proof hits the same tile for up to 8 consecutive levels. The cache is never
+    invalidated, which is sound because a stored hash never changes (a cached partial
+    tile too narrow for a later request is simply read again), but it only grows:
+    make one reader per request.
     """
 
     def __init__(self, store: TileStore) -> None:

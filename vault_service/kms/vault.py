@@ -231,7 +231,10 @@ class VaultKms:
 
     async def healthy(self) -> bool:
         def op(c: hvac.Client) -> bool:
-            return bool(c.sys.read_health_status(method="GET").ok)
+            status = c.sys.read_health_status(method="GET")
+            if isinstance(status, dict):  # hvac parses the JSON body when there is one
+                return bool(status.get("initialized")) and not status.get("sealed", True)
+            return bool(status.ok)
 
         try:
             return await self._call("health", op)

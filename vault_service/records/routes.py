@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import FromPath
 
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
@@ -100,7 +101,7 @@ class RecordsController(Controller):
         summary="Read a record: full for its referent, masked for the structure's supervisors",
     )
     async def read_record(
-        self, request: Request[Principal, Any, Any], record_id: str
+        self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
         document = await service.read(request.user, parse_record_id(record_id))
@@ -112,7 +113,7 @@ class RecordsController(Controller):
         summary="Partial update (JSON merge patch of top-level properties) with If-Match",
     )
     async def update_record(
-        self, request: Request[Principal, Any, Any], record_id: str
+        self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
         rid = parse_record_id(record_id)

@@ -136,14 +136,14 @@ class RecordService:
             value = self._create.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise _validation_error(exc) from None
-        return dict(msgspec.structs.asdict(value))
+        return _present(value)
 
     def _decode_patch(self, body: bytes) -> dict[str, Any]:
         try:
             value = self._patch.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise _validation_error(exc) from None
-        changes = {k: v for k, v in msgspec.structs.asdict(value).items() if v is not msgspec.UNSET}
+        changes = _present(value)
         if not changes:
             raise InvalidBody("the patch changes nothing")
         return changes
@@ -470,6 +470,10 @@ class RecordService:
             "next_cursor": encode_cursor(rows[-1]["id"]) if more and rows else None,
         }
         return Page(_json_encoder.encode(body), tuple(r["id"] for r in rows))
+
+
+def _present(value: msgspec.Struct) -> dict[str, Any]:
+    return {k: v for k, v in msgspec.structs.asdict(value).items() if v is not msgspec.UNSET}
 
 
 def _clear(row: asyncpg.Record) -> dict[str, Any]:
