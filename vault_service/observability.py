@@ -99,6 +99,18 @@ def configure_telemetry(service_name: str = "vault-service") -> None:
     AsyncPGInstrumentor(capture_parameters=False).instrument()  # type: ignore[no-untyped-call]
 
 
+def _status_of(exc: Exception) -> int:
+    from litestar.exceptions import HTTPException
+
+    from vault_service.errors import VaultServiceError
+
+    if isinstance(exc, VaultServiceError):
+        return exc.status
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    return 500
+
+
 class TelemetryMiddleware:
     """Request id, one server span named by route template, a duration metric."""
 
@@ -126,9 +138,19 @@ class TelemetryMiddleware:
             await send(message)
 
         method = str(scope.get("method", ""))
-        with _tracer.start_as_current_span(f"{method} http", kind=SpanKind.SERVER) as span:
+        # record_exception=False: an exception's text and stack can carry values.
+        with _tracer.start_as_current_span(
+            f"{method} http", kind=SpanKind.SERVER, record_exception=False,
+            set_status_on_exception=False,
+        ) as span:  # fmt: skip
             try:
                 await self.app(scope, receive, send_wrapper)
+            except Exception as exc:
+                # Litestar turns it into a response outside this middleware: note the
+                # status it will get, by type only.
+                status = _status_of(exc)
+                span.set_attribute("error.type", type(exc).__name__)
+                raise
             finally:
                 # Litestar has routed by now: the template, never the raw path.
                 route = scope.get("path_template") or "unmatched"

@@ -22,7 +22,7 @@ from vault_service.auth.tokens import TokenVerifier
 from vault_service.errors import Forbidden, PurposeNotAllowed, PurposeRequired, Unauthenticated
 
 PUBLIC_OPT: Final = "public"
-_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)$")
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
 _DETAIL = re.compile(r"^[\w .,;:'()/-]{1,200}$")
 
 

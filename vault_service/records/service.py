@@ -105,9 +105,17 @@ def decode_cursor(cursor: str | None) -> uuid.UUID:
 
 
 def _validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidBody:
-    # msgspec names the path and the rule (`$.birth_name`, "length <= 100"), never
-    # the offending value; still, cap what we pass on.
-    return InvalidBody(str(exc)[:300])
+    """msgspec names the rule and the path (`$.birth_name`, "length <= 100"), never the
+    offending value, with one exception: an unknown field's NAME, which is client
+    input and may be anything, a name or a NIR included. That one is not echoed."""
+    message = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):  # malformed JSON (its parent class)
+        return InvalidBody("the body is not a JSON object of the expected shape")
+    rule, _, where = message.partition(" - at `")
+    if rule.startswith("Object contains unknown field"):
+        rule = "the body contains a property the schema does not define"
+    path = where.rstrip("`")
+    return InvalidBody((rule + (f" (at {path})" if path else ""))[:300])
 
 
 class RecordService:
