@@ -189,10 +189,14 @@ def start_openbao(work_dir: Path, *, persistent: bool) -> OpenBao:
         data = work_dir / "data"
         data.mkdir(exist_ok=True)
         config = work_dir / "config.hcl"
+        cluster_port = free_port()
+        # Integrated storage (raft), as in production, with a single node on loopback.
         config.write_text(
-            f'storage "file" {{ path = "{data}" }}\n'
-            f'listener "tcp" {{ address = "127.0.0.1:{port}"\n  tls_disable = true }}\n'
-            f'api_addr = "{addr}"\ndisable_mlock = true\nui = false\n',
+            f'storage "raft" {{\n  path = "{data}"\n  node_id = "dev"\n}}\n'
+            f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n}}\n'
+            f'api_addr = "{addr}"\ncluster_addr = "http://127.0.0.1:{cluster_port}"\n'
+            "ui = false\n",
             encoding="utf-8",
         )
         cmd = [bao_binary(), "server", f"-config={config}"]
@@ -215,7 +219,8 @@ def start_openbao(work_dir: Path, *, persistent: bool) -> OpenBao:
 def _init_and_unseal(bao: OpenBao, init_file: Path) -> str:
     """Dev only: one unseal share kept in .dev/ (mode 0600). Production keeps shares
     with operators or uses auto-unseal; see infra/README.md."""
-    client = bao.client(token="unused")  # noqa: S106 - init needs no token
+    # Raft initialisation and the first leader election take seconds, not milliseconds.
+    client = hvac.Client(url=bao.addr, timeout=60)
     if not client.sys.is_initialized():
         result = client.sys.initialize(secret_shares=1, secret_threshold=1)
         fd = os.open(init_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -224,7 +229,13 @@ def _init_and_unseal(bao: OpenBao, init_file: Path) -> str:
     saved = json.loads(init_file.read_text(encoding="utf-8"))
     if client.sys.is_sealed():
         client.sys.submit_unseal_key(saved["keys"][0])
-    return str(saved["root_token"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        health = client.sys.read_health_status(method="GET")
+        if isinstance(health, dict) and not health.get("sealed") and not health.get("standby"):
+            return str(saved["root_token"])
+        time.sleep(0.2)
+    raise ConfigurationError(f"OpenBao did not become active; see {bao.log_path}")
 
 
 def configure_vault(bao: OpenBao, *, token_ttl: str = "24h") -> str:  # noqa: S107

@@ -127,7 +127,7 @@ _SNAPSHOT_QUERIES: Final = (
     ),
     (
         "trigger",
-        """SELECT c.relname || ' ' || t.tgname || ' enabled=' || t.tgenabled || ' '
+        """SELECT c.relname || ' ' || t.tgname || ' enabled=' || t.tgenabled::text || ' '
                   || pg_get_triggerdef(t.oid)
            FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace

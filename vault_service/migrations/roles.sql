@@ -23,3 +23,13 @@ BEGIN
   END IF;
 END
 $roles$;
+
+-- Same attributes whoever created the roles first (kept in step with
+-- infra/postgres/roles.sql, which adds the passwords and the database for psql).
+ALTER ROLE vault_service_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+ALTER ROLE vault_service_app LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+ALTER ROLE vault_service_auditor LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+ALTER ROLE vault_service_retention LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+ALTER ROLE vault_service_app SET idle_in_transaction_session_timeout = '60s';
+ALTER ROLE vault_service_auditor SET idle_in_transaction_session_timeout = '60s';
+ALTER ROLE vault_service_retention SET idle_in_transaction_session_timeout = '60s';

@@ -1,0 +1,269 @@
+"""Signed checkpoints of the access log, published by one leader among the replicas.
+
+Every replica runs a `CheckpointPublisher`; the one holding a PostgreSQL advisory
+lock (on a connection it keeps for as long as it leads) publishes. Every few
+seconds, if the tree grew, it signs a C2SP checkpoint (origin, size, base64 root)
+with the Ed25519 transit key in Vault (`CHECKPOINT_KEY`, its latest version; the key
+id is the signed-note id of that version's public key) and stores it.
+
+Before signing, the leader checks what it is about to vouch for: the root in the
+tree-state row must be the root recomputed from the tiles, and the new tree must be
+consistent (RFC 9162 consistency proof, from the tiles) with the last checkpoint
+whose signature verifies. A database whose history was rewritten therefore gets no
+new checkpoint, and an alarm in the logs, instead of a signature that would launder
+the rewrite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+from opentelemetry import metrics
+
+from vault_service.audit import repository as sql
+from vault_service.audit.merkle import MerkleError, verify_consistency
+from vault_service.audit.note import (
+    NoteError,
+    NoteVerifier,
+    format_checkpoint,
+    parse_checkpoint,
+    sign_note,
+    verifier_key_string,
+    verifier_map,
+    verify_note,
+)
+from vault_service.audit.proofs import TileFetcher, tree_root_from_tiles
+from vault_service.audit.tiles import TileError
+from vault_service.errors import ConfigurationError, KmsUnavailable, VaultServiceError
+from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
+
+__all__ = ["DEFAULT_ORIGIN", "CheckpointPublisher", "CheckpointRefused", "SigningKeySet"]
+
+log = structlog.get_logger(__name__)
+_meter = metrics.get_meter("vault_service.audit")
+_published = _meter.create_counter(
+    "vault_service.audit.checkpoints", description="checkpoints published"
+)
+_refused = _meter.create_counter(
+    "vault_service.audit.checkpoints_refused",
+    description="checkpoints not signed because the stored tree failed a check",
+)
+
+DEFAULT_ORIGIN: Final = "vault-service.example/access-log"
+_KEY_CACHE_SECONDS: Final = 60.0
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+class CheckpointRefused(VaultServiceError):
+    """The stored tree failed a check; nothing was signed. The detail is a fixed
+    reason code for operators (never data)."""
+
+    code = "checkpoint_refused"
+    title = "The access-log tree failed verification; no checkpoint was signed"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeySet:
+    """The checkpoint key's live versions as note verifiers, and the latest one."""
+
+    origin: str
+    latest_version: int
+    public_keys: dict[int, bytes]
+
+    def verifiers(self) -> dict[tuple[str, int], NoteVerifier]:
+        return verifier_map(
+            *(NoteVerifier.from_public_key(self.origin, k) for k in self.public_keys.values())
+        )
+
+    def verifier_keys(self) -> list[str]:
+        """Standard `name+id+key` strings, oldest version first: every version that can
+        still verify, so checkpoints signed before a rotation stay checkable."""
+        return [
+            verifier_key_string(self.origin, self.public_keys[v]) for v in sorted(self.public_keys)
+        ]
+
+
+async def load_key_set(kms: VaultKms, origin: str) -> SigningKeySet:
+    latest, keys = await kms.public_keys(CHECKPOINT_KEY)
+    if latest not in keys:
+        raise ConfigurationError("the checkpoint key's latest version has no public key")
+    return SigningKeySet(origin=origin, latest_version=latest, public_keys=keys)
+
+
+class CheckpointPublisher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        kms: VaultKms,
+        origin: str = DEFAULT_ORIGIN,
+        interval_seconds: float = 5.0,
+    ) -> None:
+        # Fail at start-up on an origin that cannot be a note key name.
+        format_checkpoint(origin, 0, b"\x00" * 32)
+        self._pool = pool
+        self._kms = kms
+        self._origin = origin
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._leader: PoolConnectionProxy | None = None
+        self._keys: SigningKeySet | None = None
+        self._keys_at = 0.0
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader is not None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="checkpoint-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._resign()
+
+    async def latest(self) -> str | None:
+        """The latest stored checkpoint note, whoever published it."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(sql.SELECT_LATEST_CHECKPOINT)
+        return None if row is None else str(row["note"])
+
+    async def key_set(self, *, refresh: bool = False) -> SigningKeySet:
+        now = time.monotonic()
+        if refresh or self._keys is None or now - self._keys_at > _KEY_CACHE_SECONDS:
+            self._keys = await load_key_set(self._kms, self._origin)
+            self._keys_at = now
+        return self._keys
+
+    # --- leadership ----------------------------------------------------------------
+    async def try_lead(self) -> bool:
+        """Take the leader lock if it is free; keep its connection while leading."""
+        if self._leader is not None:
+            return True
+        conn = await self._pool.acquire()
+        try:
+            won = await conn.fetchval(sql.TRY_LEADER, sql.CHECKPOINT_LOCK_ID)
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        if not won:
+            await self._pool.release(conn)
+            return False
+        self._leader = conn
+        log.info("checkpoint_leader_elected")
+        return True
+
+    async def _resign(self) -> None:
+        conn, self._leader = self._leader, None
+        if conn is None:
+            return
+        try:
+            await conn.fetchval(sql.RELEASE_LEADER, sql.CHECKPOINT_LOCK_ID)
+        except (asyncpg.PostgresError, OSError):
+            # The session lock dies with the session; make sure the session dies.
+            conn.terminate()
+        finally:
+            await self._pool.release(conn)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if await self.try_lead():
+                    await self.publish_once()
+            except asyncio.CancelledError:
+                raise
+            except CheckpointRefused:
+                pass  # logged where it was decided; try again next round
+            except (VaultServiceError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+                log.warning("checkpoint_round_failed", error_type=type(exc).__name__)
+                if isinstance(exc, asyncpg.PostgresError | OSError):
+                    await self._resign()  # the leader connection may be gone
+            await asyncio.sleep(self._interval)
+
+    # --- publishing ----------------------------------------------------------------
+    async def publish_once(self) -> str | None:
+        """Publish a checkpoint if the tree grew since the latest one; returns the
+        new note, or None if there was nothing to publish. Leaders call it on their
+        schedule; tests and tools may call it directly (the table's key on size keeps
+        two concurrent callers from storing two checkpoints of one size)."""
+        if self._leader is not None:
+            return await self._publish(self._leader)
+        async with self._pool.acquire() as conn:
+            return await self._publish(conn)
+
+    def _refuse(self, reason: str) -> CheckpointRefused:
+        _refused.add(1, {"reason": reason})
+        log.error("audit_checkpoint_refused", reason=reason)
+        return CheckpointRefused(reason)
+
+    async def _publish(self, conn: Connection) -> str | None:
+        state = await conn.fetchrow(sql.SELECT_TREE)
+        if state is None:
+            raise self._refuse("tree_state_missing")
+        size, stored_root = int(state["size"]), bytes(state["root"])
+        previous = await conn.fetchrow(sql.SELECT_LATEST_CHECKPOINT)
+        if size == 0 or (previous is not None and int(previous["size"]) >= size):
+            if previous is not None and int(previous["size"]) > size:
+                raise self._refuse("tree_shrank")
+            return None
+        keys = await self.key_set()
+        fetcher = TileFetcher(conn)
+        try:
+            root = await tree_root_from_tiles(fetcher, size)
+        except TileError:
+            raise self._refuse("tiles_inconsistent") from None
+        if root != stored_root:
+            raise self._refuse("root_mismatch")
+        if previous is not None:
+            await self._check_consistent(fetcher, keys, str(previous["note"]), size, root)
+
+        body = format_checkpoint(self._origin, size, root)
+        message = body.encode("utf-8")
+        version = keys.latest_version
+        signature = await self._kms.sign(CHECKPOINT_KEY, message, version)
+
+        def signer(raw: bytes) -> bytes:
+            if raw != message:
+                raise ConfigurationError("the note to sign changed")
+            return signature
+
+        try:
+            note = sign_note(body, self._origin, keys.public_keys[version], signer)
+        except ConfigurationError:
+            # The key rotated since we cached it: refresh once and let the next round sign.
+            await self.key_set(refresh=True)
+            raise KmsUnavailable("checkpoint key changed; retrying next round") from None
+        await conn.execute(sql.INSERT_CHECKPOINT, size, root, version, note)
+        _published.add(1)
+        log.info("audit_checkpoint_published", size=size, key_version=version)
+        return note
+
+    async def _check_consistent(
+        self, fetcher: TileFetcher, keys: SigningKeySet, note: str, size: int, root: bytes
+    ) -> None:
+        try:
+            previous = parse_checkpoint(verify_note(note, keys.verifiers()))
+        except NoteError:
+            raise self._refuse("previous_checkpoint_unverifiable") from None
+        if previous.origin != self._origin:
+            raise self._refuse("previous_checkpoint_origin")
+        try:
+            proof = await fetcher.consistency_proof(previous.size, size)
+            verify_consistency(previous.size, size, previous.root, root, proof)
+        except (MerkleError, TileError):
+            raise self._refuse("inconsistent_with_previous_checkpoint") from None

@@ -1,0 +1,543 @@
+"""The access log: what an entry is, and the batching sequencer that appends entries.
+
+Entry format (version 1, described in schemas/access_log_entry.schema.json and
+schemas/checkpoint.md):
+
+- the *body* is the queryable JSON of the event (ids and codes, never a value), its
+  canonical bytes being msgspec's JSON encoding of `EntryBody` (members in declaration
+  order, no whitespace);
+- the *leaf* is 49 bytes, `0x01 || uint64 index || int64 microseconds since the epoch
+  || SHA-256(salt || canonical body)`, all big-endian; its Merkle hash is
+  SHA-256(0x00 || leaf) (RFC 9162).
+
+The leaf commits to a *salted* hash of the body so that the body (and its salt) can
+be pruned at the end of its retention while the tree stays verifiable, and so that
+the hash left behind cannot be used to confirm a guess ("did account A read record R
+at time T?"): bodies are low-entropy, the 32-byte salt is not.
+
+Sequencing: `append` waits until its entry is committed. A single writer task per
+process takes everything queued (up to `max_batch`) and appends it in one
+transaction that locks the one tree-state row, so any number of processes on one
+database produce one tree without gap or duplicate. There is no wait timer: while
+one batch commits, the next accumulates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import re
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import asyncpg
+import msgspec
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+from opentelemetry import metrics
+
+from vault_service.audit import repository as sql
+from vault_service.audit.merkle import HASH_SIZE, leaf_hash
+from vault_service.audit.tiles import TILE_HEIGHT, TILE_WIDTH, TileBuilder, TileError
+from vault_service.errors import AuditUnavailable, VaultServiceError
+
+__all__ = [
+    "ENTRY_VERSION",
+    "LEAF_SIZE",
+    "AccessEvent",
+    "AccessLog",
+    "EntryBody",
+    "InvalidAccessEvent",
+    "Leaf",
+    "append_on_connection",
+    "body_hash",
+    "canonical_body",
+    "encode_leaf",
+    "parse_leaf",
+]
+
+log = structlog.get_logger(__name__)
+_meter = metrics.get_meter("vault_service.audit")
+_appended = _meter.create_counter("vault_service.audit.appended", description="entries appended")
+_failed = _meter.create_counter(
+    "vault_service.audit.append_failures", description="entries that could not be appended"
+)
+_batch_size = _meter.create_histogram(
+    "vault_service.audit.batch_size", description="entries per append transaction"
+)
+
+ENTRY_VERSION: Final = 1
+LEAF_SIZE: Final = 1 + 8 + 8 + HASH_SIZE
+SALT_SIZE: Final = 32
+_LEAF_HEAD = struct.Struct(">BQq")
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MAX_RECORD_IDS: Final = 10_000
+_MAX_FIELDS: Final = 500
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+class InvalidAccessEvent(VaultServiceError):
+    """An event that the log refuses to store: a caller bug (a value where an id or
+    code belongs). Fails the request like any other audit failure: no entry, no data."""
+
+    code = "invalid_access_event"
+    title = "The access-log entry is malformed"
+
+
+class AccessEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One access, allowed or refused. Ids and codes only: never a name, a NIR, a
+    field value or a token. `fields` are field *paths* returned, `criteria` are search
+    criterion *names*; `client_fingerprint` is a salted hash computed by the caller."""
+
+    action: str
+    outcome: Literal["allowed", "refused"]
+    actor_id: uuid.UUID | None
+    role: str | None
+    structure_id: uuid.UUID | None
+    record_ids: tuple[uuid.UUID, ...] = ()
+    fields: tuple[str, ...] = ()
+    purpose: str | None = None
+    purpose_detail: str | None = None
+    refusal_code: str | None = None
+    request_id: str | None = None
+    token_jti: uuid.UUID | None = None
+    client_fingerprint: str | None = None
+    criteria: tuple[str, ...] = ()
+
+
+class EntryBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The stored and hashed body, format version 1. The declaration order IS the
+    canonical member order: reorder nothing, add members only in a new version.
+    UUIDs are kept as their canonical lower-case text so that decoding and encoding
+    again is the identity on canonical bytes."""
+
+    v: int
+    at: str
+    action: str
+    outcome: str
+    actor_id: str | None
+    role: str | None
+    structure_id: str | None
+    record_ids: tuple[str, ...]
+    fields: tuple[str, ...]
+    purpose: str | None
+    purpose_detail: str | None
+    refusal_code: str | None
+    request_id: str | None
+    token_jti: str | None
+    client_fingerprint: str | None
+    criteria: tuple[str, ...]
+
+
+_body_encoder = msgspec.json.Encoder()
+_body_decoder = msgspec.json.Decoder(EntryBody)
+
+
+def canonical_body(data: bytes | str) -> bytes:
+    """Canonical bytes of a body given as any JSON text of it (jsonb output, a
+    reformatted file): decode into `EntryBody` and encode again."""
+    return _body_encoder.encode(_body_decoder.decode(data))
+
+
+def body_hash(salt: bytes, canonical: bytes) -> bytes:
+    return hashlib.sha256(salt + canonical).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    index: int
+    at_us: int
+    body_hash: bytes
+
+    @property
+    def at(self) -> datetime.datetime:
+        return _EPOCH + datetime.timedelta(microseconds=self.at_us)
+
+
+def encode_leaf(index: int, at_us: int, digest: bytes) -> bytes:
+    return _LEAF_HEAD.pack(ENTRY_VERSION, index, at_us) + digest
+
+
+def parse_leaf(leaf: bytes) -> Leaf:
+    """Parse a version-1 leaf; raises ValueError for any other length or version."""
+    if len(leaf) != LEAF_SIZE or leaf[0] != ENTRY_VERSION:
+        raise ValueError("not a version 1 access-log leaf")
+    _, index, at_us = _LEAF_HEAD.unpack_from(leaf)
+    return Leaf(index=index, at_us=at_us, body_hash=leaf[17:])
+
+
+def format_time(at_us: int) -> str:
+    moment = _EPOCH + datetime.timedelta(microseconds=at_us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- validation: ids and codes only ---------------------------------------------------
+_ACTION = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}")
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_FIELD = re.compile(r"[a-z0-9_]{1,64}(\[\]|\.[a-z0-9_*]{1,64}|\[[0-9]{1,4}\]){0,8}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
+_FINGERPRINT = re.compile(r"[A-Za-z0-9_=+/:-]{8,128}")
+# The X-Purpose-Detail header's own rule (auth/guards.py): short plain text, stated by
+# the caller as a reason. It is kept in the prunable body, never in the leaf.
+_DETAIL = re.compile(r"[\w .,;:'()/-]{1,200}")
+
+
+def _check(pattern: re.Pattern[str], value: str | None, what: str) -> None:
+    if value is not None and (not isinstance(value, str) or pattern.fullmatch(value) is None):
+        # The message names the member, never its content.
+        raise InvalidAccessEvent(f"access-log entry: invalid {what}")
+
+
+def _validate(event: AccessEvent) -> None:
+    if not isinstance(event, AccessEvent):
+        raise InvalidAccessEvent("access-log entry: not an AccessEvent")
+    _check(_ACTION, event.action, "action")
+    if event.outcome not in ("allowed", "refused"):
+        raise InvalidAccessEvent("access-log entry: invalid outcome")
+    _check(_CODE, event.role, "role")
+    _check(_CODE, event.purpose, "purpose")
+    _check(_DETAIL, event.purpose_detail, "purpose_detail")
+    _check(_CODE, event.refusal_code, "refusal_code")
+    _check(_REQUEST_ID, event.request_id, "request_id")
+    _check(_FINGERPRINT, event.client_fingerprint, "client_fingerprint")
+    if len(event.record_ids) > _MAX_RECORD_IDS or len(event.fields) > _MAX_FIELDS:
+        raise InvalidAccessEvent("access-log entry: too many record ids or fields")
+    for path in event.fields:
+        _check(_FIELD, path, "field path")
+    for name in event.criteria:
+        _check(_CODE, name, "criterion name")
+    for value in (event.actor_id, event.structure_id, event.token_jti):
+        if value is not None and not isinstance(value, uuid.UUID):
+            raise InvalidAccessEvent("access-log entry: an id is not a UUID")
+    if not all(isinstance(r, uuid.UUID) for r in event.record_ids):
+        raise InvalidAccessEvent("access-log entry: a record id is not a UUID")
+
+
+def _str_or_none(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An event ready for the sequencer: everything but its index, computed by the
+    caller's task so that the writer's critical section stays short."""
+
+    at_us: int
+    at: datetime.datetime
+    actor_id: uuid.UUID | None
+    action: str
+    outcome: str
+    record_ids: str  # PostgreSQL array literal of canonical UUIDs
+    salt: bytes
+    body: str
+    body_hash: bytes
+
+
+def _prepare(event: AccessEvent, at_us: int) -> _Prepared:
+    _validate(event)
+    body = EntryBody(
+        v=ENTRY_VERSION,
+        at=format_time(at_us),
+        action=event.action,
+        outcome=event.outcome,
+        actor_id=_str_or_none(event.actor_id),
+        role=None if event.role is None else str(event.role),
+        structure_id=_str_or_none(event.structure_id),
+        record_ids=tuple(str(r) for r in event.record_ids),
+        fields=event.fields,
+        purpose=None if event.purpose is None else str(event.purpose),
+        purpose_detail=event.purpose_detail,
+        refusal_code=event.refusal_code,
+        request_id=event.request_id,
+        token_jti=_str_or_none(event.token_jti),
+        client_fingerprint=event.client_fingerprint,
+        criteria=event.criteria,
+    )
+    canonical = _body_encoder.encode(body)
+    salt = os.urandom(SALT_SIZE)
+    return _Prepared(
+        at_us=at_us,
+        at=_EPOCH + datetime.timedelta(microseconds=at_us),
+        actor_id=event.actor_id,
+        action=event.action,
+        outcome=event.outcome,
+        record_ids="{" + ",".join(body.record_ids) + "}",
+        salt=salt,
+        body=canonical.decode("utf-8"),
+        body_hash=body_hash(salt, canonical),
+    )
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+# --- the transaction that appends a batch -------------------------------------------------
+def _edge_keys(size: int) -> list[tuple[int, int]]:
+    """The partial tile of each level of a tree of `size` leaves: what an append
+    continues and what the new root is read from."""
+    keys = []
+    level = 0
+    while nodes := size >> (TILE_HEIGHT * level):
+        if nodes % TILE_WIDTH:
+            keys.append((level, nodes // TILE_WIDTH))
+        level += 1
+    return keys
+
+
+class _DictStore:
+    def __init__(self, tiles: Mapping[tuple[int, int], bytes]) -> None:
+        self.tiles = tiles
+
+    def get(self, level: int, index: int) -> bytes | None:
+        return self.tiles.get((level, index))
+
+
+@dataclass(slots=True)
+class _Edge:
+    """Right-edge tiles after the last commit of this process: when no other process
+    appended in between (the locked size matches), the sequencer needs no tile read."""
+
+    size: int
+    tiles: dict[tuple[int, int], bytes]
+
+
+async def _fetch_tiles(
+    conn: Connection, keys: Sequence[tuple[int, int]], timeout: float | None
+) -> dict[tuple[int, int], bytes]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        sql.SELECT_TILES, [k[0] for k in keys], [k[1] for k in keys], timeout=timeout
+    )
+    return {(r["level"], r["idx"]): bytes(r["hashes"]) for r in rows}
+
+
+async def _append_in_transaction(
+    conn: Connection,
+    batch: Sequence[_Prepared],
+    edge: _Edge | None,
+    timeout: float | None,
+) -> tuple[list[int], _Edge]:
+    """Append `batch` inside the caller's open transaction; returns the indexes and
+    the new right edge. Nothing is durable until the caller commits."""
+    row = await conn.fetchrow(sql.LOCK_TREE, timeout=timeout)
+    if row is None:
+        raise TileError("the access-log tree state row is missing")
+    size = int(row["size"])
+    if edge is not None and edge.size == size:
+        tiles = edge.tiles
+    else:
+        tiles = await _fetch_tiles(conn, _edge_keys(size), timeout)
+    indexes = list(range(size, size + len(batch)))
+    leaves = [encode_leaf(i, p.at_us, p.body_hash) for i, p in zip(indexes, batch, strict=True)]
+    hashes = [leaf_hash(leaf) for leaf in leaves]
+    result = TileBuilder(size, _DictStore(tiles)).append(hashes)
+    tile_keys = sorted(result.tiles)
+    status = await conn.execute(
+        sql.APPEND_BATCH,
+        indexes,
+        leaves,
+        hashes,
+        [p.at for p in batch],
+        [p.actor_id for p in batch],
+        [p.action for p in batch],
+        [p.outcome for p in batch],
+        [p.record_ids for p in batch],
+        [p.salt for p in batch],
+        [p.body for p in batch],
+        [k[0] for k in tile_keys],
+        [k[1] for k in tile_keys],
+        [result.tiles[k] for k in tile_keys],
+        result.size,
+        result.root,
+        size,
+        timeout=timeout,
+    )
+    if status != "UPDATE 1":
+        # Impossible while we hold the row lock; if it happens, the tree is not ours.
+        raise TileError("the access-log tree state changed under its lock")
+    merged = {**tiles, **result.tiles}
+    new_edge = {key: merged[key] for key in _edge_keys(result.size) if key in merged}
+    if len(new_edge) != len(_edge_keys(result.size)):
+        raise TileError("the access-log right edge is incomplete")
+    return indexes, _Edge(result.size, new_edge)
+
+
+async def append_on_connection(
+    conn: Connection,
+    events: Iterable[AccessEvent],
+    *,
+    clock: Callable[[], int] = _wall_clock_us,
+) -> list[int]:
+    """Append `events` in the transaction already open on `conn` (for jobs that must
+    commit an act and its log entry atomically, like retention). No batching with
+    other callers; the row lock still serialises it with every sequencer."""
+    batch = [_prepare(event, clock()) for event in events]
+    if not batch:
+        return []
+    if not conn.is_in_transaction():
+        raise AuditUnavailable("append_on_connection needs an open transaction")
+    indexes, _ = await _append_in_transaction(conn, batch, None, None)
+    return indexes
+
+
+# --- the sequencer ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Waiting:
+    prepared: _Prepared
+    future: asyncio.Future[int]
+
+
+class AccessLog:
+    """Per-process front of the shared log. `append` returns the leaf index once the
+    entry is committed, or raises AuditUnavailable: the caller must then return no
+    data (fail closed).
+
+    `lock_timeout` bounds how long a batch waits for the tree lock and each of its
+    statements (a blocked log must refuse requests quickly, not queue them); `clock`
+    returns microseconds since the epoch and exists for tests and imports of old
+    events. `max_queue` bounds memory when the database is slower than the callers:
+    past it, appends fail at once.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 512,
+        lock_timeout: float = 2.0,
+        max_queue: int = 65_536,
+        clock: Callable[[], int] = _wall_clock_us,
+    ) -> None:
+        if max_batch < 1 or max_queue < max_batch:
+            raise ValueError("max_batch must be at least 1 and at most max_queue")
+        self._pool = pool
+        self._max_batch = max_batch
+        self._timeout = lock_timeout
+        self._max_queue = max_queue
+        self._clock = clock
+        # One group per append_many call: a group is never split across batches.
+        self._queue: list[list[_Waiting]] = []
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._edge: _Edge | None = None
+        self.batches = 0
+        """Transactions committed by this process (tests and metrics)."""
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._stopping
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping = False
+        self._task = asyncio.create_task(self._writer(), name="access-log-writer")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop; later appends fail closed."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        await self._task
+        self._task = None
+
+    async def append(self, event: AccessEvent) -> int:
+        (index,) = await self.append_many((event,))
+        return index
+
+    async def append_many(self, events: Iterable[AccessEvent]) -> list[int]:
+        """Append several events; they commit together (in one batch) and their
+        indexes are consecutive."""
+        prepared = [_prepare(event, self._clock()) for event in events]
+        if not prepared:
+            return []
+        if not self.running:
+            _failed.add(len(prepared), {"reason": "not_running"})
+            raise AuditUnavailable()
+        if self._queued + len(prepared) > self._max_queue:
+            _failed.add(len(prepared), {"reason": "queue_full"})
+            log.warning("audit_queue_full", queued=self._queued)
+            raise AuditUnavailable()
+        loop = asyncio.get_running_loop()
+        waiting = [_Waiting(p, loop.create_future()) for p in prepared]
+        self._queue.append(waiting)
+        self._queued += len(waiting)
+        self._wakeup.set()
+        return [await w.future for w in waiting]
+
+    def _take(self) -> list[_Waiting]:
+        # Whole groups only: the entries of one append_many commit together, so a group
+        # larger than max_batch makes a batch of its own.
+        batch: list[_Waiting] = []
+        taken = 0
+        for group in self._queue:
+            if batch and len(batch) + len(group) > self._max_batch:
+                break
+            batch.extend(group)
+            taken += 1
+        del self._queue[:taken]
+        self._queued -= len(batch)
+        return batch
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            try:
+                indexes = await self._commit([w.prepared for w in batch])
+            except asyncio.CancelledError:
+                self._fail(batch, "cancelled")
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure fails these appends closed
+                self._edge = None
+                log.error("audit_append_failed", error_type=type(exc).__name__, entries=len(batch))
+                self._fail(batch, type(exc).__name__)
+                continue
+            for waiting, index in zip(batch, indexes, strict=True):
+                if not waiting.future.done():
+                    waiting.future.set_result(index)
+            self.batches += 1
+            _appended.add(len(batch))
+            _batch_size.record(len(batch))
+
+    @staticmethod
+    def _fail(batch: Sequence[_Waiting], reason: str) -> None:
+        _failed.add(len(batch), {"reason": reason})
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_exception(AuditUnavailable())
+
+    async def _commit(self, batch: Sequence[_Prepared]) -> list[int]:
+        timeout = self._timeout
+        async with self._pool.acquire(timeout=timeout) as conn:
+            await conn.execute(sql.BEGIN_APPEND, timeout=timeout)
+            try:
+                indexes, edge = await _append_in_transaction(conn, batch, self._edge, timeout)
+                await conn.execute(sql.COMMIT, timeout=timeout)
+            except BaseException:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    try:
+                        await conn.execute(sql.ROLLBACK, timeout=timeout)
+                    except (asyncpg.PostgresError, OSError, TimeoutError):
+                        # The pool replaces a connection that was terminated.
+                        conn.terminate()
+                raise
+        self._edge = edge
+        return indexes

@@ -1,0 +1,164 @@
+"""SQL of the access log: named constants, explicit column lists, no string building.
+
+Tables (migration 0002_access_log.sql):
+- audit_entries      immutable: (idx, leaf, leaf_hash); triggers refuse UPDATE, DELETE, TRUNCATE
+- audit_bodies       the queryable body of each entry (jsonb + salt), prunable by retention
+- audit_tree_state   one row: the tree size and root, locked by every append
+- audit_tiles        tlog-tiles hashes of complete subtrees, append-only per row
+- audit_checkpoints  signed checkpoints, immutable
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- sequencer ---------------------------------------------------------------------
+# One simple-protocol round trip: the transaction and its durability. synchronous_commit
+# is forced on because an entry counts as appended only once it is on disk: a deployment
+# that turned it off globally for speed must not silently weaken the log.
+BEGIN_APPEND: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on"
+COMMIT: Final = "COMMIT"
+ROLLBACK: Final = "ROLLBACK"
+
+# The single row every append locks: this is what serialises replicas.
+LOCK_TREE: Final = "SELECT size, root FROM audit_tree_state WHERE id = 1 FOR UPDATE"
+SELECT_TREE: Final = "SELECT size, root FROM audit_tree_state WHERE id = 1"
+
+SELECT_TILES: Final = """
+SELECT t.level, t.idx, t.hashes
+FROM audit_tiles t
+JOIN unnest($1::smallint[], $2::bigint[]) AS k (level, idx)
+  ON t.level = k.level AND t.idx = k.idx
+"""
+
+# Every write of a batch in one statement (one round trip). The data-modifying CTEs all
+# run; the final UPDATE's row count tells the sequencer its size was still current.
+# record_ids travel as array literals built from UUID objects (one per entry), because
+# unnest cannot take a ragged array of arrays.
+APPEND_BATCH: Final = """
+WITH entries AS (
+    INSERT INTO audit_entries (idx, leaf, leaf_hash)
+    SELECT u.idx, u.leaf, u.leaf_hash
+    FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS u (idx, leaf, leaf_hash)
+), bodies AS (
+    INSERT INTO audit_bodies (idx, at, actor_id, action, outcome, record_ids, salt, body)
+    SELECT u.idx, u.at, u.actor_id, u.action, u.outcome, u.record_ids::uuid[], u.salt, u.body
+    FROM unnest($1::bigint[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
+                $8::text[], $9::bytea[], $10::jsonb[])
+         AS u (idx, at, actor_id, action, outcome, record_ids, salt, body)
+), tiles AS (
+    INSERT INTO audit_tiles (level, idx, hashes)
+    SELECT u.level, u.idx, u.hashes
+    FROM unnest($11::smallint[], $12::bigint[], $13::bytea[]) AS u (level, idx, hashes)
+    ON CONFLICT (level, idx) DO UPDATE SET hashes = EXCLUDED.hashes
+)
+UPDATE audit_tree_state SET size = $14, root = $15, updated_at = now()
+WHERE id = 1 AND size = $16
+"""
+
+# --- checkpoints -----------------------------------------------------------------------
+CHECKPOINT_LOCK_ID: Final = 0x7661756C74_02  # advisory lock of the checkpoint leader
+TRY_LEADER: Final = "SELECT pg_try_advisory_lock($1)"
+RELEASE_LEADER: Final = "SELECT pg_advisory_unlock($1)"
+SELECT_LATEST_CHECKPOINT: Final = """
+SELECT size, root, key_version, note, created_at
+FROM audit_checkpoints ORDER BY size DESC LIMIT 1
+"""
+SELECT_CHECKPOINT: Final = """
+SELECT size, root, key_version, note, created_at FROM audit_checkpoints WHERE size = $1
+"""
+INSERT_CHECKPOINT: Final = """
+INSERT INTO audit_checkpoints (size, root, key_version, note)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (size) DO NOTHING
+"""
+
+# --- proofs and bundles ----------------------------------------------------------------
+SELECT_ENTRY: Final = """
+SELECT e.idx, e.leaf, b.salt, b.body::text AS body
+FROM audit_entries e LEFT JOIN audit_bodies b ON b.idx = e.idx
+WHERE e.idx = $1
+"""
+SELECT_ENTRY_RANGE: Final = """
+SELECT e.idx, e.leaf, b.salt, b.body::text AS body
+FROM audit_entries e LEFT JOIN audit_bodies b ON b.idx = e.idx
+WHERE e.idx >= $1 AND e.idx < $2
+ORDER BY e.idx
+"""
+
+# --- auditor queries -------------------------------------------------------------------
+# One constant per leading filter so that each gets a plan on its own index; the other
+# filters are optional ($n IS NULL OR ...). Pages are ordered by leaf index.
+_EVENT_COLUMNS: Final = "b.idx, b.body::text AS body"
+_EVENT_FILTERS: Final = """
+  AND ($1::uuid IS NULL OR b.record_ids @> ARRAY[$1::uuid])
+  AND ($2::uuid IS NULL OR b.actor_id = $2)
+  AND ($3::text IS NULL OR b.action = $3)
+  AND ($4::timestamptz IS NULL OR b.at >= $4)
+  AND ($5::timestamptz IS NULL OR b.at < $5)
+  AND b.idx > $6
+ORDER BY b.idx
+LIMIT $7
+"""
+EVENTS_BY_RECORD: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
+    f"WHERE b.record_ids @> ARRAY[$1::uuid] {_EVENT_FILTERS}"
+)
+EVENTS_BY_ACTOR: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
+    f"WHERE b.actor_id = $2 {_EVENT_FILTERS}"
+)
+EVENTS_BY_ACTION: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
+    f"WHERE b.action = $3 {_EVENT_FILTERS}"
+)
+EVENTS_ALL: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
+    f"WHERE true {_EVENT_FILTERS}"
+)
+
+# Every record that an actor was given in a window: allowed entries only (a refusal
+# returned nothing), all actions that name records, aggregated per record.
+BREACH_IMPACT: Final = """
+WITH hits AS (
+    SELECT b.idx, b.at, b.action, b.body -> 'fields' AS fields, r.record_id
+    FROM audit_bodies b
+    CROSS JOIN LATERAL unnest(b.record_ids) AS r (record_id)
+    WHERE b.actor_id = $1 AND b.at >= $2 AND b.at < $3 AND b.outcome = 'allowed'
+      AND r.record_id > $4
+)
+SELECT h.record_id,
+       count(DISTINCT h.idx) AS accesses,
+       min(h.at) AS first_at,
+       max(h.at) AS last_at,
+       array_agg(DISTINCT h.action ORDER BY h.action) AS actions,
+       COALESCE(array_agg(DISTINCT f.path ORDER BY f.path) FILTER (WHERE f.path IS NOT NULL),
+                '{}'::text[]) AS fields
+FROM hits h
+LEFT JOIN LATERAL jsonb_array_elements_text(h.fields) AS f (path) ON true
+GROUP BY h.record_id
+ORDER BY h.record_id
+LIMIT $5
+"""
+BREACH_IMPACT_TOTALS: Final = """
+SELECT count(*) AS entries, count(*) FILTER (WHERE b.outcome = 'refused') AS refused
+FROM audit_bodies b
+WHERE b.actor_id = $1 AND b.at >= $2 AND b.at < $3
+"""
+# The oldest body still held: a window that starts before it may have lost entries to
+# retention, and a report must say so rather than look complete.
+OLDEST_BODY: Final = "SELECT min(at) FROM audit_bodies"
+
+SUBJECT_EVENTS: Final = """
+SELECT b.idx, b.body::text AS body
+FROM audit_bodies b
+WHERE b.record_ids @> ARRAY[$1::uuid] AND b.idx > $2
+ORDER BY b.idx
+LIMIT $3
+"""
+
+# --- retention -----------------------------------------------------------------------------
+PRUNE_BODIES: Final = """
+WITH pruned AS (DELETE FROM audit_bodies WHERE at < $1 RETURNING idx)
+SELECT count(*) FROM pruned
+"""
