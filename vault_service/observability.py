@@ -69,29 +69,40 @@ def _drop_exc_info(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     return event
 
 
-def configure_telemetry(service_name: str = "vault-service") -> None:
-    """Install SDK providers once per process; exporters only when configured."""
+def configure_telemetry(service_name: str = "vault-service", *, always: bool = False) -> None:
+    """Install SDK providers once per process, when an OTLP exporter is configured
+    (or `always`, for tests that capture spans). Without one the API's no-op tracer
+    stays: spans nobody exports are pure cost on the hot path. Sampling follows the
+    standard OTEL_TRACES_SAMPLER variables, read by the SDK."""
     global _configured  # noqa: PLW0603 - process-wide providers are set exactly once
     if _configured:
+        return
+    traces = bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    exported_metrics = bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+    if not (traces or exported_metrics or always):
         return
     _configured = True
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     tracer_provider = TracerProvider(resource=resource)
     readers = []
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
+    if traces:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
-    ):
+    if exported_metrics:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    if not (traces or always):
+        return
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
     # capture_parameters stays off: parameters are blind indexes and ciphertexts at

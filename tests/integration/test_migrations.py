@@ -30,18 +30,26 @@ async def test_schema_matches_snapshot(stack: Stack, owner: asyncpg.Connection) 
 async def test_runner_is_idempotent_and_checks_checksums(stack: Stack, tmp_path: Path) -> None:
     database = f"vs_mig_{secrets.token_hex(3)}"
     await devstack.bootstrap_database(stack.admin_dsn, database)
-    conn = await asyncpg.connect(devstack.dsn_for(stack.admin_dsn, user="vault_service_owner", database=database))
+    conn = await asyncpg.connect(
+        devstack.dsn_for(stack.admin_dsn, user="vault_service_owner", database=database)
+    )
     try:
         found = migrations.discover()
         assert await migrations.migrate(conn, found) == [m.name for m in found]
         assert await migrations.migrate(conn, found) == []  # nothing twice
         # An applied file edited afterwards stops the runner.
-        edited = [migrations.Migration(found[0].version, found[0].name, found[0].sql + "\n-- edit")] + found[1:]
+        edited = [
+            migrations.Migration(found[0].version, found[0].name, found[0].sql + "\n-- edit")
+        ] + found[1:]
         with pytest.raises(ConfigurationError):
             await migrations.migrate(conn, edited)
         # A failing migration leaves nothing behind: one transaction per file.
-        broken = [*found, migrations.Migration(len(found) + 1, "9999_broken.sql",
-                                               "CREATE TABLE half_done (id int); SELECT 1/0;")]
+        broken = [
+            *found,
+            migrations.Migration(
+                len(found) + 1, "9999_broken.sql", "CREATE TABLE half_done (id int); SELECT 1/0;"
+            ),
+        ]
         with pytest.raises(asyncpg.DivisionByZeroError):
             await migrations.migrate(conn, broken)
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None

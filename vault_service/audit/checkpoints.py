@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
@@ -31,15 +30,18 @@ from vault_service.audit import repository as sql
 from vault_service.audit.merkle import MerkleError, verify_consistency
 from vault_service.audit.note import (
     NoteError,
-    NoteVerifier,
     format_checkpoint,
     parse_checkpoint,
     sign_note,
-    verifier_key_string,
-    verifier_map,
     verify_note,
 )
-from vault_service.audit.proofs import TileFetcher, tree_root_from_tiles
+from vault_service.audit.proofs import (
+    DEFAULT_ORIGIN,
+    SigningKeySet,
+    TileFetcher,
+    load_key_set,
+    tree_root_from_tiles,
+)
 from vault_service.audit.tiles import TileError
 from vault_service.errors import ConfigurationError, KmsUnavailable, VaultServiceError
 from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
@@ -56,7 +58,6 @@ _refused = _meter.create_counter(
     description="checkpoints not signed because the stored tree failed a check",
 )
 
-DEFAULT_ORIGIN: Final = "vault-service.example/access-log"
 _KEY_CACHE_SECONDS: Final = 60.0
 
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -68,34 +69,6 @@ class CheckpointRefused(VaultServiceError):
 
     code = "checkpoint_refused"
     title = "The access-log tree failed verification; no checkpoint was signed"
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKeySet:
-    """The checkpoint key's live versions as note verifiers, and the latest one."""
-
-    origin: str
-    latest_version: int
-    public_keys: dict[int, bytes]
-
-    def verifiers(self) -> dict[tuple[str, int], NoteVerifier]:
-        return verifier_map(
-            *(NoteVerifier.from_public_key(self.origin, k) for k in self.public_keys.values())
-        )
-
-    def verifier_keys(self) -> list[str]:
-        """Standard `name+id+key` strings, oldest version first: every version that can
-        still verify, so checkpoints signed before a rotation stay checkable."""
-        return [
-            verifier_key_string(self.origin, self.public_keys[v]) for v in sorted(self.public_keys)
-        ]
-
-
-async def load_key_set(kms: VaultKms, origin: str) -> SigningKeySet:
-    latest, keys = await kms.public_keys(CHECKPOINT_KEY)
-    if latest not in keys:
-        raise ConfigurationError("the checkpoint key's latest version has no public key")
-    return SigningKeySet(origin=origin, latest_version=latest, public_keys=keys)
 
 
 class CheckpointPublisher:
@@ -174,7 +147,7 @@ class CheckpointPublisher:
             return
         try:
             await conn.fetchval(sql.RELEASE_LEADER, sql.CHECKPOINT_LOCK_ID)
-        except (asyncpg.PostgresError, OSError):
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
             # The session lock dies with the session; make sure the session dies.
             conn.terminate()
         finally:
@@ -189,10 +162,13 @@ class CheckpointPublisher:
                 raise
             except CheckpointRefused:
                 pass  # logged where it was decided; try again next round
-            except (VaultServiceError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            except VaultServiceError as exc:
                 log.warning("checkpoint_round_failed", error_type=type(exc).__name__)
-                if isinstance(exc, asyncpg.PostgresError | OSError):
-                    await self._resign()  # the leader connection may be gone
+            except Exception as exc:  # noqa: BLE001 - the publisher must outlive any failure
+                # Most likely the leader connection is gone: give up leadership (the
+                # session lock dies with it) and compete again next round.
+                log.warning("checkpoint_round_failed", error_type=type(exc).__name__)
+                await self._resign()
             await asyncio.sleep(self._interval)
 
     # --- publishing ----------------------------------------------------------------

@@ -173,9 +173,20 @@ def parse_leaf(leaf: bytes) -> Leaf:
     return Leaf(index=index, at_us=at_us, body_hash=leaf[17:])
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_time(at_us: int) -> str:
-    moment = _EPOCH + datetime.timedelta(microseconds=at_us)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds, as in the body. The second's text is cached:
+    a busy log formats the same second thousands of times."""
+    global _last_second  # noqa: PLW0603 - a one-entry cache, racy only in harmless ways
+    seconds, micros = divmod(at_us, 1_000_000)
+    cached_second, text = _last_second
+    if cached_second != seconds:
+        moment = _EPOCH + datetime.timedelta(seconds=seconds)
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (seconds, text)
+    return f"{text}.{micros:06d}Z"
 
 
 # --- validation: ids and codes only ---------------------------------------------------
@@ -187,37 +198,52 @@ _FINGERPRINT = re.compile(r"[A-Za-z0-9_=+/:-]{8,128}")
 # The X-Purpose-Detail header's own rule (auth/guards.py): short plain text, stated by
 # the caller as a reason. It is kept in the prunable body, never in the leaf.
 _DETAIL = re.compile(r"[\w .,;:'()/-]{1,200}")
+# Codes, actions and field paths come from a small vocabulary: remember the ones that
+# passed (bounded, so that varied input cannot grow it) and skip their regex.
+_KNOWN_MAX: Final = 4096
+_known: dict[re.Pattern[str], set[str]] = {p: set() for p in (_ACTION, _CODE, _FIELD)}
 
 
 def _check(pattern: re.Pattern[str], value: str | None, what: str) -> None:
-    if value is not None and (not isinstance(value, str) or pattern.fullmatch(value) is None):
+    if value is None:
+        return
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
         # The message names the member, never its content.
         raise InvalidAccessEvent(f"access-log entry: invalid {what}")
+
+
+def _check_code(pattern: re.Pattern[str], value: str | None, what: str) -> None:
+    if value is None:
+        return
+    known = _known[pattern]
+    if value in known:
+        return
+    _check(pattern, value, what)
+    if len(known) < _KNOWN_MAX:
+        known.add(value)
 
 
 def _validate(event: AccessEvent) -> None:
     if not isinstance(event, AccessEvent):
         raise InvalidAccessEvent("access-log entry: not an AccessEvent")
-    _check(_ACTION, event.action, "action")
+    _check_code(_ACTION, event.action, "action")
     if event.outcome not in ("allowed", "refused"):
         raise InvalidAccessEvent("access-log entry: invalid outcome")
-    _check(_CODE, event.role, "role")
-    _check(_CODE, event.purpose, "purpose")
+    _check_code(_CODE, event.role, "role")
+    _check_code(_CODE, event.purpose, "purpose")
     _check(_DETAIL, event.purpose_detail, "purpose_detail")
-    _check(_CODE, event.refusal_code, "refusal_code")
+    _check_code(_CODE, event.refusal_code, "refusal_code")
     _check(_REQUEST_ID, event.request_id, "request_id")
     _check(_FINGERPRINT, event.client_fingerprint, "client_fingerprint")
     if len(event.record_ids) > _MAX_RECORD_IDS or len(event.fields) > _MAX_FIELDS:
         raise InvalidAccessEvent("access-log entry: too many record ids or fields")
     for path in event.fields:
-        _check(_FIELD, path, "field path")
+        _check_code(_FIELD, path, "field path")
     for name in event.criteria:
-        _check(_CODE, name, "criterion name")
-    for value in (event.actor_id, event.structure_id, event.token_jti):
-        if value is not None and not isinstance(value, uuid.UUID):
+        _check_code(_CODE, name, "criterion name")
+    for value in (event.actor_id, event.structure_id, event.token_jti, *event.record_ids):
+        if value is not None and type(value) is not uuid.UUID:
             raise InvalidAccessEvent("access-log entry: an id is not a UUID")
-    if not all(isinstance(r, uuid.UUID) for r in event.record_ids):
-        raise InvalidAccessEvent("access-log entry: a record id is not a UUID")
 
 
 def _str_or_none(value: uuid.UUID | None) -> str | None:
@@ -230,11 +256,6 @@ class _Prepared:
     caller's task so that the writer's critical section stays short."""
 
     at_us: int
-    at: datetime.datetime
-    actor_id: uuid.UUID | None
-    action: str
-    outcome: str
-    record_ids: str  # PostgreSQL array literal of canonical UUIDs
     salt: bytes
     body: str
     body_hash: bytes
@@ -242,17 +263,19 @@ class _Prepared:
 
 def _prepare(event: AccessEvent, at_us: int) -> _Prepared:
     _validate(event)
+    role, purpose = event.role, event.purpose
     body = EntryBody(
         v=ENTRY_VERSION,
         at=format_time(at_us),
         action=event.action,
         outcome=event.outcome,
         actor_id=_str_or_none(event.actor_id),
-        role=None if event.role is None else str(event.role),
+        # str() turns a StrEnum (Role, Purpose) into its plain value.
+        role=None if role is None else str(role),
         structure_id=_str_or_none(event.structure_id),
-        record_ids=tuple(str(r) for r in event.record_ids),
+        record_ids=tuple(map(str, event.record_ids)),
         fields=event.fields,
-        purpose=None if event.purpose is None else str(event.purpose),
+        purpose=None if purpose is None else str(purpose),
         purpose_detail=event.purpose_detail,
         refusal_code=event.refusal_code,
         request_id=event.request_id,
@@ -264,14 +287,9 @@ def _prepare(event: AccessEvent, at_us: int) -> _Prepared:
     salt = os.urandom(SALT_SIZE)
     return _Prepared(
         at_us=at_us,
-        at=_EPOCH + datetime.timedelta(microseconds=at_us),
-        actor_id=event.actor_id,
-        action=event.action,
-        outcome=event.outcome,
-        record_ids="{" + ",".join(body.record_ids) + "}",
         salt=salt,
         body=canonical.decode("utf-8"),
-        body_hash=body_hash(salt, canonical),
+        body_hash=hashlib.sha256(salt + canonical).digest(),
     )
 
 
@@ -310,12 +328,12 @@ class _Edge:
 
 
 async def _fetch_tiles(
-    conn: Connection, keys: Sequence[tuple[int, int]], timeout: float | None
+    conn: Connection, keys: Sequence[tuple[int, int]], wait: float | None
 ) -> dict[tuple[int, int], bytes]:
     if not keys:
         return {}
     rows = await conn.fetch(
-        sql.SELECT_TILES, [k[0] for k in keys], [k[1] for k in keys], timeout=timeout
+        sql.SELECT_TILES, [k[0] for k in keys], [k[1] for k in keys], timeout=wait
     )
     return {(r["level"], r["idx"]): bytes(r["hashes"]) for r in rows}
 
@@ -324,18 +342,20 @@ async def _append_in_transaction(
     conn: Connection,
     batch: Sequence[_Prepared],
     edge: _Edge | None,
-    timeout: float | None,
+    wait: float | None,
 ) -> tuple[list[int], _Edge]:
     """Append `batch` inside the caller's open transaction; returns the indexes and
     the new right edge. Nothing is durable until the caller commits."""
-    row = await conn.fetchrow(sql.LOCK_TREE, timeout=timeout)
+    # `wait` bounds each statement, the lock wait included: a blocked log must refuse
+    # requests quickly (asyncpg cancels the statement server-side), not queue them.
+    row = await conn.fetchrow(sql.LOCK_TREE, timeout=wait)
     if row is None:
         raise TileError("the access-log tree state row is missing")
     size = int(row["size"])
     if edge is not None and edge.size == size:
         tiles = edge.tiles
     else:
-        tiles = await _fetch_tiles(conn, _edge_keys(size), timeout)
+        tiles = await _fetch_tiles(conn, _edge_keys(size), wait)
     indexes = list(range(size, size + len(batch)))
     leaves = [encode_leaf(i, p.at_us, p.body_hash) for i, p in zip(indexes, batch, strict=True)]
     hashes = [leaf_hash(leaf) for leaf in leaves]
@@ -346,11 +366,6 @@ async def _append_in_transaction(
         indexes,
         leaves,
         hashes,
-        [p.at for p in batch],
-        [p.actor_id for p in batch],
-        [p.action for p in batch],
-        [p.outcome for p in batch],
-        [p.record_ids for p in batch],
         [p.salt for p in batch],
         [p.body for p in batch],
         [k[0] for k in tile_keys],
@@ -359,7 +374,7 @@ async def _append_in_transaction(
         result.size,
         result.root,
         size,
-        timeout=timeout,
+        timeout=wait,
     )
     if status != "UPDATE 1":
         # Impossible while we hold the row lock; if it happens, the tree is not ours.
@@ -527,17 +542,17 @@ class AccessLog:
     async def _commit(self, batch: Sequence[_Prepared]) -> list[int]:
         timeout = self._timeout
         async with self._pool.acquire(timeout=timeout) as conn:
-            await conn.execute(sql.BEGIN_APPEND, timeout=timeout)
             try:
+                await conn.execute(sql.BEGIN_APPEND, timeout=timeout)
                 indexes, edge = await _append_in_transaction(conn, batch, self._edge, timeout)
                 await conn.execute(sql.COMMIT, timeout=timeout)
             except BaseException:
-                if not conn.is_closed() and conn.is_in_transaction():
-                    try:
-                        await conn.execute(sql.ROLLBACK, timeout=timeout)
-                    except (asyncpg.PostgresError, OSError, TimeoutError):
-                        # The pool replaces a connection that was terminated.
-                        conn.terminate()
+                # Whatever failed (a timeout mid-statement, a cancelled task, a broken
+                # socket), the session is in an unknown state: drop it. The server rolls
+                # the transaction back and frees the tree lock at once, and the pool
+                # (which may not reset connections on release) never hands out a
+                # connection with a transaction still open.
+                conn.terminate()
                 raise
         self._edge = edge
         return indexes

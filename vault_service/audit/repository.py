@@ -18,7 +18,6 @@ from typing import Final
 # that turned it off globally for speed must not silently weaken the log.
 BEGIN_APPEND: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on"
 COMMIT: Final = "COMMIT"
-ROLLBACK: Final = "ROLLBACK"
 
 # The single row every append locks: this is what serialises replicas.
 LOCK_TREE: Final = "SELECT size, root FROM audit_tree_state WHERE id = 1 FOR UPDATE"
@@ -33,27 +32,24 @@ JOIN unnest($1::smallint[], $2::bigint[]) AS k (level, idx)
 
 # Every write of a batch in one statement (one round trip). The data-modifying CTEs all
 # run; the final UPDATE's row count tells the sequencer its size was still current.
-# record_ids travel as array literals built from UUID objects (one per entry), because
-# unnest cannot take a ragged array of arrays.
+# `at` is read from the body, the one source of truth (its constraint checks the same).
 APPEND_BATCH: Final = """
 WITH entries AS (
     INSERT INTO audit_entries (idx, leaf, leaf_hash)
     SELECT u.idx, u.leaf, u.leaf_hash
     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS u (idx, leaf, leaf_hash)
 ), bodies AS (
-    INSERT INTO audit_bodies (idx, at, actor_id, action, outcome, record_ids, salt, body)
-    SELECT u.idx, u.at, u.actor_id, u.action, u.outcome, u.record_ids::uuid[], u.salt, u.body
-    FROM unnest($1::bigint[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[],
-                $8::text[], $9::bytea[], $10::jsonb[])
-         AS u (idx, at, actor_id, action, outcome, record_ids, salt, body)
+    INSERT INTO audit_bodies (idx, at, salt, body)
+    SELECT u.idx, (u.body ->> 'at')::timestamptz, u.salt, u.body
+    FROM unnest($1::bigint[], $4::bytea[], $5::jsonb[]) AS u (idx, salt, body)
 ), tiles AS (
     INSERT INTO audit_tiles (level, idx, hashes)
     SELECT u.level, u.idx, u.hashes
-    FROM unnest($11::smallint[], $12::bigint[], $13::bytea[]) AS u (level, idx, hashes)
+    FROM unnest($6::smallint[], $7::bigint[], $8::bytea[]) AS u (level, idx, hashes)
     ON CONFLICT (level, idx) DO UPDATE SET hashes = EXCLUDED.hashes
 )
-UPDATE audit_tree_state SET size = $14, root = $15, updated_at = now()
-WHERE id = 1 AND size = $16
+UPDATE audit_tree_state SET size = $9, root = $10, updated_at = now()
+WHERE id = 1 AND size = $11
 """
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -87,13 +83,15 @@ ORDER BY e.idx
 """
 
 # --- auditor queries -------------------------------------------------------------------
+# Everything is read from the body (the verified bytes), through expression indexes.
 # One constant per leading filter so that each gets a plan on its own index; the other
-# filters are optional ($n IS NULL OR ...). Pages are ordered by leaf index.
+# filters are optional ($n IS NULL OR ...). Ids are compared as canonical text, which
+# is how bodies hold them. Pages are ordered by leaf index.
 _EVENT_COLUMNS: Final = "b.idx, b.body::text AS body"
 _EVENT_FILTERS: Final = """
-  AND ($1::uuid IS NULL OR b.record_ids @> ARRAY[$1::uuid])
-  AND ($2::uuid IS NULL OR b.actor_id = $2)
-  AND ($3::text IS NULL OR b.action = $3)
+  AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
+  AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
+  AND ($3::text IS NULL OR b.body ->> 'action' = $3)
   AND ($4::timestamptz IS NULL OR b.at >= $4)
   AND ($5::timestamptz IS NULL OR b.at < $5)
   AND b.idx > $6
@@ -102,15 +100,15 @@ LIMIT $7
 """
 EVENTS_BY_RECORD: Final = (
     f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE b.record_ids @> ARRAY[$1::uuid] {_EVENT_FILTERS}"
+    f"WHERE b.body -> 'record_ids' @> jsonb_build_array($1::text) {_EVENT_FILTERS}"
 )
 EVENTS_BY_ACTOR: Final = (
     f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE b.actor_id = $2 {_EVENT_FILTERS}"
+    f"WHERE b.body ->> 'actor_id' = $2 {_EVENT_FILTERS}"
 )
 EVENTS_BY_ACTION: Final = (
     f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE b.action = $3 {_EVENT_FILTERS}"
+    f"WHERE b.body ->> 'action' = $3 {_EVENT_FILTERS}"
 )
 EVENTS_ALL: Final = (
     f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
@@ -118,14 +116,15 @@ EVENTS_ALL: Final = (
 )
 
 # Every record that an actor was given in a window: allowed entries only (a refusal
-# returned nothing), all actions that name records, aggregated per record.
+# returned nothing), every action that names records, aggregated per record.
 BREACH_IMPACT: Final = """
 WITH hits AS (
-    SELECT b.idx, b.at, b.action, b.body -> 'fields' AS fields, r.record_id
+    SELECT b.idx, b.at, b.body ->> 'action' AS action, b.body -> 'fields' AS fields,
+           r.record_id::uuid AS record_id
     FROM audit_bodies b
-    CROSS JOIN LATERAL unnest(b.record_ids) AS r (record_id)
-    WHERE b.actor_id = $1 AND b.at >= $2 AND b.at < $3 AND b.outcome = 'allowed'
-      AND r.record_id > $4
+    CROSS JOIN LATERAL jsonb_array_elements_text(b.body -> 'record_ids') AS r (record_id)
+    WHERE b.body ->> 'actor_id' = $1 AND b.at >= $2 AND b.at < $3
+      AND b.body ->> 'outcome' = 'allowed'
 )
 SELECT h.record_id,
        count(DISTINCT h.idx) AS accesses,
@@ -136,14 +135,15 @@ SELECT h.record_id,
                 '{}'::text[]) AS fields
 FROM hits h
 LEFT JOIN LATERAL jsonb_array_elements_text(h.fields) AS f (path) ON true
+WHERE h.record_id > $4
 GROUP BY h.record_id
 ORDER BY h.record_id
 LIMIT $5
 """
 BREACH_IMPACT_TOTALS: Final = """
-SELECT count(*) AS entries, count(*) FILTER (WHERE b.outcome = 'refused') AS refused
+SELECT count(*) AS entries, count(*) FILTER (WHERE b.body ->> 'outcome' = 'refused') AS refused
 FROM audit_bodies b
-WHERE b.actor_id = $1 AND b.at >= $2 AND b.at < $3
+WHERE b.body ->> 'actor_id' = $1 AND b.at >= $2 AND b.at < $3
 """
 # The oldest body still held: a window that starts before it may have lost entries to
 # retention, and a report must say so rather than look complete.
@@ -152,7 +152,7 @@ OLDEST_BODY: Final = "SELECT min(at) FROM audit_bodies"
 SUBJECT_EVENTS: Final = """
 SELECT b.idx, b.body::text AS body
 FROM audit_bodies b
-WHERE b.record_ids @> ARRAY[$1::uuid] AND b.idx > $2
+WHERE b.body -> 'record_ids' @> jsonb_build_array($1::text) AND b.idx > $2
 ORDER BY b.idx
 LIMIT $3
 """

@@ -12,11 +12,25 @@ RECORD_COLUMNS: Final = (
 SELECT_RECORD: Final = f"SELECT {RECORD_COLUMNS} FROM records r WHERE r.id = $1"  # noqa: S608 - constant
 SELECT_RECORD_FOR_UPDATE: Final = SELECT_RECORD + " FOR UPDATE"
 
+# One statement, so one round trip and atomic without an explicit transaction: the
+# record, its blind indexes ($8 names, $9 digests, $10 national flags) and, when the
+# client sent one, its idempotency key ($11 key, $12 request digest).
 INSERT_RECORD: Final = """
-INSERT INTO records (id, structure_id, referent_id, branch_key_version, record_key, key_version,
-                     sealed, clear, created_by)
-VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $3)
-RETURNING version, created_at, updated_at
+WITH rec AS (
+    INSERT INTO records (id, structure_id, referent_id, branch_key_version, record_key,
+                         key_version, sealed, clear, created_by)
+    VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $3)
+    RETURNING id, version
+), idx AS (
+    INSERT INTO record_index (record_id, structure_id, name, digest)
+    SELECT rec.id, CASE WHEN u.national THEN NULL ELSE $2::uuid END, u.n, u.d
+    FROM rec, unnest($8::text[], $9::bytea[], $10::bool[]) AS u (n, d, national)
+    ON CONFLICT DO NOTHING
+), idem AS (
+    INSERT INTO idempotency_keys (account_id, key, request_digest, record_id)
+    SELECT $3, $11, $12, rec.id FROM rec WHERE $11::text IS NOT NULL
+)
+SELECT version FROM rec
 """
 
 UPDATE_RECORD: Final = """
@@ -27,7 +41,8 @@ RETURNING version, updated_at
 
 INSERT_INDEX: Final = """
 INSERT INTO record_index (record_id, structure_id, name, digest)
-SELECT $1, $2, n, d FROM unnest($3::text[], $4::bytea[]) AS u (n, d)
+SELECT $1, CASE WHEN u.national THEN NULL ELSE $2::uuid END, u.n, u.d
+FROM unnest($3::text[], $4::bytea[], $5::bool[]) AS u (n, d, national)
 ON CONFLICT DO NOTHING
 """
 DELETE_INDEX: Final = "DELETE FROM record_index WHERE record_id = $1 AND name = ANY($2::text[])"

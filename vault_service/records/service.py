@@ -22,7 +22,6 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault_service.auth.permissions import Role
@@ -137,6 +136,10 @@ class RecordService:
         self._caseload_page_max = caseload_page_max
         self._masked_fields = tuple(f for f in schema.fields.values() if f.mask is not None)
         self._clear_fields = tuple(f.name for f in schema.fields.values() if not f.encrypted)
+        self._known = frozenset(schema.fields)
+        self._national = frozenset(
+            p.index.name for p in schema.indexed if p.index is not None and p.index.national
+        )
 
     # --- helpers ---------------------------------------------------------------------
     def _decode_create(self, body: bytes) -> dict[str, Any]:
@@ -224,14 +227,11 @@ class RecordService:
         self, row: asyncpg.Record, record_key: AESGCM, names: Iterable[str] | None = None
     ) -> dict[str, bytes]:
         sealed = _msgpack_decoder.decode(row["sealed"])
-        wanted = sealed.keys() if names is None else [n for n in names if n in sealed]
-        out = {}
-        for name in wanted:
-            if name not in self._schema.fields:
-                raise DecryptionFailed()  # a field the schema does not know: tampered row
-            aad = aead.field_aad(row["id"], name, row["branch_key_version"], row["key_version"])
-            out[name] = aead.open_(record_key, sealed[name], aad)
-        return out
+        wanted = list(sealed) if names is None else [n for n in names if n in sealed]
+        if not self._known.issuperset(wanted):
+            raise DecryptionFailed()  # a field the schema does not know: tampered row
+        prefix = aead.field_aad_prefix(row["id"], row["branch_key_version"], row["key_version"])
+        return aead.open_fields(record_key, prefix, sealed, wanted)
 
     @staticmethod
     def _meta(row: asyncpg.Record, view: View) -> dict[str, Any]:
@@ -289,10 +289,9 @@ class RecordService:
         record_key, wrapped = self._keys.new_record_key(branch, record_id)
         sealed, clear = self._split(values, record_key, record_id, branch.version)
         names, digests = await self._index_rows(structure_id, values, self._schema.indexed)
-        national = {p.index.name for p in self._schema.indexed if p.index and p.index.national}
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
+            async with self._pool.acquire() as conn:
+                version = await conn.fetchval(
                     sql.INSERT_RECORD,
                     record_id,
                     structure_id,
@@ -301,19 +300,17 @@ class RecordService:
                     wrapped,
                     _msgpack_encoder.encode(sealed),
                     _json_encoder.encode(clear).decode(),
+                    names,
+                    digests,
+                    [n in self._national for n in names],
+                    idempotency_key,
+                    request_digest,
                 )
-                await self._insert_index(conn, record_id, structure_id, names, digests, national)
-                if idempotency_key is not None:
-                    await conn.execute(
-                        sql.INSERT_IDEMPOTENCY,
-                        principal.account_id,
-                        idempotency_key,
-                        request_digest,
-                        record_id,
-                    )
         except asyncpg.UniqueViolationError:
-            # A concurrent retry with the same key won the race; ours rolled back whole.
-            assert request_digest is not None
+            # A concurrent retry with the same key won the race; our statement wrote
+            # nothing (one statement, all or nothing).
+            if request_digest is None:
+                raise
             async with self._pool.acquire() as conn:
                 existing = await conn.fetchrow(
                     sql.SELECT_IDEMPOTENCY, principal.account_id, idempotency_key
@@ -321,35 +318,13 @@ class RecordService:
             if existing is None:
                 raise
             return self._replay(existing, request_digest)
-        assert row is not None
-        return Created(record_id, int(row["version"]), replayed=False)
+        return Created(record_id, int(version), replayed=False)
 
     @staticmethod
     def _replay(existing: asyncpg.Record, request_digest: bytes) -> Created:
         if not hmac.compare_digest(existing["request_digest"], request_digest):
             raise IdempotencyKeyReused()
         return Created(existing["record_id"], 0, replayed=True)
-
-    @staticmethod
-    async def _insert_index(
-        conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
-        record_id: uuid.UUID,
-        structure_id: uuid.UUID,
-        names: list[str],
-        digests: list[bytes],
-        national: set[str],
-    ) -> None:
-        local = [(n, d) for n, d in zip(names, digests, strict=True) if n not in national]
-        wide = [(n, d) for n, d in zip(names, digests, strict=True) if n in national]
-        for scope, pairs in ((structure_id, local), (None, wide)):
-            if pairs:
-                await conn.execute(
-                    sql.INSERT_INDEX,
-                    record_id,
-                    scope,
-                    [n for n, _ in pairs],
-                    [d for _, d in pairs],
-                )
 
     async def read(self, principal: Principal, record_id: uuid.UUID) -> RecordDocument:
         async with self._pool.acquire() as conn:
@@ -396,7 +371,6 @@ class RecordService:
             clear.update(new_clear)
             touched = [p for p in self._schema.indexed if p.name in changes]
             names, digests = await self._index_rows(row["structure_id"], present, touched)
-            national = {p.index.name for p in touched if p.index and p.index.national}
             updated = await conn.fetchrow(
                 sql.UPDATE_RECORD,
                 record_id,
@@ -410,8 +384,13 @@ class RecordService:
                 await conn.execute(
                     sql.DELETE_INDEX, record_id, [p.index.name for p in touched if p.index]
                 )
-                await self._insert_index(
-                    conn, record_id, row["structure_id"], names, digests, national
+                await conn.execute(
+                    sql.INSERT_INDEX,
+                    record_id,
+                    row["structure_id"],
+                    names,
+                    digests,
+                    [n in self._national for n in names],
                 )
         return await self.read(principal, record_id)
 

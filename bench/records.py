@@ -1,0 +1,331 @@
+"""Record read/create benchmark: the real service against a plaintext reference.
+
+    python -m bench.records [--duration 15] [--connections 32] [--server granian|uvicorn]
+
+Starts its own embedded PostgreSQL and OpenBao dev server, seeds records through
+the service's own code, runs the service and the reference app (bench/reference_app.py)
+as separate server processes with one worker each, drives both with wrk on the same
+machine, one after the other, and reports requests/s, p50, p99 and the ratio.
+Vault calls during the read phase are counted from OpenBao's own audit log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from vault_service import devstack
+from vault_service.auth.permissions import Role, scopes_for
+from vault_service.auth.principal import Principal
+from vault_service.auth.tokens import SigningKeys, TokenIssuer
+from vault_service.crypto.keys import KeyHierarchy
+from vault_service.kms import VaultKms
+from vault_service.records import schema
+from vault_service.records.service import RecordService
+from vault_service.seed import youth
+from vault_service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+READ_LUA = """
+ids = {%s}
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "%s" .. ids[(counter %% #ids) + 1], HEADERS)
+end
+"""
+CREATE_LUA = """
+request = function()
+  return wrk.format("POST", "%s", HEADERS, BODY)
+end
+"""
+
+
+def lua_headers(headers: dict[str, str]) -> str:
+    return "HEADERS = {" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}\n"
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def to_ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": total, "non_2xx": errors}
+
+
+def wrk(script: Path, url: str, duration: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def server_cmd(server: str, target: str, port: int) -> list[str]:
+    if server == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            target,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+async def prepare(pg: devstack.Postgres, env: dict[str, str], n: int) -> tuple[list[str], str]:
+    await devstack.bootstrap_database(pg.admin_dsn, devstack.DATABASE)
+    await devstack.migrate_database(pg.admin_dsn, devstack.DATABASE)
+    owner = await asyncpg.connect(
+        devstack.dsn_for(pg.admin_dsn, user="vault_service_owner", database=devstack.DATABASE)
+    )
+    sid, aid = uuid.uuid4(), uuid.uuid4()
+    await owner.execute(
+        "INSERT INTO structures (id, code, name, department) VALUES ($1, 'BENCH', 'Bench', '75')",
+        sid,
+    )
+    await owner.execute(
+        "INSERT INTO accounts (id, role, structure_id, state) VALUES ($1, 'counsellor', $2, 'active')",
+        aid,
+        sid,
+    )
+    await owner.execute("CREATE TABLE bench_reference (id uuid PRIMARY KEY, body jsonb NOT NULL)")
+    await owner.execute("GRANT SELECT, INSERT ON bench_reference TO vault_service_app")
+    settings = Settings.from_env(env)
+    kms = VaultKms(settings)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=8)
+    service = RecordService(
+        pool,
+        KeyHierarchy(kms, pool, ttl=300, max_uses=10**9),
+        schema.load(),
+        search_page_max=20,
+        caseload_page_max=50,
+    )
+    principal = Principal(aid, Role.COUNSELLOR, sid, scopes_for(Role.COUNSELLOR), uuid.uuid4(), 0)
+    import random
+
+    from faker import Faker
+
+    fake, rng = Faker("fr_FR"), random.Random(7)
+    full = json.loads((ROOT / "tests" / "fixtures" / "full_record.json").read_text())
+    ids = []
+    for i in range(n):
+        record = {**full, **youth(fake, rng, "75")} if i % 2 else youth(fake, rng, "75")
+        body = msgspec.json.encode(record)
+        created = await service.create(principal, body, None)
+        # The reference stores the same plaintext under the same id.
+        await owner.execute(
+            "INSERT INTO bench_reference (id, body) VALUES ($1, $2::jsonb)",
+            created.record_id,
+            body.decode(),
+        )
+        ids.append(str(created.record_id))
+    token = await TokenIssuer(settings, kms, SigningKeys(kms)).issue(
+        aid, Role.COUNSELLOR, sid, 3600
+    )
+    await pool.close()
+    await owner.close()
+    kms.close()
+    return ids, token
+
+
+def count_vault_requests(audit_log: Path) -> int:
+    if not audit_log.exists():
+        return 0
+    count = 0
+    for line in audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("type") == "request" and not entry["request"]["path"].startswith("sys/"):
+            count += 1
+    return count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--profile", action="store_true", help="py-spy the service during reads")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install wrk", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="vault-bench-"))
+    pg = devstack.start_embedded_postgres(tmp / "pgdata", delete_on_stop=True)
+    audit_log = tmp / "openbao-audit.log"
+    bao = devstack.start_openbao(tmp / "openbao", persistent=False, audit_log=audit_log)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        token_for_service = devstack.configure_vault(bao)
+        port, ref_port = devstack.free_port(), devstack.free_port()
+        env = {
+            "VAULT_SERVICE_DATABASE_URL": devstack.dsn_for(
+                pg.admin_dsn, user="vault_service_app", database=devstack.DATABASE
+            ),
+            "VAULT_SERVICE_VAULT_ADDR": bao.addr,
+            "VAULT_SERVICE_VAULT_TOKEN": token_for_service,
+            "VAULT_SERVICE_JWT_ISSUER": "https://bench.local",
+            "VAULT_SERVICE_JWT_AUDIENCE": "vault-service",
+            "VAULT_SERVICE_LOG_LEVEL": "WARNING",
+        }
+        ids, token = asyncio.run(prepare(pg, env, args.records))
+        procs.append(
+            subprocess.Popen(
+                server_cmd(args.server, "vault_service.asgi:app", port), env={**os.environ, **env}
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                server_cmd(args.server, "bench.reference_app:app", ref_port),
+                env={**os.environ, "BENCH_REFERENCE_DSN": env["VAULT_SERVICE_DATABASE_URL"]},
+            )
+        )
+        wait_http(f"http://127.0.0.1:{port}/health/live")
+        wait_http(f"http://127.0.0.1:{ref_port}/ref/records/{ids[0]}")
+        id_list = ", ".join(f'"{i}"' for i in ids)
+        auth = {"Authorization": f"Bearer {token}", "X-Purpose": "follow_up"}
+        body = msgspec.json.encode(
+            json.loads((ROOT / "tests" / "fixtures" / "full_record.json").read_text())
+        ).decode()
+        scripts = {}
+        for name, prefix, headers in (
+            ("svc_read", "/v1/records/", auth),
+            ("ref_read", "/ref/records/", {}),
+        ):
+            scripts[name] = tmp / f"{name}.lua"
+            scripts[name].write_text(lua_headers(headers) + READ_LUA % (id_list, prefix))
+        for name, path, headers in (
+            ("svc_create", "/v1/records", auth),
+            ("ref_create", "/ref/records", {}),
+        ):
+            scripts[name] = tmp / f"{name}.lua"
+            h = {**headers, "Content-Type": "application/json"}
+            body_file = tmp / "body.json"
+            body_file.write_text(body, encoding="utf-8")
+            # LuaJIT has no \u escapes: the body is read from a file, bytes as they are.
+            load = f'local f = io.open("{body_file}", "rb")\nBODY = f:read("*a")\nf:close()\n'
+            scripts[name].write_text(lua_headers(h) + load + CREATE_LUA % path)
+        base = {"svc": f"http://127.0.0.1:{port}", "ref": f"http://127.0.0.1:{ref_port}"}
+        results: dict[str, dict[str, float]] = {}
+        for phase in ("read", "create"):
+            for side in ("ref", "svc"):
+                name = f"{side}_{phase}"
+                wrk(scripts[name], base[side], 3, args.connections)  # warm-up
+                before = count_vault_requests(audit_log)
+                spy = None
+                if args.profile and name == "svc_read":
+                    spy = subprocess.Popen(
+                        [
+                            str(Path(sys.executable).parent / "py-spy"),
+                            "record",
+                            "-p",
+                            str(procs[0].pid),
+                            "--subprocesses",
+                            "-d",
+                            str(args.duration),
+                            "-f",
+                            "raw",
+                            "-o",
+                            str(RESULTS / "profile.txt"),
+                        ]
+                    )
+                results[name] = wrk(scripts[name], base[side], args.duration, args.connections)
+                if spy is not None:
+                    spy.wait()
+                results[name]["vault_calls"] = count_vault_requests(audit_log) - before
+        report = {
+            "server": args.server,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "records": args.records,
+            "results": results,
+            "read_ratio": results["svc_read"]["rps"] / results["ref_read"]["rps"],
+            "create_ratio": results["svc_create"]["rps"] / results["ref_create"]["rps"],
+            "vault_calls_per_1000_reads": 1000
+            * results["svc_read"]["vault_calls"]
+            / results["svc_read"]["requests"],
+        }
+        (RESULTS / f"records-{args.server}.json").write_text(json.dumps(report, indent=2))
+        print(f"{'':12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")
+        for name, r in results.items():
+            print(
+                f"{name:12}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9.0f}"
+            )
+        print(f"read ratio (service / reference):   {report['read_ratio']:.2f}")
+        print(f"create ratio (service / reference): {report['create_ratio']:.2f}")
+        print(f"Vault calls per 1,000 reads:        {report['vault_calls_per_1000_reads']:.2f}")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        bao.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""Tampering as a PostgreSQL superuser, caught by the offline verifier holding an
+earlier checkpoint (and, where it can, by the checkpoint publisher refusing to sign).
+
+Each test gets a database of its own: tampering is irreversible."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from tests.conftest import Stack
+from tests.integration.test_audit_log import AuditDb, drop_database, event, new_database
+from tests.unit.test_tiles import expected_tiles
+from vault_service.audit import verify
+from vault_service.audit.checkpoints import CheckpointPublisher, CheckpointRefused
+from vault_service.audit.log import AccessLog
+from vault_service.audit.merkle import root_from_leaf_hashes
+from vault_service.audit.proofs import AuditProofs
+from vault_service.kms import VaultKms
+
+pytestmark = pytest.mark.integration
+ORIGIN = "vault-service.test/tamper"
+SIZE = 300
+
+
+@dataclass
+class Scene:
+    db: AuditDb
+    log: AccessLog
+    publisher: CheckpointPublisher
+    proofs: AuditProofs
+    superuser: asyncpg.Connection
+    files: Path
+
+    def save(self, name: str, value: object) -> Path:
+        path = self.files / name
+        if isinstance(value, str):
+            path.write_text(value, encoding="utf-8")
+        else:
+            path.write_bytes(msgspec.json.encode(value))
+        return path
+
+    async def download_checkpoint(self, name: str) -> Path:
+        _, note = await self.proofs.checkpoint()
+        return self.save(name, note)
+
+    async def download_bundle(self, name: str, start: int = 0, end: int | None = None) -> Path:
+        return self.save(name, await self.proofs.bundle(start, end))
+
+    def verify(self, checkpoint: Path, **files: list[Path]) -> verify.Report:
+        return verify.run(
+            keys=self.files / "keys.json",
+            checkpoint=checkpoint,
+            state=self.files / "state.json",
+            **files,  # type: ignore[arg-type]
+        )
+
+    async def forge_tree(self) -> None:
+        """What a careful attacker does after editing entries: recompute every tile
+        and the tree head so that the database is self-consistent again."""
+        su = self.superuser
+        rows = await su.fetch("SELECT leaf_hash FROM audit_entries ORDER BY idx")
+        hashes = [bytes(r["leaf_hash"]) for r in rows]
+        async with su.transaction():
+            await su.execute("ALTER TABLE audit_tiles DISABLE TRIGGER audit_tiles_guard")
+            await su.execute("ALTER TABLE audit_tree_state DISABLE TRIGGER audit_tree_state_guard")
+            await su.execute("DELETE FROM audit_tiles")
+            await su.executemany(
+                "INSERT INTO audit_tiles (level, idx, hashes) VALUES ($1, $2, $3)",
+                [(level, idx, data) for (level, idx), data in expected_tiles(hashes).items()],
+            )
+            await su.execute(
+                "UPDATE audit_tree_state SET size = $1, root = $2",
+                len(hashes),
+                root_from_leaf_hashes(hashes),
+            )
+            await su.execute("ALTER TABLE audit_tiles ENABLE ALWAYS TRIGGER audit_tiles_guard")
+            await su.execute(
+                "ALTER TABLE audit_tree_state ENABLE ALWAYS TRIGGER audit_tree_state_guard"
+            )
+
+    async def restart_log(self) -> None:
+        """A restart of the service after the forgery (a running sequencer keeps the
+        right edge of the tree it last wrote in memory, and would write on the genuine
+        edge, which the publisher would then refuse as a root mismatch)."""
+        await self.log.stop()
+        self.log = AccessLog(self.log._pool, max_batch=64)
+        await self.log.start()
+
+    async def erase_checkpoints(self) -> None:
+        """...and removes the checkpoints the service could compare against."""
+        su = self.superuser
+        async with su.transaction():
+            await su.execute(
+                "ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_no_change"
+            )
+            await su.execute("DELETE FROM audit_checkpoints")
+            await su.execute(
+                "ALTER TABLE audit_checkpoints ENABLE ALWAYS TRIGGER audit_checkpoints_no_change"
+            )
+
+
+@pytest.fixture
+async def scene(stack: Stack, tmp_path: Path) -> AsyncIterator[Scene]:
+    db = await new_database(stack)
+    pool = await db.pool()
+    kms = VaultKms(stack.settings())
+    log = AccessLog(pool, max_batch=64)
+    await log.start()
+    superuser = await db.superuser()
+    scene = Scene(
+        db=db,
+        log=log,
+        publisher=CheckpointPublisher(pool, kms, ORIGIN),
+        proofs=AuditProofs(pool, kms, ORIGIN),
+        superuser=superuser,
+        files=tmp_path,
+    )
+    try:
+        # The auditor's earlier visit: a verified checkpoint of SIZE entries, remembered.
+        await log.append_many([event() for _ in range(SIZE)])
+        assert await scene.publisher.publish_once() is not None
+        scene.save("keys.json", await scene.proofs.keys())
+        first = await scene.download_checkpoint("c1.txt")
+        bundle = await scene.download_bundle("b1.json")
+        report = scene.verify(first, bundles=[bundle])
+        assert report.passed, report.failures
+        assert (tmp_path / "state.json").exists()
+        yield scene
+    finally:
+        await scene.log.stop()
+        await superuser.close()
+        await pool.close()
+        kms.close()
+        await drop_database(db)
+
+
+async def test_untampered_log_verifies_across_checkpoints(scene: Scene, capsys) -> None:
+    await scene.log.append_many([event() for _ in range(50)])
+    assert await scene.publisher.publish_once() is not None
+    second = await scene.download_checkpoint("c2.txt")
+    consistency = scene.save("k.json", await scene.proofs.consistency(SIZE))
+    bundles = [
+        await scene.download_bundle("b2a.json", 0, 123),
+        await scene.download_bundle("b2b.json", 123, 350),
+    ]
+    inclusion = scene.save("i.json", await scene.proofs.inclusion(7))
+    code = verify.main(
+        [
+            "--keys", str(scene.files / "keys.json"),
+            "--checkpoint", str(second),
+            "--state", str(scene.files / "state.json"),
+            "--consistency", str(consistency),
+            "--bundle", str(bundles[0]),
+            "--bundle", str(bundles[1]),
+            "--inclusion", str(inclusion),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "verified" in out.out
+    state = msgspec.json.decode((scene.files / "state.json").read_bytes())
+    assert state["size"] == SIZE + 50
+
+
+async def test_changed_body_is_reported(scene: Scene, capsys) -> None:
+    su = scene.superuser
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await su.execute("UPDATE audit_bodies SET body = body WHERE idx = 42")
+    # The superuser silences the trigger and erases a record from entry 42's body.
+    await su.execute("ALTER TABLE audit_bodies DISABLE TRIGGER audit_bodies_guard")
+    await su.execute(
+        "UPDATE audit_bodies SET body = jsonb_set(body, '{record_ids}', '[]') WHERE idx = 42"
+    )
+    checkpoint = await scene.download_checkpoint("c.txt")
+    bundle = await scene.download_bundle("b.json")
+    inclusion = scene.save("i.json", await scene.proofs.inclusion(42))
+    report = scene.verify(checkpoint, bundles=[bundle], inclusions=[inclusion])
+    assert not report.passed
+    assert any("TAMPERED: entry 42" in f for f in report.failures[:1]), report.failures
+    assert any("i.json" in f and "entry 42" in f for f in report.failures)
+    assert len(report.failures) == 2  # nothing else is blamed
+
+    code = verify.main(
+        ["--keys", str(scene.files / "keys.json"), "--checkpoint", str(checkpoint),
+         "--bundle", str(bundle)]
+    )  # fmt: skip
+    assert code == 1
+    assert "TAMPERED: entry 42" in capsys.readouterr().err
+
+
+async def test_changed_leaf_is_reported(scene: Scene) -> None:
+    su = scene.superuser
+    # Entry 100's leaf now commits to another body (the hash column follows, to pass
+    # the table's own check).
+    await su.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_no_change")
+    await su.execute(
+        "UPDATE audit_entries SET leaf = overlay(leaf PLACING sha256('forged'::bytea) FROM 18), "
+        "leaf_hash = sha256('\\x00'::bytea || overlay(leaf PLACING sha256('forged'::bytea) FROM 18)) "
+        "WHERE idx = 100"
+    )
+    checkpoint = await scene.download_checkpoint("c.txt")
+    report = scene.verify(checkpoint, bundles=[await scene.download_bundle("b.json")])
+    assert any("TAMPERED: entry 100" in f for f in report.failures), report.failures
+    assert any("MISMATCH" in f for f in report.failures), report.failures
+
+    # A careful attacker also rewrites tiles and head: the service refuses to sign it.
+    await scene.forge_tree()
+    await scene.restart_log()
+    await scene.log.append_many([event() for _ in range(10)])
+    with pytest.raises(CheckpointRefused):
+        await scene.publisher.publish_once()
+    # ...and having erased the checkpoints, gets a signature, which the auditor's
+    # earlier checkpoint exposes.
+    await scene.erase_checkpoints()
+    assert await scene.publisher.publish_once() is not None
+    forged = await scene.download_checkpoint("forged.txt")
+    consistency = scene.save("k.json", await scene.proofs.consistency(SIZE))
+    report = scene.verify(forged, consistency=[consistency])
+    assert not report.passed
+    assert any(f.startswith("INCONSISTENT") for f in report.failures), report.failures
+
+
+async def test_deleted_and_reappended_entries_are_reported(scene: Scene) -> None:
+    su = scene.superuser
+    # Remove the last 10 entries (say, the scraping) and rebuild the tree without them.
+    async with su.transaction():
+        await su.execute("ALTER TABLE audit_bodies DISABLE TRIGGER audit_bodies_guard")
+        await su.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_entries_no_change")
+        await su.execute("DELETE FROM audit_bodies WHERE idx >= $1", SIZE - 10)
+        await su.execute("DELETE FROM audit_entries WHERE idx >= $1", SIZE - 10)
+        await su.execute("ALTER TABLE audit_bodies ENABLE ALWAYS TRIGGER audit_bodies_guard")
+        await su.execute("ALTER TABLE audit_entries ENABLE ALWAYS TRIGGER audit_entries_no_change")
+    await scene.forge_tree()
+    await scene.restart_log()
+    # New, innocent-looking entries fill the gap and more.
+    await scene.log.append_many([event() for _ in range(25)])
+
+    # The latest checkpoint is still the auditor's: the rebuilt entries do not match it.
+    with pytest.raises(CheckpointRefused):
+        await scene.publisher.publish_once()
+    checkpoint = await scene.download_checkpoint("c.txt")
+    report = scene.verify(checkpoint, bundles=[await scene.download_bundle("b.json", 0, SIZE)])
+    assert any(f.startswith("MISMATCH") for f in report.failures), report.failures
+
+    # With the checkpoints erased the service signs the new tree; the auditor's state
+    # (the checkpoint of size SIZE) proves history was rewritten, from a bundle alone...
+    await scene.erase_checkpoints()
+    assert await scene.publisher.publish_once() is not None
+    forged = await scene.download_checkpoint("forged.txt")
+    bundle = await scene.download_bundle("all.json")
+    report = scene.verify(forged, bundles=[bundle])
+    assert any(f.startswith("INCONSISTENT") for f in report.failures), report.failures
+    # ...or from a consistency proof.
+    consistency = scene.save("k.json", await scene.proofs.consistency(SIZE))
+    report = scene.verify(forged, consistency=[consistency])
+    assert any(f.startswith("INCONSISTENT") for f in report.failures), report.failures
+    # The state file was not advanced past the fork.
+    state = msgspec.json.decode((scene.files / "state.json").read_bytes())
+    assert state["size"] == SIZE
+    # A verifier with no earlier checkpoint would accept the forged tree: that is why
+    # auditors keep state (the signed checkpoints are the guarantee, not the database).
+    (scene.files / "state.json").unlink()
+    assert scene.verify(forged, bundles=[bundle]).passed

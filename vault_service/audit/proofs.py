@@ -1,0 +1,504 @@
+"""Proofs, bundles and reports over the stored access log.
+
+Proofs are computed from tiles (vault_service.audit.tiles): a proof needs O(log n)
+complete-subtree hashes, which live in at most two tiles per 8 tree levels. The pure
+proof code reads tiles synchronously, so each request runs it twice: once against
+a stand-in store that only records which tiles it asks for, then, after one query
+fetches exactly those tiles, for real. One database round trip per proof, whatever
+the tree size.
+
+Everything served here is checkable offline by vault_service.audit.verify against a
+signed checkpoint; nothing here needs to be trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import datetime
+import io
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from vault_service.audit import repository as sql
+from vault_service.audit.log import canonical_body
+from vault_service.audit.merkle import NodeReader, consistency_proof, inclusion_proof, root
+from vault_service.audit.note import (
+    NoteVerifier,
+    format_checkpoint,
+    verifier_key_string,
+    verifier_map,
+)
+from vault_service.audit.tiles import TileReader, tile_width
+from vault_service.audit.verify import (
+    BUNDLE_FORMAT,
+    CONSISTENCY_FORMAT,
+    INCLUSION_FORMAT,
+    KEYS_FORMAT,
+    MAX_BUNDLE_ENTRIES,
+    Bundle,
+    BundleEntry,
+    ConsistencyProofFile,
+    InclusionProofFile,
+    KeysFile,
+    frontier_positions,
+)
+from vault_service.errors import ConfigurationError, InvalidParameter, NotFound
+from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
+
+__all__ = [
+    "DEFAULT_ORIGIN",
+    "AuditProofs",
+    "BreachImpactPage",
+    "EventsPage",
+    "SigningKeySet",
+    "TileFetcher",
+    "decode_index_cursor",
+    "encode_index_cursor",
+    "load_key_set",
+    "tree_root_from_tiles",
+]
+
+DEFAULT_ORIGIN: Final = "vault-service.example/access-log"
+Connection = asyncpg.Connection | PoolConnectionProxy
+_T = TypeVar("_T")
+_NULL_BODY: Final = msgspec.Raw(b"null")
+_json = msgspec.json.Decoder()
+
+
+# --- tiles from the database -------------------------------------------------------------
+class _PlanningStore:
+    """Answers every tile of the tree of `size` leaves with zeros of the right width,
+    and remembers which were asked for."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self.wanted: set[tuple[int, int]] = set()
+
+    def get(self, level: int, index: int) -> bytes | None:
+        width = tile_width(level, index, self._size)
+        if width == 0:
+            return None
+        self.wanted.add((level, index))
+        return bytes(32 * width)
+
+
+class _DictStore:
+    def __init__(self, tiles: Mapping[tuple[int, int], bytes]) -> None:
+        self._tiles = tiles
+
+    def get(self, level: int, index: int) -> bytes | None:
+        return self._tiles.get((level, index))
+
+
+class TileFetcher:
+    """Runs pure proof code against the tile table with one query per computation."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._tiles: dict[tuple[int, int], bytes] = {}
+
+    async def compute(self, size: int, fn: Callable[[NodeReader], _T]) -> _T:
+        planner = _PlanningStore(size)
+        fn(TileReader(planner))
+        missing = sorted(planner.wanted - self._tiles.keys())
+        if missing:
+            rows = await self._conn.fetch(
+                sql.SELECT_TILES, [k[0] for k in missing], [k[1] for k in missing]
+            )
+            for row in rows:
+                self._tiles[(row["level"], row["idx"])] = bytes(row["hashes"])
+        return fn(TileReader(_DictStore(self._tiles)))
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        return await self.compute(size2, lambda r: consistency_proof(size1, size2, r))
+
+
+async def tree_root_from_tiles(fetcher: TileFetcher, size: int) -> bytes:
+    return await fetcher.compute(size, lambda r: root(size, r))
+
+
+# --- checkpoint keys ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SigningKeySet:
+    """The checkpoint key's live versions as note verifiers, and the latest one."""
+
+    origin: str
+    latest_version: int
+    public_keys: dict[int, bytes]
+
+    def verifiers(self) -> dict[tuple[str, int], NoteVerifier]:
+        return verifier_map(
+            *(NoteVerifier.from_public_key(self.origin, k) for k in self.public_keys.values())
+        )
+
+    def verifier_keys(self) -> list[str]:
+        """Standard `name+id+key` strings, oldest version first: every version that can
+        still verify, so checkpoints signed before a rotation stay checkable."""
+        return [
+            verifier_key_string(self.origin, self.public_keys[v]) for v in sorted(self.public_keys)
+        ]
+
+
+async def load_key_set(kms: VaultKms, origin: str) -> SigningKeySet:
+    latest, keys = await kms.public_keys(CHECKPOINT_KEY)
+    if latest not in keys:
+        raise ConfigurationError("the checkpoint key's latest version has no public key")
+    return SigningKeySet(origin=origin, latest_version=latest, public_keys=keys)
+
+
+# --- cursors ----------------------------------------------------------------------------------
+def encode_index_cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(index.to_bytes(8, "big")).rstrip(b"=").decode("ascii")
+
+
+def decode_index_cursor(cursor: str | None) -> int:
+    """-1 (before the first entry) for no cursor."""
+    if not cursor:
+        return -1
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, binascii.Error):
+        raise InvalidParameter("cursor is not valid") from None
+    if len(raw) != 8 or encode_index_cursor(int.from_bytes(raw, "big")) != cursor:
+        raise InvalidParameter("cursor is not valid")
+    return int.from_bytes(raw, "big")
+
+
+def encode_uuid_cursor(value: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(value.bytes).rstrip(b"=").decode("ascii")
+
+
+def decode_uuid_cursor(cursor: str | None) -> uuid.UUID:
+    if not cursor:
+        return uuid.UUID(int=0)
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = uuid.UUID(bytes=raw)
+    except (ValueError, binascii.Error):
+        raise InvalidParameter("cursor is not valid") from None
+    if encode_uuid_cursor(value) != cursor:
+        raise InvalidParameter("cursor is not valid")
+    return value
+
+
+# --- response shapes --------------------------------------------------------------------------
+class EventsPage(msgspec.Struct, kw_only=True):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class ImpactedRecord(msgspec.Struct, kw_only=True):
+    record_id: uuid.UUID
+    accesses: int
+    first_at: datetime.datetime
+    last_at: datetime.datetime
+    actions: list[str]
+    fields: list[str]
+
+
+class BreachImpactPage(msgspec.Struct, kw_only=True):
+    actor_id: uuid.UUID
+    since: datetime.datetime
+    until: datetime.datetime
+    tree_size: int
+    entries: int
+    refused: int
+    # Bodies older than this were pruned by retention: a window starting earlier may
+    # be incomplete, and the report says so rather than look complete.
+    retained_since: datetime.datetime | None
+    complete: bool
+    records: list[ImpactedRecord]
+    next_cursor: str | None
+
+
+class SubjectPage(msgspec.Struct, kw_only=True):
+    record_id: uuid.UUID
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _event_item(index: int, body: str) -> dict[str, Any]:
+    decoded = _json.decode(body)
+    item: dict[str, Any] = {"index": index}
+    if isinstance(decoded, dict):
+        item.update(decoded)
+    return item
+
+
+def _text(value: uuid.UUID | None) -> str | None:
+    # Bodies hold ids as canonical lower-case text; compare them as such.
+    return None if value is None else str(value)
+
+
+def _next_index_cursor(rows: list[asyncpg.Record], limit: int) -> str | None:
+    # One row more than the page was asked for: there is a next page.
+    return encode_index_cursor(int(rows[limit - 1]["idx"])) if len(rows) > limit else None
+
+
+def _served_body(text: str | None) -> msgspec.Raw:
+    """The body as canonical bytes, which the verifier hashes as is. A stored body that
+    no longer fits the format (tampered) is served as stored, never repaired: the
+    verifier must see it fail."""
+    if text is None:
+        return _NULL_BODY
+    try:
+        return msgspec.Raw(canonical_body(text))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return msgspec.Raw(text.encode("utf-8"))
+
+
+# --- the service ------------------------------------------------------------------------------
+class AuditProofs:
+    """Read side of the access log for the auditor API (and tools)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        kms: VaultKms | None = None,
+        origin: str = DEFAULT_ORIGIN,
+        *,
+        events_page_max: int = 1000,
+        report_page_max: int = 10_000,
+    ) -> None:
+        format_checkpoint(origin, 0, bytes(32))  # an origin that cannot be a key name fails here
+        self._pool = pool
+        self._kms = kms
+        self.origin = origin
+        self.events_page_max = events_page_max
+        self.report_page_max = report_page_max
+
+    async def tree_head(self) -> tuple[int, bytes]:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(sql.SELECT_TREE)
+        if row is None:
+            raise NotFound("the access log has no tree")
+        return int(row["size"]), bytes(row["root"])
+
+    async def checkpoint(self, size: int | None = None) -> tuple[int, str]:
+        async with self._pool.acquire() as conn:
+            if size is None:
+                row = await conn.fetchrow(sql.SELECT_LATEST_CHECKPOINT)
+            else:
+                row = await conn.fetchrow(sql.SELECT_CHECKPOINT, size)
+        if row is None:
+            raise NotFound("no checkpoint has been published for this size yet")
+        return int(row["size"]), str(row["note"])
+
+    async def keys(self) -> KeysFile:
+        if self._kms is None:
+            raise ConfigurationError("the audit service has no key service")
+        keys = await load_key_set(self._kms, self.origin)
+        return KeysFile(
+            format=KEYS_FORMAT,
+            origin=self.origin,
+            latest_version=keys.latest_version,
+            keys=keys.verifier_keys(),
+        )
+
+    async def _resolve_size(self, conn: Connection, size: int | None) -> int:
+        """`size` if the tree has reached it, else 400; no size: the latest checkpoint's
+        (what an auditor can check the answer against)."""
+        if size is None:
+            row = await conn.fetchrow(sql.SELECT_LATEST_CHECKPOINT)
+            if row is None:
+                raise NotFound("no checkpoint has been published yet; pass size")
+            return int(row["size"])
+        state = await conn.fetchrow(sql.SELECT_TREE)
+        if state is None or size > int(state["size"]):
+            raise InvalidParameter("size is beyond the current tree size")
+        return size
+
+    async def inclusion(self, index: int, size: int | None = None) -> InclusionProofFile:
+        async with self._pool.acquire() as conn:
+            tree_size = await self._resolve_size(conn, size)
+            if not 0 <= index < tree_size:
+                raise InvalidParameter("index must be smaller than size")
+            proof = await TileFetcher(conn).compute(
+                tree_size, lambda r: inclusion_proof(index, tree_size, r)
+            )
+            row = await conn.fetchrow(sql.SELECT_ENTRY, index)
+        if row is None:
+            raise NotFound("no entry with this index")
+        return InclusionProofFile(
+            format=INCLUSION_FORMAT,
+            origin=self.origin,
+            index=index,
+            tree_size=tree_size,
+            leaf=bytes(row["leaf"]),
+            salt=None if row["salt"] is None else bytes(row["salt"]),
+            body=_served_body(row["body"]),
+            proof=proof,
+        )
+
+    async def consistency(self, first: int, second: int | None = None) -> ConsistencyProofFile:
+        async with self._pool.acquire() as conn:
+            tree_size = await self._resolve_size(conn, second)
+            if not 0 < first <= tree_size:
+                raise InvalidParameter("from must be between 1 and to")
+            proof = await TileFetcher(conn).consistency_proof(first, tree_size)
+        return ConsistencyProofFile(
+            format=CONSISTENCY_FORMAT,
+            origin=self.origin,
+            first=first,
+            second=tree_size,
+            proof=proof,
+        )
+
+    async def bundle(self, start: int, end: int | None, size: int | None = None) -> Bundle:
+        async with self._pool.acquire() as conn:
+            tree_size = await self._resolve_size(conn, size)
+            stop = min(start + MAX_BUNDLE_ENTRIES, tree_size) if end is None else end
+            if not 0 <= start <= stop <= tree_size:
+                raise InvalidParameter("need 0 <= start <= end <= size")
+            if stop - start > MAX_BUNDLE_ENTRIES:
+                raise InvalidParameter(f"a bundle holds at most {MAX_BUNDLE_ENTRIES} entries")
+            positions = frontier_positions(start)
+            fetcher = TileFetcher(conn)
+            frontier = await fetcher.compute(
+                tree_size, lambda r: [r.node(level, index) for level, index in positions]
+            )
+            path = await fetcher.consistency_proof(stop, tree_size) if 0 < stop < tree_size else []
+            rows = await conn.fetch(sql.SELECT_ENTRY_RANGE, start, stop)
+        entries = [
+            BundleEntry(
+                index=int(r["idx"]),
+                leaf=bytes(r["leaf"]),
+                salt=None if r["salt"] is None else bytes(r["salt"]),
+                body=_served_body(r["body"]),
+            )
+            for r in rows
+        ]
+        return Bundle(
+            format=BUNDLE_FORMAT,
+            origin=self.origin,
+            tree_size=tree_size,
+            start=start,
+            end=stop,
+            frontier=frontier,
+            consistency=path,
+            entries=entries,
+        )
+
+    async def events(
+        self,
+        *,
+        record_id: uuid.UUID | None,
+        actor_id: uuid.UUID | None,
+        action: str | None,
+        since: datetime.datetime | None,
+        until: datetime.datetime | None,
+        cursor: str | None,
+        limit: int,
+    ) -> EventsPage:
+        after = decode_index_cursor(cursor)
+        limit = min(limit, self.events_page_max)
+        if record_id is not None:
+            query = sql.EVENTS_BY_RECORD
+        elif actor_id is not None:
+            query = sql.EVENTS_BY_ACTOR
+        elif action is not None:
+            query = sql.EVENTS_BY_ACTION
+        else:
+            query = sql.EVENTS_ALL
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                query, _text(record_id), _text(actor_id), action, since, until, after, limit + 1
+            )
+        items = [_event_item(int(r["idx"]), r["body"]) for r in rows[:limit]]
+        return EventsPage(items=items, next_cursor=_next_index_cursor(rows, limit))
+
+    async def subject(self, record_id: uuid.UUID, cursor: str | None, limit: int) -> SubjectPage:
+        after = decode_index_cursor(cursor)
+        limit = min(limit, self.events_page_max)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(sql.SUBJECT_EVENTS, str(record_id), after, limit + 1)
+        items = [_event_item(int(r["idx"]), r["body"]) for r in rows[:limit]]
+        return SubjectPage(
+            record_id=record_id, items=items, next_cursor=_next_index_cursor(rows, limit)
+        )
+
+    async def breach_impact(
+        self,
+        actor_id: uuid.UUID,
+        since: datetime.datetime,
+        until: datetime.datetime,
+        cursor: str | None,
+        limit: int,
+    ) -> BreachImpactPage:
+        if until <= since:
+            raise InvalidParameter("until must be after since")
+        after = decode_uuid_cursor(cursor)
+        limit = min(limit, self.report_page_max)
+        # One snapshot: the records, the totals and the tree size agree.
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            state = await conn.fetchrow(sql.SELECT_TREE)
+            actor = str(actor_id)
+            totals = await conn.fetchrow(sql.BREACH_IMPACT_TOTALS, actor, since, until)
+            oldest = await conn.fetchval(sql.OLDEST_BODY)
+            rows = await conn.fetch(sql.BREACH_IMPACT, actor, since, until, after, limit + 1)
+        records = [
+            ImpactedRecord(
+                record_id=r["record_id"],
+                accesses=int(r["accesses"]),
+                first_at=r["first_at"],
+                last_at=r["last_at"],
+                actions=list(r["actions"]),
+                fields=list(r["fields"]),
+            )
+            for r in rows[:limit]
+        ]
+        next_cursor = (
+            encode_uuid_cursor(records[-1].record_id) if len(rows) > limit and records else None
+        )
+        return BreachImpactPage(
+            actor_id=actor_id,
+            since=since,
+            until=until,
+            tree_size=int(state["size"]) if state is not None else 0,
+            entries=int(totals["entries"]) if totals is not None else 0,
+            refused=int(totals["refused"]) if totals is not None else 0,
+            retained_since=oldest,
+            complete=oldest is None or since >= oldest,
+            records=records,
+            next_cursor=next_cursor,
+        )
+
+    async def breach_impact_csv(self, first: BreachImpactPage) -> AsyncIterator[bytes]:
+        """Every impacted record, one CSV row each, for a notification campaign, from
+        the first page the caller fetched (so that errors surface before the response
+        starts) on; paged so that no connection is held while the client reads."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(["record_id", "accesses", "first_at", "last_at", "actions", "fields"])
+        page = first
+        while True:
+            for record in page.records:
+                writer.writerow(
+                    [
+                        str(record.record_id),
+                        record.accesses,
+                        record.first_at.isoformat(),
+                        record.last_at.isoformat(),
+                        ";".join(record.actions),
+                        ";".join(record.fields),
+                    ]
+                )
+            yield buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+            if page.next_cursor is None:
+                return
+            page = await self.breach_impact(
+                first.actor_id, first.since, first.until, page.next_cursor, self.report_page_max
+            )

@@ -1,0 +1,255 @@
+"""Auditor API (API.md): events, checkpoints, proofs, bundles, keys and reports.
+
+Every route needs `audit:events:read` and, being a data route, an `X-Purpose` the
+caller's role may state (`audit` for auditors). Every answer is itself logged: the
+entry is appended, durably, before the response leaves; if it cannot be, the
+auditor gets 503 and nothing else, like any other reader.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from vault_service.audit.log import AccessEvent, AccessLog
+from vault_service.audit.proofs import AuditProofs
+from vault_service.auth.permissions import Permission
+from vault_service.auth.principal import Principal
+from vault_service.errors import InvalidParameter
+
+JSON: Final = "application/json"
+_OPT: Final = {"permission": Permission.AUDIT_READ, "data": True}
+_ACTION = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}$")
+_MAX_PARAM = 64
+_encoder = msgspec.json.Encoder()
+
+
+# --- query parameters: strict, stable error codes, values never echoed ---------------------
+def _params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in allowed:
+            raise InvalidParameter("unknown query parameter")
+        if key in params:
+            raise InvalidParameter("a query parameter is repeated")
+        if len(value) > _MAX_PARAM:
+            raise InvalidParameter("a query parameter is too long")
+        params[key] = value
+    return params
+
+
+def _int(params: Mapping[str, str], name: str, *, default: int | None = None) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise InvalidParameter(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _required_int(params: Mapping[str, str], name: str) -> int:
+    value = _int(params, name)
+    if value is None:
+        raise InvalidParameter(f"{name} is required")
+    return value
+
+
+def _limit(params: Mapping[str, str], default: int, maximum: int) -> int:
+    value = _int(params, "limit", default=default)
+    assert value is not None
+    if not 1 <= value <= maximum:
+        raise InvalidParameter(f"limit must be between 1 and {maximum}")
+    return value
+
+
+def _uuid(raw: str | None, name: str) -> uuid.UUID | None:
+    if raw is None:
+        return None
+    try:
+        value = uuid.UUID(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be a UUID") from None
+    if str(value) != raw.lower():
+        raise InvalidParameter(f"{name} must be a UUID in canonical form")
+    return value
+
+
+def _time(raw: str | None, name: str) -> datetime.datetime | None:
+    if raw is None:
+        return None
+    try:
+        value = datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        raise InvalidParameter(f"{name} must carry a time zone (e.g. Z)")
+    return value
+
+
+def _json(value: object) -> Response[bytes]:
+    return Response(_encoder.encode(value), media_type=JSON)
+
+
+# --- logging the auditor's own access ------------------------------------------------------
+async def _log(
+    request: Request[Principal, Any, Any],
+    action: str,
+    params: Mapping[str, str],
+    record_ids: tuple[uuid.UUID, ...] = (),
+) -> None:
+    principal = request.user
+    purpose = getattr(request.state, "purpose", None)
+    access_log: AccessLog = request.app.state.access_log
+    await access_log.append(
+        AccessEvent(
+            action=action,
+            outcome="allowed",
+            actor_id=principal.account_id,
+            role=str(principal.role),
+            structure_id=principal.structure_id,
+            record_ids=record_ids,
+            purpose=str(purpose[0]) if purpose else None,
+            purpose_detail=purpose[1] if purpose else None,
+            request_id=request.scope.get("state", {}).get("request_id"),
+            token_jti=principal.jti,
+            # Names only: the values (ids, times) are in the request, not worth a copy.
+            criteria=tuple(sorted(params)),
+        )
+    )
+
+
+def _proofs(request: Request[Any, Any, Any]) -> AuditProofs:
+    proofs: AuditProofs = request.app.state.audit_proofs
+    return proofs
+
+
+_EVENTS: Final = frozenset({"record_id", "actor_id", "action", "since", "until", "cursor", "limit"})
+_REPORT: Final = frozenset({"actor_id", "since", "until", "cursor", "limit", "format"})
+_PAGE: Final = frozenset({"cursor", "limit"})
+
+
+class AuditController(Controller):
+    path = "/v1/audit"
+    tags: Final = ["audit"]  # type: ignore[misc]
+
+    @get("/events", opt=_OPT, summary="Access-log entries by record, actor, action and time")
+    async def events(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, _EVENTS)
+        action = params.get("action")
+        if action is not None and not _ACTION.match(action):
+            raise InvalidParameter("action must be a dotted code like record.read")
+        record_id = _uuid(params.get("record_id"), "record_id")
+        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        if since is not None and until is not None and until <= since:
+            raise InvalidParameter("until must be after since")
+        proofs = _proofs(request)
+        page = await proofs.events(
+            record_id=record_id,
+            actor_id=_uuid(params.get("actor_id"), "actor_id"),
+            action=action,
+            since=since,
+            until=until,
+            cursor=params.get("cursor"),
+            limit=_limit(params, 100, proofs.events_page_max),
+        )
+        await _log(request, "audit.events", params, (record_id,) if record_id else ())
+        return _json(page)
+
+    @get("/checkpoint", opt=_OPT, summary="Latest signed checkpoint (C2SP signed note)")
+    async def checkpoint(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"size"}))
+        _, note = await _proofs(request).checkpoint(_int(params, "size"))
+        await _log(request, "audit.checkpoint", params)
+        return Response(note.encode("utf-8"), media_type="text/plain; charset=utf-8")
+
+    @get("/keys", opt=_OPT, summary="Verifier keys of every live checkpoint key version")
+    async def keys(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset())
+        keys = await _proofs(request).keys()
+        await _log(request, "audit.keys", params)
+        return _json(keys)
+
+    @get("/proofs/inclusion", opt=_OPT, summary="Inclusion proof of one entry")
+    async def inclusion(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"index", "size"}))
+        proof = await _proofs(request).inclusion(
+            _required_int(params, "index"), _int(params, "size")
+        )
+        await _log(request, "audit.proof", params)
+        return _json(proof)
+
+    @get("/proofs/consistency", opt=_OPT, summary="Consistency proof between two tree sizes")
+    async def consistency(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"from", "to"}))
+        proof = await _proofs(request).consistency(
+            _required_int(params, "from"), _int(params, "to")
+        )
+        await _log(request, "audit.proof", params)
+        return _json(proof)
+
+    @get("/bundles", opt=_OPT, summary="Entries of a range with what rebuilds the signed root")
+    async def bundles(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"start", "end", "size"}))
+        bundle = await _proofs(request).bundle(
+            _required_int(params, "start"), _int(params, "end"), _int(params, "size")
+        )
+        await _log(request, "audit.bundle", params)
+        return _json(bundle)
+
+    @get(
+        "/reports/breach-impact",
+        opt=_OPT,
+        summary="Every record and field an actor was given in a window (JSON or CSV)",
+    )
+    async def breach_impact(self, request: Request[Principal, Any, Any]) -> Response[Any]:
+        params = _params(request, _REPORT)
+        actor_id = _uuid(params.get("actor_id"), "actor_id")
+        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        if actor_id is None or since is None or until is None:
+            raise InvalidParameter("actor_id, since and until are required")
+        output = params.get("format", "json")
+        if output not in ("json", "csv"):
+            raise InvalidParameter("format must be json or csv")
+        proofs = _proofs(request)
+        if output == "csv" and ("cursor" in params or "limit" in params):
+            raise InvalidParameter("the CSV report is never paged")
+        limit = (
+            proofs.report_page_max
+            if output == "csv"
+            else _limit(params, 1000, proofs.report_page_max)
+        )
+        page = await proofs.breach_impact(actor_id, since, until, params.get("cursor"), limit)
+        await _log(request, "audit.breach_impact", params)
+        if output == "json":
+            return _json(page)
+        return Stream(
+            proofs.breach_impact_csv(page),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="breach-impact.csv"'},
+        )
+
+    @get(
+        "/reports/subject/{record_id:str}",
+        opt=_OPT,
+        summary="Who accessed one youth's record, when and why",
+    )
+    async def subject(
+        self, request: Request[Principal, Any, Any], record_id: FromPath[str]
+    ) -> Response[bytes]:
+        params = _params(request, _PAGE)
+        rid = _uuid(record_id, "record_id")
+        assert rid is not None
+        proofs = _proofs(request)
+        page = await proofs.subject(
+            rid, params.get("cursor"), _limit(params, 100, proofs.events_page_max)
+        )
+        await _log(request, "audit.subject", params, (rid,))
+        return _json(page)
