@@ -18,6 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from vault_service import __version__
 from vault_service.auth.accounts import AccountGate
+from vault_service.auth.admin import AccountAdmin
 from vault_service.auth.guards import BearerAuthMiddleware, permission_guard
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
@@ -27,6 +28,7 @@ from vault_service.health import live, ready
 from vault_service.kms import VaultKms
 from vault_service.observability import TelemetryMiddleware, configure_telemetry
 from vault_service.records import schema as record_schema
+from vault_service.records.custody import CustodyService
 from vault_service.records.routes import RecordsController
 from vault_service.records.service import RecordService
 from vault_service.settings import Settings
@@ -114,7 +116,12 @@ def create_app(settings: Settings) -> Litestar:
             },
         )
         kms = VaultKms(settings)
-        gate = AccountGate(pool, settings.database_url, settings.account_cache_seconds)
+        gate = AccountGate(
+            pool,
+            settings.database_url,
+            settings.account_cache_seconds,
+            settings.new_account_restriction_hours * 3600,
+        )
         try:
             keys = KeyHierarchy(
                 kms,
@@ -134,13 +141,19 @@ def create_app(settings: Settings) -> Litestar:
             state.token_issuer = TokenIssuer(settings, kms, signing)
             state.token_verifier = TokenVerifier(settings, signing)
             state.account_gate = gate
-            state.records = RecordService(
+            state.records = records = RecordService(
                 pool,
                 keys,
                 schema,
                 search_page_max=settings.search_page_max,
                 caseload_page_max=settings.caseload_page_max,
             )
+            state.custody = CustodyService(
+                records,
+                break_glass_minutes=settings.break_glass_minutes,
+                break_glass_daily_limit=settings.break_glass_daily_limit,
+            )
+            state.account_admin = AccountAdmin(pool)
             log.info("service_started", version=__version__)
             yield
         finally:

@@ -176,6 +176,89 @@ async def _key_inventory(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def _actor(settings: Settings, pool: asyncpg.Pool) -> uuid.UUID:
+    """The admin acting, proven by a token (VAULT_SERVICE_ACTOR_TOKEN), not by a flag:
+    every account act is attributed to a verified identity. In production admins get
+    that token from the identity provider, with MFA."""
+    from vault_service.auth.accounts import AccountGate
+    from vault_service.auth.permissions import Role
+    from vault_service.auth.tokens import SigningKeys, TokenVerifier
+    from vault_service.errors import Forbidden, Unauthenticated
+    from vault_service.kms import VaultKms
+
+    token = os.environ.get("VAULT_SERVICE_ACTOR_TOKEN")
+    if not token:
+        raise Unauthenticated(
+            "set VAULT_SERVICE_ACTOR_TOKEN to an admin's token", reason="token_missing"
+        )
+    kms = VaultKms(settings)
+    try:
+        keys = SigningKeys(kms)
+        await keys.refresh()
+        claims = await TokenVerifier(settings, keys).verify(token)
+    finally:
+        kms.close()
+    principal = await AccountGate(pool, settings.database_url, 0).principal(claims)
+    if principal.role != Role.ADMIN:
+        raise Forbidden("the actor token is not an admin's")
+    return principal.account_id
+
+
+async def _account_command(settings: Settings, args: argparse.Namespace) -> Any:
+    from vault_service.auth.admin import AccountAdmin
+    from vault_service.auth.permissions import Role
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        admin = AccountAdmin(pool)
+        if args.action == "requests":
+            return await admin.requests(None if args.all else "pending")
+        actor = await _actor(settings, pool)
+        if args.action == "create":
+            ref = await admin.request_create(actor, Role(args.role), args.structure)
+            return {
+                "request_id": str(ref.request_id),
+                "account_id": str(ref.account_id),
+                "state": "pending",
+                "next": "a second admin runs `accounts approve`",
+            }
+        if args.action in ("approve", "refuse"):
+            ref = await admin.decide(actor, args.request, approve=args.action == "approve")
+            return {
+                "request_id": str(ref.request_id),
+                "account_id": str(ref.account_id),
+                "decision": args.action,
+            }
+        if args.action == "set-role":
+            ref = await admin.request_change(
+                actor, "role_change", args.account, Role(args.role), args.structure
+            )
+            return {"request_id": str(ref.request_id), "state": "pending"}
+        if args.action == "reactivate":
+            ref = await admin.request_change(actor, "reactivate", args.account)
+            return {"request_id": str(ref.request_id), "state": "pending"}
+        state = {"suspend": "suspended", "disable": "disabled"}[args.action]
+        await admin.set_state(actor, args.account, state)
+        return {"account_id": str(args.account), "state": state}
+    finally:
+        await pool.close()
+
+
+async def _bootstrap_admins() -> dict[str, str]:
+    dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")
+    first, second = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT vs_bootstrap_admins($1, $2)", first, second)
+    except asyncpg.PostgresError:
+        raise VaultServiceError("admins already exist; use four-eyes requests") from None
+    finally:
+        await conn.close()
+    return {"first_admin": str(first), "second_admin": str(second)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vault-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +280,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = accounts.add_parser("list", help="accounts with id, role, structure, state")
     listing.add_argument("--json", action="store_true")
+    roles = ["counsellor", "supervisor", "admin", "auditor", "analyst"]
+    create = accounts.add_parser("create", help="request a new account (a second admin approves)")
+    create.add_argument("--role", choices=roles, required=True)
+    create.add_argument("--structure", type=_uuid)
+    for name in ("approve", "refuse"):
+        decide = accounts.add_parser(name, help=f"{name} another admin's pending request")
+        decide.add_argument("request", type=_uuid)
+    set_role = accounts.add_parser("set-role", help="request a role change (four-eyes)")
+    set_role.add_argument("account", type=_uuid)
+    set_role.add_argument("--role", choices=roles, required=True)
+    set_role.add_argument("--structure", type=_uuid)
+    for name, text in (
+        ("suspend", "suspend now, revoking every token"),
+        ("disable", "disable now, revoking every token"),
+        ("reactivate", "request reactivation (four-eyes)"),
+    ):
+        state = accounts.add_parser(name, help=text)
+        state.add_argument("account", type=_uuid)
+    requests = accounts.add_parser("requests", help="pending (or --all) account requests")
+    requests.add_argument("--all", action="store_true")
+    accounts.add_parser("bootstrap-admins", help="create the first two admins (owner role, once)")
     keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
     keys.add_parser("list", help="transit keys, signing key versions, branch keys")
     return parser
@@ -218,6 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(settings)
         if args.command == "tokens":
             print(asyncio.run(_issue(settings, args.subject, args.ttl)))
+            return 0
+        if args.command == "accounts" and args.action == "bootstrap-admins":
+            print(json.dumps(asyncio.run(_bootstrap_admins()), indent=2))
+            return 0
+        if args.command == "accounts" and args.action != "list":
+            print(json.dumps(asyncio.run(_account_command(settings, args)), indent=2, default=str))
             return 0
         if args.command == "accounts":
             rows = asyncio.run(_accounts(settings))

@@ -151,9 +151,11 @@ class TelemetryMiddleware:
         method = str(scope.get("method", ""))
         # record_exception=False: an exception's text and stack can carry values.
         with _tracer.start_as_current_span(
-            f"{method} http", kind=SpanKind.SERVER, record_exception=False,
+            f"{method} http",
+            kind=SpanKind.SERVER,
+            record_exception=False,
             set_status_on_exception=False,
-        ) as span:  # fmt: skip
+        ) as span:
             try:
                 await self.app(scope, receive, send_wrapper)
             except Exception as exc:

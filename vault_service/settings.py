@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     search_page_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
     caseload_page_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
     log_level: str = "INFO"
+    new_account_restriction_hours: Annotated[float, msgspec.Meta(ge=0, le=720)] = 24.0
+    break_glass_minutes: Annotated[int, msgspec.Meta(ge=1, le=240)] = 30
+    break_glass_daily_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
 
     def __post_init__(self) -> None:
         if not self.vault_token and not (self.vault_role_id and self.vault_secret_id_file):

@@ -321,8 +321,20 @@ async def test_downloads_verify_offline(api, auditor, access_log, publisher, tmp
     tail = await download("tail.json", "/v1/audit/bundles", start=str(max(0, size1 - 15)))
     inclusion = await download("i.json", "/v1/audit/proofs/inclusion", index=str(size1 - 1))
     args = ["--keys", str(keys), "--state", str(state)]
-    assert verify.main([*args, "--checkpoint", str(first), "--bundle", str(tail),
-                        "--inclusion", str(inclusion)]) == 0  # fmt: skip
+    assert (
+        verify.main(
+            [
+                *args,
+                "--checkpoint",
+                str(first),
+                "--bundle",
+                str(tail),
+                "--inclusion",
+                str(inclusion),
+            ]
+        )
+        == 0
+    )
 
     await access_log.append_many([event() for _ in range(30)])
     await publisher.publish_once()
@@ -337,8 +349,20 @@ async def test_downloads_verify_offline(api, auditor, access_log, publisher, tmp
     )
     old = await download("c1-again.txt", "/v1/audit/checkpoint", size=str(size1))
     assert old.read_text() == first.read_text()
-    assert verify.main([*args, "--checkpoint", str(second), "--consistency", str(consistency),
-                        "--bundle", str(middle)]) == 0  # fmt: skip
+    assert (
+        verify.main(
+            [
+                *args,
+                "--checkpoint",
+                str(second),
+                "--consistency",
+                str(consistency),
+                "--bundle",
+                str(middle),
+            ]
+        )
+        == 0
+    )
 
 
 # --- fail closed -----------------------------------------------------------------------------------------

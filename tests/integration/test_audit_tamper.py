@@ -152,15 +152,22 @@ async def test_untampered_log_verifies_across_checkpoints(scene: Scene, capsys) 
     inclusion = scene.save("i.json", await scene.proofs.inclusion(7))
     code = verify.main(
         [
-            "--keys", str(scene.files / "keys.json"),
-            "--checkpoint", str(second),
-            "--state", str(scene.files / "state.json"),
-            "--consistency", str(consistency),
-            "--bundle", str(bundles[0]),
-            "--bundle", str(bundles[1]),
-            "--inclusion", str(inclusion),
+            "--keys",
+            str(scene.files / "keys.json"),
+            "--checkpoint",
+            str(second),
+            "--state",
+            str(scene.files / "state.json"),
+            "--consistency",
+            str(consistency),
+            "--bundle",
+            str(bundles[0]),
+            "--bundle",
+            str(bundles[1]),
+            "--inclusion",
+            str(inclusion),
         ]
-    )  # fmt: skip
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "verified" in out.out
@@ -187,9 +194,15 @@ async def test_changed_body_is_reported(scene: Scene, capsys) -> None:
     assert len(report.failures) == 2  # nothing else is blamed
 
     code = verify.main(
-        ["--keys", str(scene.files / "keys.json"), "--checkpoint", str(checkpoint),
-         "--bundle", str(bundle)]
-    )  # fmt: skip
+        [
+            "--keys",
+            str(scene.files / "keys.json"),
+            "--checkpoint",
+            str(checkpoint),
+            "--bundle",
+            str(bundle),
+        ]
+    )
     assert code == 1
     assert "TAMPERED: entry 42" in capsys.readouterr().err
 

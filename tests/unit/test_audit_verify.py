@@ -211,10 +211,21 @@ def test_whole_log_in_bundles_with_inclusions_and_state(log: SyntheticLog, capsy
     checkpoint = log.checkpoint("c1.txt")
     files = [log.bundle("a.json", 0, 300), log.bundle("b.json", 300, 1000)]
     code = verify.main(
-        ["--keys", str(keys), "--checkpoint", str(checkpoint), "--state", str(log.dir / "s.json"),
-         "--bundle", str(files[0]), "--bundle", str(files[1]),
-         "--inclusion", str(log.inclusion("i.json", 517))]
-    )  # fmt: skip
+        [
+            "--keys",
+            str(keys),
+            "--checkpoint",
+            str(checkpoint),
+            "--state",
+            str(log.dir / "s.json"),
+            "--bundle",
+            str(files[0]),
+            "--bundle",
+            str(files[1]),
+            "--inclusion",
+            str(log.inclusion("i.json", 517)),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "bundle [0, 300) of tree 1000: 300 entries verified" in out

@@ -261,6 +261,21 @@ class _Prepared:
     body_hash: bytes
 
 
+_SALTS_PER_READ: Final = 256
+_salts = bytearray()
+
+
+def _salt() -> bytes:
+    """32 bytes from the OS CSPRNG, read 8 KiB at a time: one getrandom() call per
+    salt costs more than the rest of an entry on some virtual machines."""
+    global _salts  # noqa: PLW0603 - a module-level buffer of OS randomness
+    if not _salts:
+        _salts = bytearray(os.urandom(SALT_SIZE * _SALTS_PER_READ))
+    salt = bytes(_salts[-SALT_SIZE:])
+    del _salts[-SALT_SIZE:]
+    return salt
+
+
 def _prepare(event: AccessEvent, at_us: int) -> _Prepared:
     _validate(event)
     role, purpose = event.role, event.purpose
@@ -284,7 +299,7 @@ def _prepare(event: AccessEvent, at_us: int) -> _Prepared:
         criteria=event.criteria,
     )
     canonical = _body_encoder.encode(body)
-    salt = os.urandom(SALT_SIZE)
+    salt = _salt()
     return _Prepared(
         at_us=at_us,
         salt=salt,
@@ -416,11 +431,16 @@ class AccessLog:
     entry is committed, or raises AuditUnavailable: the caller must then return no
     data (fail closed).
 
-    `lock_timeout` bounds how long a batch waits for the tree lock and each of its
-    statements (a blocked log must refuse requests quickly, not queue them); `clock`
-    returns microseconds since the epoch and exists for tests and imports of old
-    events. `max_queue` bounds memory when the database is slower than the callers:
-    past it, appends fail at once.
+    `writers` transactions of one process may be in flight at once: while one holds
+    the tree lock, the next has its entries and connection ready and waits for the
+    lock, and the callers released by the first prepare their next entries meanwhile
+    (the database still commits one batch at a time). An idle writer leaves a share of
+    the queue to the others, so that under load batches alternate instead of all
+    callers waiting on one. `lock_timeout` bounds how long a batch waits for the tree
+    lock and each of its statements (a blocked log must refuse requests quickly, not
+    queue them); `clock` returns microseconds since the epoch and exists for tests and
+    imports of old events. `max_queue` bounds memory when the database is slower than
+    the callers: past it, appends fail at once.
     """
 
     def __init__(
@@ -428,14 +448,17 @@ class AccessLog:
         pool: asyncpg.Pool,
         *,
         max_batch: int = 512,
+        writers: int = 2,
         lock_timeout: float = 2.0,
         max_queue: int = 65_536,
         clock: Callable[[], int] = _wall_clock_us,
     ) -> None:
-        if max_batch < 1 or max_queue < max_batch:
-            raise ValueError("max_batch must be at least 1 and at most max_queue")
+        if max_batch < 1 or max_queue < max_batch or writers < 1:
+            raise ValueError("need max_batch >= 1, max_queue >= max_batch and writers >= 1")
         self._pool = pool
         self._max_batch = max_batch
+        self._writers = writers
+        self._idle = 0
         self._timeout = lock_timeout
         self._max_queue = max_queue
         self._clock = clock
@@ -443,7 +466,7 @@ class AccessLog:
         self._queue: list[list[_Waiting]] = []
         self._queued = 0
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._edge: _Edge | None = None
         self.batches = 0
@@ -451,22 +474,27 @@ class AccessLog:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done() and not self._stopping
+        return (
+            bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
+        )
 
     async def start(self) -> None:
-        if self._task is not None:
+        if self._tasks:
             return
         self._stopping = False
-        self._task = asyncio.create_task(self._writer(), name="access-log-writer")
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"access-log-writer-{n}")
+            for n in range(self._writers)
+        ]
 
     async def stop(self) -> None:
         """Commit what is queued, then stop; later appends fail closed."""
-        if self._task is None:
+        if not self._tasks:
             return
         self._stopping = True
         self._wakeup.set()
-        await self._task
-        self._task = None
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
 
     async def append(self, event: AccessEvent) -> int:
         (index,) = await self.append_many((event,))
@@ -495,10 +523,11 @@ class AccessLog:
     def _take(self) -> list[_Waiting]:
         # Whole groups only: the entries of one append_many commit together, so a group
         # larger than max_batch makes a batch of its own.
+        limit = self._max_batch
         batch: list[_Waiting] = []
         taken = 0
         for group in self._queue:
-            if batch and len(batch) + len(group) > self._max_batch:
+            if batch and len(batch) + len(group) > limit:
                 break
             batch.extend(group)
             taken += 1
@@ -512,7 +541,11 @@ class AccessLog:
                 if self._stopping:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                self._idle += 1
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._idle -= 1
                 continue
             batch = self._take()
             try:

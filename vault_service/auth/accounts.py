@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 CHANNEL: Final = "vault_service_accounts"
 SELECT_ACCOUNT_STATE: Final = """
-SELECT a.state, a.role, a.structure_id, a.tokens_valid_after,
+SELECT a.state, a.role, a.structure_id, a.tokens_valid_after, a.activated_at,
        EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $2) AS revoked
 FROM accounts a WHERE a.id = $1
 """
@@ -41,12 +41,16 @@ class _State:
     structure_id: uuid.UUID | None
     tokens_valid_after: float
     revoked: bool
+    activated_at: float
     fetched_at: float
 
 
 class AccountGate:
-    def __init__(self, pool: asyncpg.Pool, dsn: str, cache_seconds: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, cache_seconds: float, restriction_seconds: float = 0
+    ) -> None:
         self._pool = pool
+        self._restriction = restriction_seconds
         self._dsn = dsn
         self._ttl = cache_seconds
         self._cache: dict[tuple[uuid.UUID, uuid.UUID], _State] = {}
@@ -109,6 +113,7 @@ class AccountGate:
             row["structure_id"],
             row["tokens_valid_after"].timestamp(),
             bool(row["revoked"]),
+            row["activated_at"].timestamp() if row["activated_at"] else 0.0,
             now,
         )
         if self._caching():
@@ -134,4 +139,5 @@ class AccountGate:
             scopes=frozenset(claims.scope.split()),
             jti=claims.jti,
             expires_at=claims.exp,
+            restricted=time.time() < state.activated_at + self._restriction,
         )

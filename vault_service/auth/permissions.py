@@ -25,6 +25,9 @@ class Permission(StrEnum):
     RECORDS_SEARCH = "case:records:search"
     RECORDS_SEARCH_NIR = "case:records:search_nir"
     CASELOAD_READ = "case:caseload:read"
+    RECORDS_TRANSFER = "case:records:transfer"
+    RECORDS_BREAK_GLASS = "case:records:break_glass"
+    BREAK_GLASS_REVIEW = "case:break_glass:review"
     AUDIT_READ = "audit:events:read"
 
 
@@ -39,6 +42,7 @@ class Purpose(StrEnum):
     LEGAL_REQUEST = "legal_request"
     DATA_SUBJECT_REQUEST = "data_subject_request"
     BREAK_GLASS = "break_glass"
+    SUPERVISION = "supervision"
     AUDIT = "audit"
 
 
@@ -51,11 +55,19 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
             Permission.RECORDS_SEARCH,
             Permission.RECORDS_SEARCH_NIR,
             Permission.CASELOAD_READ,
+            Permission.RECORDS_BREAK_GLASS,
         }
     ),
-    # Structure-wide masked view; widened by the identity issue (transfers, review).
+    # One structure: masked structure-wide view, transfers, break-glass review.
     Role.SUPERVISOR: frozenset(
-        {Permission.RECORDS_READ, Permission.RECORDS_SEARCH, Permission.CASELOAD_READ}
+        {
+            Permission.RECORDS_READ,
+            Permission.RECORDS_SEARCH,
+            Permission.CASELOAD_READ,
+            Permission.RECORDS_TRANSFER,
+            Permission.RECORDS_BREAK_GLASS,
+            Permission.BREAK_GLASS_REVIEW,
+        }
     ),
     # Admins manage accounts and keys through the CLI; never case data.
     Role.ADMIN: frozenset(),
@@ -73,6 +85,7 @@ ROLE_PURPOSES: Final[dict[Role, frozenset[Purpose]]] = {
             Purpose.ALLOWANCE,
             Purpose.TRANSFER,
             Purpose.DATA_SUBJECT_REQUEST,
+            Purpose.BREAK_GLASS,
         }
     ),
     Role.SUPERVISOR: frozenset(
@@ -81,6 +94,8 @@ ROLE_PURPOSES: Final[dict[Role, frozenset[Purpose]]] = {
             Purpose.TRANSFER,
             Purpose.LEGAL_REQUEST,
             Purpose.DATA_SUBJECT_REQUEST,
+            Purpose.BREAK_GLASS,
+            Purpose.SUPERVISION,
         }
     ),
     Role.ADMIN: frozenset(),

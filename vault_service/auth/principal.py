@@ -16,3 +16,5 @@ class Principal:
     scopes: frozenset[str]
     jti: uuid.UUID
     expires_at: int
+    # A newly activated account: no break-glass, half budget (issue 3).
+    restricted: bool = False

@@ -2,7 +2,7 @@
 
 Format v1 of every blob: version byte 0x01 || 12-byte random nonce || ciphertext||tag.
 The associated data binds a field's ciphertext to its record id, its field path and
-the key versions it was sealed under, so a ciphertext copied to another record or
+the version of the record key it was sealed under, so a ciphertext copied to another record or
 another field, or replayed after a re-encryption, fails to authenticate instead of
 decrypting to somebody else's value.
 
@@ -35,13 +35,17 @@ def new_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
-def field_aad_prefix(record_id: uuid.UUID, branch_version: int, key_version: int) -> bytes:
-    """The part of a field's AAD shared by every field of one record."""
-    return _FIELD_AAD + record_id.bytes + struct.pack(">II", branch_version, key_version)
+def field_aad_prefix(record_id: uuid.UUID, key_version: int) -> bytes:
+    """The part of a field's AAD shared by every field of one record.
+
+    The record key's version is bound here; the branch key that wraps the record key
+    is bound in the record key's own AAD (record_key_aad), so moving a youth to
+    another structure rewraps one key and re-seals no field."""
+    return _FIELD_AAD + record_id.bytes + struct.pack(">I", key_version)
 
 
-def field_aad(record_id: uuid.UUID, path: str, branch_version: int, key_version: int) -> bytes:
-    return field_aad_prefix(record_id, branch_version, key_version) + path.encode("utf-8")
+def field_aad(record_id: uuid.UUID, path: str, key_version: int) -> bytes:
+    return field_aad_prefix(record_id, key_version) + path.encode("utf-8")
 
 
 def record_key_aad(record_id: uuid.UUID, structure_id: uuid.UUID, branch_version: int) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
@@ -13,13 +13,23 @@ from litestar.params import FromPath
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidBody, InvalidParameter, PreconditionRequired
+from vault_service.records.custody import (
+    BreakGlassRequest,
+    CustodyService,
+    ReviewRequest,
+    TransferRequest,
+)
 from vault_service.records.service import (
     Page,
     RecordDocument,
     RecordService,
+    decode_cursor,
+    encode_cursor,
     etag,
     parse_if_match,
 )
+
+T = TypeVar("T")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
 _PAGING: Final = frozenset({"cursor", "limit"})
@@ -104,7 +114,8 @@ class RecordsController(Controller):
         self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
-        document = await service.read(request.user, parse_record_id(record_id))
+        purpose = request.state.purpose[0]
+        document = await service.read(request.user, parse_record_id(record_id), purpose)
         return _document_response(document)
 
     @patch(
@@ -164,3 +175,81 @@ class RecordsController(Controller):
             raise InvalidParameter("unknown query parameter")
         page = await service.caseload(request.user, params.get("cursor"), _limit(request, 50))
         return _page_response(page)
+
+    @post(
+        "/records/{record_id:str}/transfer",
+        opt={"permission": Permission.RECORDS_TRANSFER, "data": True},
+        status_code=200,
+        summary="Move a youth to another counsellor or structure (definitive or temporary)",
+    )
+    async def transfer_record(
+        self, request: Request[Principal, Any, Any], record_id: FromPath[str]
+    ) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        body = _decode(_transfer_decoder, await request.body())
+        moved = await custody.transfer(request.user, parse_record_id(record_id), body)
+        return Response(
+            msgspec.json.encode(moved), media_type=JSON, headers={"ETag": etag(moved.version)}
+        )
+
+    @post(
+        "/records/{record_id:str}/break-glass",
+        opt={"permission": Permission.RECORDS_BREAK_GLASS, "data": True},
+        status_code=201,
+        summary="Open a time-boxed, reviewed grant on a record outside the caseload",
+    )
+    async def break_glass(
+        self, request: Request[Principal, Any, Any], record_id: FromPath[str]
+    ) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        body = _decode(_break_glass_decoder, await request.body())
+        grant = await custody.break_glass(request.user, parse_record_id(record_id), body)
+        return Response(msgspec.json.encode(grant), status_code=201, media_type=JSON)
+
+    @get(
+        "/break-glass/reviews",
+        opt={"permission": Permission.BREAK_GLASS_REVIEW, "data": True},
+        summary="Break-the-glass grants of the supervisor's structure awaiting review",
+    )
+    async def review_queue(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        params = _single_params(request)
+        if set(params) - _PAGING:
+            raise InvalidParameter("unknown query parameter")
+        items = await custody.review_queue(
+            request.user, decode_cursor(params.get("cursor")), min(_limit(request, 50), 100)
+        )
+        next_cursor = encode_cursor(items[-1]["id"]) if items else None
+        return Response(
+            msgspec.json.encode({"items": items, "next_cursor": next_cursor}), media_type=JSON
+        )
+
+    @post(
+        "/break-glass/{grant_id:str}/review",
+        opt={"permission": Permission.BREAK_GLASS_REVIEW, "data": True},
+        status_code=204,
+        summary="Record the supervisor's review of a break-the-glass grant",
+    )
+    async def review_grant(
+        self, request: Request[Principal, Any, Any], grant_id: FromPath[str]
+    ) -> None:
+        custody: CustodyService = request.app.state.custody
+        body = _decode(_review_decoder, await request.body())
+        await custody.review(request.user, parse_record_id(grant_id), body)
+
+
+_transfer_decoder = msgspec.json.Decoder(TransferRequest)
+_break_glass_decoder = msgspec.json.Decoder(BreakGlassRequest)
+_review_decoder = msgspec.json.Decoder(ReviewRequest)
+
+
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        rule, _, where = str(exc).partition(" - at `")
+        if rule.startswith("Object contains unknown field"):
+            rule = "the body contains a property that is not defined"
+        raise InvalidBody(rule[:200] + (f" (at {where.rstrip('`')})" if where else "")) from None
+    except msgspec.DecodeError:
+        raise InvalidBody("the body is not valid JSON") from None

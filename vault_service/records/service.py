@@ -24,7 +24,7 @@ import asyncpg
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault_service.auth.permissions import Role
+from vault_service.auth.permissions import Purpose, Role
 from vault_service.auth.principal import Principal
 from vault_service.crypto import aead
 from vault_service.crypto import blind_index as bi
@@ -127,9 +127,9 @@ class RecordService:
         search_page_max: int,
         caseload_page_max: int,
     ) -> None:
-        self._pool = pool
-        self._keys = keys
-        self._schema = schema
+        self.pool = self._pool = pool
+        self.keys = self._keys = keys
+        self.schema = self._schema = schema
         self._create = msgspec.json.Decoder(schema.create_type)
         self._patch = msgspec.json.Decoder(schema.patch_type)
         self._search_page_max = search_page_max
@@ -160,10 +160,8 @@ class RecordService:
         return changes
 
     @staticmethod
-    def _seal(
-        record_key: AESGCM, record_id: uuid.UUID, branch_version: int, name: str, value: Any
-    ) -> bytes:
-        aad = aead.field_aad(record_id, name, branch_version, 1)
+    def _seal(record_key: AESGCM, record_id: uuid.UUID, name: str, value: Any) -> bytes:
+        aad = aead.field_aad(record_id, name, 1)
         return aead.seal(record_key, _json_encoder.encode(value), aad)
 
     def _split(
@@ -171,19 +169,18 @@ class RecordService:
         values: Mapping[str, Any],
         record_key: AESGCM,
         record_id: uuid.UUID,
-        branch_version: int,
     ) -> tuple[dict[str, bytes], dict[str, Any]]:
         sealed: dict[str, bytes] = {}
         clear: dict[str, Any] = {}
         for name, value in values.items():
             plan = self._schema.fields[name]
             if plan.encrypted:
-                sealed[name] = self._seal(record_key, record_id, branch_version, name, value)
+                sealed[name] = self._seal(record_key, record_id, name, value)
             else:
                 clear[name] = value
         return sealed, clear
 
-    async def _index_rows(
+    async def index_rows(
         self, structure_id: uuid.UUID, values: Mapping[str, Any], plans: Iterable[FieldPlan]
     ) -> tuple[list[str], list[bytes]]:
         names: list[str] = []
@@ -216,8 +213,17 @@ class RecordService:
         return self._keys.open_record_key(branch, row["id"], row["record_key"])
 
     @staticmethod
-    def _view(principal: Principal, row: asyncpg.Record) -> View | None:
-        if principal.role == Role.COUNSELLOR and row["referent_id"] == principal.account_id:
+    def _view(principal: Principal, row: asyncpg.Record, purpose: Purpose | None) -> View | None:
+        """What the caller may see of this record, from the row and nothing the client says.
+
+        Caseload (referent or live assignment): full. Supervisor of the record's
+        structure: masked. A live break-the-glass grant: full, and only when the
+        request states `break_glass` as its purpose, so every such read is marked."""
+        if principal.role == Role.COUNSELLOR and (
+            row["referent_id"] == principal.account_id or row["assigned"]
+        ):
+            return View.FULL
+        if row["glass"] and purpose is Purpose.BREAK_GLASS:
             return View.FULL
         if principal.role == Role.SUPERVISOR and row["structure_id"] == principal.structure_id:
             return View.MASKED
@@ -230,8 +236,15 @@ class RecordService:
         wanted = list(sealed) if names is None else [n for n in names if n in sealed]
         if not self._known.issuperset(wanted):
             raise DecryptionFailed()  # a field the schema does not know: tampered row
-        prefix = aead.field_aad_prefix(row["id"], row["branch_key_version"], row["key_version"])
+        prefix = aead.field_aad_prefix(row["id"], row["key_version"])
         return aead.open_fields(record_key, prefix, sealed, wanted)
+
+    def decrypt_values(
+        self, row: asyncpg.Record, record_key: AESGCM, names: Iterable[str]
+    ) -> dict[str, Any]:
+        """Decoded values of some fields (for re-indexing), never returned to a client."""
+        opened = self._open_fields(row, record_key, names)
+        return {name: msgspec.json.decode(value) for name, value in opened.items()}
 
     @staticmethod
     def _meta(row: asyncpg.Record, view: View) -> dict[str, Any]:
@@ -287,8 +300,8 @@ class RecordService:
         record_id = uuid.uuid4()
         branch = await self._keys.active_branch_key(structure_id)
         record_key, wrapped = self._keys.new_record_key(branch, record_id)
-        sealed, clear = self._split(values, record_key, record_id, branch.version)
-        names, digests = await self._index_rows(structure_id, values, self._schema.indexed)
+        sealed, clear = self._split(values, record_key, record_id)
+        names, digests = await self.index_rows(structure_id, values, self._schema.indexed)
         try:
             async with self._pool.acquire() as conn:
                 version = await conn.fetchval(
@@ -326,10 +339,12 @@ class RecordService:
             raise IdempotencyKeyReused()
         return Created(existing["record_id"], 0, replayed=True)
 
-    async def read(self, principal: Principal, record_id: uuid.UUID) -> RecordDocument:
+    async def read(
+        self, principal: Principal, record_id: uuid.UUID, purpose: Purpose | None = None
+    ) -> RecordDocument:
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(sql.SELECT_RECORD, record_id)
-        view = None if row is None else self._view(principal, row)
+            row = await conn.fetchrow(sql.SELECT_RECORD, record_id, principal.account_id)
+        view = None if row is None else self._view(principal, row, purpose)
         if row is None or view is None:
             raise NotFound()
         record_key = await self._record_key(row)
@@ -351,8 +366,9 @@ class RecordService:
     ) -> RecordDocument:
         changes = self._decode_patch(body)
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(sql.SELECT_RECORD_FOR_UPDATE, record_id)
-            if row is None or self._view(principal, row) is not View.FULL:
+            row = await conn.fetchrow(sql.SELECT_RECORD_FOR_UPDATE, record_id, principal.account_id)
+            # Writes are for the caseload only: break-the-glass reads, it never writes.
+            if row is None or self._view(principal, row, None) is not View.FULL:
                 raise NotFound()
             if row["version"] != expected_version:
                 raise PreconditionFailed()
@@ -360,9 +376,7 @@ class RecordService:
             sealed = _msgpack_decoder.decode(row["sealed"])
             clear = _clear(row)
             present = {k: v for k, v in changes.items() if v is not None}
-            new_sealed, new_clear = self._split(
-                present, record_key, record_id, row["branch_key_version"]
-            )
+            new_sealed, new_clear = self._split(present, record_key, record_id)
             for name, value in changes.items():
                 if value is None:
                     sealed.pop(name, None)
@@ -370,7 +384,7 @@ class RecordService:
             sealed.update(new_sealed)
             clear.update(new_clear)
             touched = [p for p in self._schema.indexed if p.name in changes]
-            names, digests = await self._index_rows(row["structure_id"], present, touched)
+            names, digests = await self.index_rows(row["structure_id"], present, touched)
             updated = await conn.fetchrow(
                 sql.UPDATE_RECORD,
                 record_id,

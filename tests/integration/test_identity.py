@@ -1,0 +1,408 @@
+"""Identity and authorization (issue 3): four-eyes, suspension on every replica,
+transfers, break-the-glass, and the route x role matrix."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.conftest import Stack, World, load_fixture
+from vault_service import devstack
+from vault_service.auth.admin import AccountAdmin, ActorNotAdmin, SelfApproval
+from vault_service.auth.permissions import Role
+
+pytestmark = pytest.mark.integration
+MINIMAL = json.loads(load_fixture("minimal_record.json"))
+FULL = json.loads(load_fixture("full_record.json"))
+
+
+async def _create(client, account, body=MINIMAL) -> str:
+    r = await client.post("/v1/records", json=body, headers=account.headers())
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def _caseload_status(client, account) -> tuple[int, str]:
+    r = await client.get("/v1/caseload", headers=account.headers())
+    return r.status_code, r.json().get("code", "") if r.status_code >= 400 else ""
+
+
+@pytest.fixture
+async def admin(stack: Stack):
+    """The same code the CLI runs, on a pool of the test's own event loop."""
+    import asyncpg
+
+    pool = await asyncpg.create_pool(stack.dsn(), min_size=1, max_size=2)
+    yield AccountAdmin(pool)
+    await pool.close()
+
+
+# --- four-eyes -----------------------------------------------------------------------
+async def test_four_eyes_account_creation(app, client, world: World, admin: AccountAdmin) -> None:
+    a1 = await world.account(Role.ADMIN, None)
+    a2 = await world.account(Role.ADMIN, None)
+    sid = await world.structure()
+    ref = await admin.request_create(a1.id, Role.COUNSELLOR, sid)
+    state = await world.owner.fetchval("SELECT state FROM accounts WHERE id = $1", ref.account_id)
+    assert state == "pending"
+    # A pending account cannot get a token.
+    with pytest.raises(Exception, match="active account"):
+        from vault_service.cli import _issue
+
+        await _issue(app.state.settings, ref.account_id, 600)
+    # The requester cannot approve their own request, even through the database.
+    with pytest.raises(SelfApproval):
+        await admin.decide(a1.id, ref.request_id, approve=True)
+    # Nor can anyone who is not an active admin.
+    supervisor = await world.account(Role.SUPERVISOR, sid)
+    with pytest.raises(ActorNotAdmin):
+        await admin.decide(supervisor.id, ref.request_id, approve=True)
+    with pytest.raises(ActorNotAdmin):
+        await admin.request_create(supervisor.id, Role.ADMIN, None)
+    await admin.decide(a2.id, ref.request_id, approve=True)
+    row = await world.owner.fetchrow(
+        "SELECT state, activated_at FROM accounts WHERE id = $1", ref.account_id
+    )
+    assert row["state"] == "active"
+    assert row["activated_at"] is not None
+    history = await world.owner.fetchrow(
+        "SELECT requested_by, decided_by, state FROM account_requests WHERE id = $1", ref.request_id
+    )
+    assert (history["requested_by"], history["decided_by"], history["state"]) == (
+        a1.id,
+        a2.id,
+        "approved",
+    )
+    # The database itself refuses a self-decided request, whatever the code above does.
+    import asyncpg
+
+    with pytest.raises(asyncpg.CheckViolationError):
+        await world.owner.execute(
+            "UPDATE account_requests SET decided_by = requested_by, state = 'approved' WHERE id = $1",
+            ref.request_id,
+        )
+
+
+async def test_application_role_cannot_change_accounts_directly(stack: Stack) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.dsn("vault_service_app"))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE accounts SET state = 'active'")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                "INSERT INTO accounts (id, role, state) VALUES ($1, 'admin', 'active')",
+                uuid.uuid4(),
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("SELECT vs_bootstrap_admins($1, $2)", uuid.uuid4(), uuid.uuid4())
+    finally:
+        await conn.close()
+
+
+async def test_role_change_and_reactivation_are_four_eyes(
+    app, client, world: World, admin: AccountAdmin
+) -> None:
+    a1 = await world.account(Role.ADMIN, None)
+    a2 = await world.account(Role.ADMIN, None)
+    sid = await world.structure()
+    c = await world.counsellor(sid)
+    assert (await _caseload_status(client, c))[0] == 200
+    ref = await admin.request_change(a1.id, "role_change", c.id, Role.SUPERVISOR, sid)
+    assert (await _caseload_status(client, c))[0] == 200  # nothing happens before approval
+    await admin.decide(a2.id, ref.request_id, approve=True)
+    assert await _caseload_status(client, c) == (401, "token_revoked")
+    await admin.set_state(a1.id, c.id, "suspended")
+    ref = await admin.request_change(a1.id, "reactivate", c.id)
+    with pytest.raises(SelfApproval):
+        await admin.decide(a1.id, ref.request_id, approve=True)
+    await admin.decide(a2.id, ref.request_id, approve=True)
+    # Tokens are refused up to the second of the change (iat has one-second resolution:
+    # within that second we cannot tell before from after, so we refuse).
+    time.sleep(1.05)
+    fresh = await app.state.token_issuer.issue(c.id, Role.SUPERVISOR, sid, 600)
+    r = await client.get(
+        "/v1/caseload", headers={"Authorization": f"Bearer {fresh}", "X-Purpose": "follow_up"}
+    )
+    assert r.status_code == 200
+
+
+def _serve(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+    s = stack.settings()
+    env = {
+        **os.environ,
+        "VAULT_SERVICE_DATABASE_URL": s.database_url,
+        "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
+        "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
+        "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
+        "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
+        "VAULT_SERVICE_PORT": str(port),
+        "VAULT_SERVICE_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "vault_service.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _get(port: int, token: str) -> tuple[int, str]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/caseload",
+        headers={"Authorization": f"Bearer {token}", "X-Purpose": "follow_up"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()).get("code", "")
+
+
+async def test_suspension_applies_on_the_next_request_on_every_replica(
+    stack: Stack, world: World, admin: AccountAdmin
+) -> None:
+    ports = [devstack.free_port(), devstack.free_port()]
+    procs = [_serve(stack, p) for p in ports]
+    try:
+        deadline = time.monotonic() + 30
+        c = await world.counsellor()
+        for port in ports:
+            while True:
+                try:
+                    if _get(port, c.token)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "replica did not start"
+                time.sleep(0.2)
+        # Warm both replicas' caches, then suspend and ask at once.
+        assert [_get(p, c.token)[0] for p in ports] == [200, 200]
+        a1 = await world.account(Role.ADMIN, None)
+        await admin.set_state(a1.id, c.id, "suspended")
+        time.sleep(0.05)  # NOTIFY delivery is asynchronous; well under one request's time
+        assert [_get(p, c.token) for p in ports] == [(401, "account_inactive")] * 2
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+# --- transfers -------------------------------------------------------------------------
+async def test_definitive_transfer_within_structure(client, world: World) -> None:
+    sid = await world.structure()
+    old, new = await world.counsellor(sid), await world.counsellor(sid)
+    supervisor = await world.account(Role.SUPERVISOR, sid)
+    rid = await _create(client, old, FULL)
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(new.id), "kind": "definitive"},
+        headers=supervisor.headers(purpose="transfer"),
+    )
+    assert r.status_code == 200, r.text
+    assert (await client.get(f"/v1/records/{rid}", headers=old.headers())).status_code == 404
+    got = await client.get(f"/v1/records/{rid}", headers=new.headers())
+    assert got.status_code == 200
+    assert got.json()["record"] == FULL
+
+
+async def test_cross_structure_transfer_rewraps_and_reindexes(client, world: World) -> None:
+    s1, s2 = await world.structure(), await world.structure()
+    old, new = await world.counsellor(s1), await world.counsellor(s2)
+    sup1 = await world.account(Role.SUPERVISOR, s1)
+    sup2 = await world.account(Role.SUPERVISOR, s2)
+    body = {**FULL, "birth_name": "Transféré"}
+    rid = await _create(client, old, body)
+    before = await world.owner.fetchrow(
+        "SELECT record_key, branch_key_version FROM records WHERE id = $1", uuid.UUID(rid)
+    )
+    # Counsellors and other structures' supervisors cannot transfer.
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(new.id), "kind": "definitive"},
+        headers=old.headers(purpose="transfer"),
+    )
+    assert r.status_code == 403
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(new.id), "kind": "definitive"},
+        headers=sup2.headers(purpose="transfer"),
+    )
+    assert r.status_code == 404
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(new.id), "kind": "definitive"},
+        headers=sup1.headers(purpose="transfer"),
+    )
+    assert r.status_code == 200, r.text
+    after = await world.owner.fetchrow(
+        "SELECT record_key, structure_id FROM records WHERE id = $1", uuid.UUID(rid)
+    )
+    assert after["record_key"] != before["record_key"]
+    assert after["structure_id"] == s2
+    assert (await client.get(f"/v1/records/{rid}", headers=old.headers())).status_code == 404
+    assert (await client.get(f"/v1/records/{rid}", headers=sup1.headers())).status_code == 404
+    got = await client.get(f"/v1/records/{rid}", headers=new.headers())
+    assert got.json()["record"] == body
+    # Structure-scoped indexes now live under the new structure's keys.
+    found = await client.get(
+        "/v1/records", params={"birth_name": "transfere"}, headers=new.headers()
+    )
+    assert [i["id"] for i in found.json()["items"]] == [rid]
+    nir = await client.post(
+        "/v1/records/search/nir", json={"nir": FULL["nir"]}, headers=new.headers()
+    )
+    assert rid in [i["id"] for i in nir.json()["items"]]
+    gone = await client.get(
+        "/v1/records", params={"birth_name": "transfere"}, headers=old.headers()
+    )
+    assert gone.json()["items"] == []
+
+
+async def test_failed_transfer_leaves_the_record_with_exactly_one_side(
+    client, stack: Stack, world: World
+) -> None:
+    s1, s2 = await world.structure(), await world.structure()  # s2 has no branch key yet
+    old, new = await world.counsellor(s1), await world.counsellor(s2)
+    sup1 = await world.account(Role.SUPERVISOR, s1)
+    rid = await _create(client, old, FULL)
+    stack.bao.pause()
+    try:
+        r = await client.post(
+            f"/v1/records/{rid}/transfer",
+            json={"to_account": str(new.id), "kind": "definitive"},
+            headers=sup1.headers(purpose="transfer"),
+        )
+        assert (r.status_code, r.json()["code"]) == (503, "kms_unavailable")
+    finally:
+        stack.bao.resume()
+    assert (await client.get(f"/v1/records/{rid}", headers=old.headers())).json()["record"] == FULL
+    assert (await client.get(f"/v1/records/{rid}", headers=new.headers())).status_code == 404
+    assert (
+        await world.owner.fetchval("SELECT structure_id FROM records WHERE id = $1", uuid.UUID(rid))
+        == s1
+    )
+
+
+async def test_temporary_transfer_keeps_the_referent(client, world: World) -> None:
+    sid = await world.structure()
+    ref, helper = await world.counsellor(sid), await world.counsellor(sid)
+    sup = await world.account(Role.SUPERVISOR, sid)
+    rid = await _create(client, ref)
+    until = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)).isoformat()
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(helper.id), "kind": "temporary", "until": until},
+        headers=sup.headers(purpose="transfer"),
+    )
+    assert r.status_code == 200, r.text
+    assert (await client.get(f"/v1/records/{rid}", headers=ref.headers())).status_code == 200
+    assert (await client.get(f"/v1/records/{rid}", headers=helper.headers())).status_code == 200
+    caseload = await client.get("/v1/caseload", headers=helper.headers())
+    assert rid in [i["id"] for i in caseload.json()["items"]]
+    await world.owner.execute(
+        "UPDATE record_assignments SET ends_at = now() - interval '1 second', "
+        "starts_at = now() - interval '1 day' WHERE record_id = $1",
+        uuid.UUID(rid),
+    )
+    assert (await client.get(f"/v1/records/{rid}", headers=helper.headers())).status_code == 404
+
+
+# --- break-the-glass -------------------------------------------------------------------------
+async def test_break_glass_is_time_boxed_marked_and_reviewed(client, world: World) -> None:
+    s1, s2 = await world.structure(), await world.structure()
+    referent = await world.counsellor(s1)
+    outsider = await world.counsellor(s2)
+    reviewer = await world.account(Role.SUPERVISOR, s2)
+    rid = await _create(client, referent, FULL)
+    assert (await client.get(f"/v1/records/{rid}", headers=outsider.headers())).status_code == 404
+    r = await client.post(
+        f"/v1/records/{rid}/break-glass",
+        json={"reason": "safety_emergency"},
+        headers=outsider.headers(purpose="break_glass"),
+    )
+    assert r.status_code == 201, r.text
+    grant = r.json()
+    # Only reads that say so: a grant does not widen ordinary reads, nor writes.
+    assert (await client.get(f"/v1/records/{rid}", headers=outsider.headers())).status_code == 404
+    got = await client.get(f"/v1/records/{rid}", headers=outsider.headers(purpose="break_glass"))
+    assert got.status_code == 200
+    assert got.json()["record"] == FULL
+    r = await client.patch(
+        f"/v1/records/{rid}",
+        json={"email": "x@example.org"},
+        headers=outsider.headers(purpose="break_glass", **{"If-Match": '"1"'}),
+    )
+    assert r.status_code == 404
+    queue = await client.get(
+        "/v1/break-glass/reviews", headers=reviewer.headers(purpose="supervision")
+    )
+    assert grant["grant_id"] in [g["id"] for g in queue.json()["items"]]
+    r = await client.post(
+        f"/v1/break-glass/{grant['grant_id']}/review",
+        json={"outcome": "justified"},
+        headers=reviewer.headers(purpose="supervision"),
+    )
+    assert r.status_code == 204
+    queue = await client.get(
+        "/v1/break-glass/reviews", headers=reviewer.headers(purpose="supervision")
+    )
+    assert grant["grant_id"] not in [g["id"] for g in queue.json()["items"]]
+    # Time-boxed.
+    await world.owner.execute(
+        "UPDATE break_glass_grants SET opened_at = now() - interval '2 hours', "
+        "expires_at = now() - interval '1 hour' WHERE id = $1",
+        uuid.UUID(grant["grant_id"]),
+    )
+    got = await client.get(f"/v1/records/{rid}", headers=outsider.headers(purpose="break_glass"))
+    assert got.status_code == 404
+
+
+async def test_break_glass_refused_to_restricted_accounts_and_limited(
+    app, client, world: World, admin: AccountAdmin
+) -> None:
+    a1, a2 = await world.account(Role.ADMIN, None), await world.account(Role.ADMIN, None)
+    sid = await world.structure()
+    ref = await admin.request_create(a1.id, Role.COUNSELLOR, sid)
+    await admin.decide(a2.id, ref.request_id, approve=True)
+    time.sleep(1.05)
+    newcomer_token = await app.state.token_issuer.issue(ref.account_id, Role.COUNSELLOR, sid, 600)
+    owner_c = await world.counsellor()
+    rid = await _create(client, owner_c)
+    h = {"Authorization": f"Bearer {newcomer_token}", "X-Purpose": "break_glass"}
+    r = await client.post(
+        f"/v1/records/{rid}/break-glass", json={"reason": "safety_emergency"}, headers=h
+    )
+    assert (r.status_code, r.json()["code"]) == (403, "account_restricted")
+    veteran = await world.counsellor(sid)
+    limit = app.state.settings.break_glass_daily_limit
+    for _ in range(limit):
+        r = await client.post(
+            f"/v1/records/{rid}/break-glass",
+            json={"reason": "service_continuity"},
+            headers=veteran.headers(purpose="break_glass"),
+        )
+        assert r.status_code == 201
+    r = await client.post(
+        f"/v1/records/{rid}/break-glass",
+        json={"reason": "service_continuity"},
+        headers=veteran.headers(purpose="break_glass"),
+    )
+    assert (r.status_code, r.json()["code"]) == (429, "break_glass_limit")
+    r = await client.post(
+        f"/v1/records/{rid}/break-glass",
+        json={"reason": "curiosity"},
+        headers=veteran.headers(purpose="break_glass"),
+    )
+    assert r.status_code == 400
