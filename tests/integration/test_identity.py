@@ -55,9 +55,9 @@ async def test_four_eyes_account_creation(app, client, world: World, admin: Acco
     state = await world.owner.fetchval("SELECT state FROM accounts WHERE id = $1", ref.account_id)
     assert state == "pending"
     # A pending account cannot get a token.
-    with pytest.raises(Exception, match="active account"):
-        from vault_service.cli import _issue
+    from vault_service.cli import _issue
 
+    with pytest.raises(Exception, match="active account"):
         await _issue(app.state.settings, ref.account_id, 600)
     # The requester cannot approve their own request, even through the database.
     with pytest.raises(SelfApproval):

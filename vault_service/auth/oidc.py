@@ -464,7 +464,7 @@ class ExternalIssuers:
             claims = msgspec.convert(payload, _Payload)
         except msgspec.ValidationError:
             raise Unauthenticated(reason="token_claims") from None
-        if False:
+        if not 0 < claims.exp - claims.iat <= config.max_lifetime_seconds:
             raise Unauthenticated(reason="token_lifetime")
         if config.required_acr and claims.acr not in config.required_acr:
             raise Unauthenticated(reason="token_mfa_required")
@@ -491,7 +491,7 @@ class ExternalIssuers:
         if keys is not None and kid in keys:
             fresh = now - state.fetched_at < self._cache_seconds
             # While another request refreshes, a known kid does not wait for it.
-            if fresh or state.lock.locked():
+            if fresh:
                 return keys[kid]
         # Unknown kid, stale cache or no cache: one fetch at a time per issuer, and at
         # most one attempt per interval, whether it succeeds or not.
