@@ -147,6 +147,33 @@ async def test_concurrent_appends_batch_into_one_consistent_tree(db: AuditDb, ac
         await conn.close()
 
 
+async def test_two_sequencers_in_one_process_take_turns(db: AuditDb, pool) -> None:
+    """The one-statement path is taken only while a sequencer was the last to append;
+    when another one appended meanwhile, the statement writes nothing and the locked
+    path takes over. Either way: one tree."""
+    first, second = AccessLog(pool, max_batch=16), AccessLog(pool, max_batch=16)
+    await first.start()
+    await second.start()
+    try:
+        for log in (first, second):
+            await log.append(event())
+            await log.append(event())
+        assert first.fast_batches >= 1 and second.fast_batches >= 1
+        results = await asyncio.gather(
+            *(log.append(event()) for _ in range(300) for log in (first, second))
+        )
+        assert len(set(results)) == 600
+        assert first.batches - first.fast_batches >= 2  # it lost the head at least once
+    finally:
+        await first.stop()
+        await second.stop()
+    conn = await db.superuser()
+    try:
+        await check_tree(conn)
+    finally:
+        await conn.close()
+
+
 async def test_entry_is_stored_as_leaf_and_salted_body(db: AuditDb, access_log) -> None:
     actor, record = uuid.uuid4(), uuid.uuid4()
     index = await access_log.append(

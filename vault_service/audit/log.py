@@ -45,7 +45,7 @@ from opentelemetry import metrics
 from vault_service.audit import repository as sql
 from vault_service.audit.merkle import HASH_SIZE, leaf_hash
 from vault_service.audit.tiles import TILE_HEIGHT, TILE_WIDTH, TileBuilder, TileError
-from vault_service.errors import AuditUnavailable, VaultServiceError
+from vault_service.errors import AuditUnavailable, ConfigurationError, VaultServiceError
 
 __all__ = [
     "ENTRY_VERSION",
@@ -353,24 +353,18 @@ async def _fetch_tiles(
     return {(r["level"], r["idx"]): bytes(r["hashes"]) for r in rows}
 
 
-async def _append_in_transaction(
+async def _write_batch(
     conn: Connection,
     batch: Sequence[_Prepared],
-    edge: _Edge | None,
+    size: int,
+    tiles: Mapping[tuple[int, int], bytes],
     wait: float | None,
-) -> tuple[list[int], _Edge]:
-    """Append `batch` inside the caller's open transaction; returns the indexes and
-    the new right edge. Nothing is durable until the caller commits."""
-    # `wait` bounds each statement, the lock wait included: a blocked log must refuse
-    # requests quickly (asyncpg cancels the statement server-side), not queue them.
-    row = await conn.fetchrow(sql.LOCK_TREE, timeout=wait)
-    if row is None:
-        raise TileError("the access-log tree state row is missing")
-    size = int(row["size"])
-    if edge is not None and edge.size == size:
-        tiles = edge.tiles
-    else:
-        tiles = await _fetch_tiles(conn, _edge_keys(size), wait)
+) -> tuple[list[int], _Edge] | None:
+    """Build the batch on a tree of `size` leaves whose right edge is `tiles`, and
+    write it with APPEND_BATCH; None if the tree no longer has that size (nothing was
+    written). `wait` bounds the statement, the lock wait included: a blocked log must
+    refuse requests quickly (asyncpg cancels the statement server-side), not queue them.
+    """
     indexes = list(range(size, size + len(batch)))
     leaves = [encode_leaf(i, p.at_us, p.body_hash) for i, p in zip(indexes, batch, strict=True)]
     hashes = [leaf_hash(leaf) for leaf in leaves]
@@ -392,13 +386,37 @@ async def _append_in_transaction(
         timeout=wait,
     )
     if status != "UPDATE 1":
+        return None
+    merged = {**tiles, **result.tiles}
+    keys = _edge_keys(result.size)
+    if any(key not in merged for key in keys):
+        raise TileError("the access-log right edge is incomplete")
+    return indexes, _Edge(result.size, {key: merged[key] for key in keys})
+
+
+async def _append_locked(
+    conn: Connection,
+    batch: Sequence[_Prepared],
+    edge: _Edge | None,
+    wait: float | None,
+) -> tuple[list[int], _Edge, bool]:
+    """Append `batch` inside the caller's open transaction, after locking the head;
+    returns the indexes, the new right edge, and whether `edge` was still current.
+    Nothing is durable until the caller commits."""
+    row = await conn.fetchrow(sql.LOCK_TREE, timeout=wait)
+    if row is None:
+        raise TileError("the access-log tree state row is missing")
+    size = int(row["size"])
+    current = edge is not None and edge.size == size
+    if edge is not None and current:
+        tiles = edge.tiles
+    else:
+        tiles = await _fetch_tiles(conn, _edge_keys(size), wait)
+    written = await _write_batch(conn, batch, size, tiles, wait)
+    if written is None:
         # Impossible while we hold the row lock; if it happens, the tree is not ours.
         raise TileError("the access-log tree state changed under its lock")
-    merged = {**tiles, **result.tiles}
-    new_edge = {key: merged[key] for key in _edge_keys(result.size) if key in merged}
-    if len(new_edge) != len(_edge_keys(result.size)):
-        raise TileError("the access-log right edge is incomplete")
-    return indexes, _Edge(result.size, new_edge)
+    return written[0], written[1], current
 
 
 async def append_on_connection(
@@ -415,7 +433,7 @@ async def append_on_connection(
         return []
     if not conn.is_in_transaction():
         raise AuditUnavailable("append_on_connection needs an open transaction")
-    indexes, _ = await _append_in_transaction(conn, batch, None, None)
+    indexes, _, _ = await _append_locked(conn, batch, None, None)
     return indexes
 
 
@@ -469,18 +487,24 @@ class AccessLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._edge: _Edge | None = None
+        self._fast = True
         self.batches = 0
         """Transactions committed by this process (tests and metrics)."""
+        self.fast_batches = 0
+        """Of which on the one-statement path (this process knew the head)."""
 
     @property
     def running(self) -> bool:
-        return (
-            bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
-        )
+        return bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
 
     async def start(self) -> None:
+        """Start the writers. Refuses a database where commits are not durable: an
+        entry that a crash can lose is an access without a trace."""
         if self._tasks:
             return
+        async with self._pool.acquire() as conn:
+            if await conn.fetchval(sql.SHOW_SYNCHRONOUS_COMMIT) == "off":
+                raise ConfigurationError("synchronous_commit is off for the access log's role")
         self._stopping = False
         self._tasks = [
             asyncio.create_task(self._writer(), name=f"access-log-writer-{n}")
@@ -576,8 +600,18 @@ class AccessLog:
         timeout = self._timeout
         async with self._pool.acquire(timeout=timeout) as conn:
             try:
+                edge = self._edge
+                if edge is not None and self._fast:
+                    # The fast path: this process appended last, so it knows the head;
+                    # one statement, one round trip, its own transaction.
+                    written = await _write_batch(conn, batch, edge.size, edge.tiles, timeout)
+                    if written is not None:
+                        self._edge = written[1]
+                        self.fast_batches += 1
+                        return written[0]
+                    self._fast = False  # another process appended meanwhile
                 await conn.execute(sql.BEGIN_APPEND, timeout=timeout)
-                indexes, edge = await _append_in_transaction(conn, batch, self._edge, timeout)
+                indexes, new_edge, current = await _append_locked(conn, batch, edge, timeout)
                 await conn.execute(sql.COMMIT, timeout=timeout)
             except BaseException:
                 # Whatever failed (a timeout mid-statement, a cancelled task, a broken
@@ -587,5 +621,8 @@ class AccessLog:
                 # connection with a transaction still open.
                 conn.terminate()
                 raise
-        self._edge = edge
+        self._edge = new_edge
+        # Back to the fast path once this process finds itself the last writer again
+        # (or, at its first append, optimistically).
+        self._fast = current or edge is None
         return indexes

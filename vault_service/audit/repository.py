@@ -13,15 +13,13 @@ from __future__ import annotations
 from typing import Final
 
 # --- sequencer ---------------------------------------------------------------------
-# One simple-protocol round trip: the transaction and its durability. synchronous_commit
-# is forced on because an entry counts as appended only once it is on disk: a deployment
-# that turned it off globally for speed must not silently weaken the log.
-BEGIN_APPEND: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on"
+# Used when this process does not know the tree head, or another process appended
+# since it last did: lock the head, read the size, then APPEND_BATCH, then COMMIT.
+BEGIN_APPEND: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
 COMMIT: Final = "COMMIT"
-
-# The single row every append locks: this is what serialises replicas.
 LOCK_TREE: Final = "SELECT size, root FROM audit_tree_state WHERE id = 1 FOR UPDATE"
 SELECT_TREE: Final = "SELECT size, root FROM audit_tree_state WHERE id = 1"
+SHOW_SYNCHRONOUS_COMMIT: Final = "SELECT current_setting('synchronous_commit')"
 
 SELECT_TILES: Final = """
 SELECT t.level, t.idx, t.hashes
@@ -30,26 +28,39 @@ JOIN unnest($1::smallint[], $2::bigint[]) AS k (level, idx)
   ON t.level = k.level AND t.idx = k.idx
 """
 
-# Every write of a batch in one statement (one round trip). The data-modifying CTEs all
-# run; the final UPDATE's row count tells the sequencer its size was still current.
-# `at` is read from the body, the one source of truth (its constraint checks the same).
+# Every write of a batch in one statement, and on the fast path the whole transaction:
+# it locks the head itself and writes only if the size is the one the batch was built
+# for ($11). A process that was the last to append (it remembers the head) thus appends
+# in one round trip; if another process appended meanwhile, nothing is written, the row
+# count is 0, and the sequencer takes the locked path. Under READ COMMITTED the locking
+# CTE waits for a concurrent append and then sees its size, and the final UPDATE
+# re-checks the locked row: there is no interleaving in which entries are written
+# under a stale size. `at` is read from the body, the one source of truth.
 APPEND_BATCH: Final = """
-WITH entries AS (
+WITH head AS (
+    SELECT size FROM audit_tree_state WHERE id = 1 FOR UPDATE
+), expected AS (
+    SELECT 1 FROM head WHERE head.size = $11
+), entries AS (
     INSERT INTO audit_entries (idx, leaf, leaf_hash)
     SELECT u.idx, u.leaf, u.leaf_hash
     FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS u (idx, leaf, leaf_hash)
+    WHERE EXISTS (SELECT 1 FROM expected)
 ), bodies AS (
     INSERT INTO audit_bodies (idx, at, salt, body)
     SELECT u.idx, (u.body ->> 'at')::timestamptz, u.salt, u.body
     FROM unnest($1::bigint[], $4::bytea[], $5::jsonb[]) AS u (idx, salt, body)
+    WHERE EXISTS (SELECT 1 FROM expected)
 ), tiles AS (
     INSERT INTO audit_tiles (level, idx, hashes)
     SELECT u.level, u.idx, u.hashes
     FROM unnest($6::smallint[], $7::bigint[], $8::bytea[]) AS u (level, idx, hashes)
+    WHERE EXISTS (SELECT 1 FROM expected)
     ON CONFLICT (level, idx) DO UPDATE SET hashes = EXCLUDED.hashes
 )
-UPDATE audit_tree_state SET size = $9, root = $10, updated_at = now()
-WHERE id = 1 AND size = $11
+UPDATE audit_tree_state s SET size = $9, root = $10, updated_at = now()
+FROM expected
+WHERE s.id = 1 AND s.size = $11
 """
 
 # --- checkpoints -----------------------------------------------------------------------

@@ -491,7 +491,7 @@ class ExternalIssuers:
         if keys is not None and kid in keys:
             fresh = now - state.fetched_at < self._cache_seconds
             # While another request refreshes, a known kid does not wait for it.
-            if fresh:
+            if fresh or state.lock.locked():
                 return keys[kid]
         # Unknown kid, stale cache or no cache: one fetch at a time per issuer, and at
         # most one attempt per interval, whether it succeeds or not.

@@ -93,6 +93,10 @@ class SigningKeys:
         self.by_kid: dict[str, VerificationKey] = {}
         self._last_refresh = float("-inf")
 
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self._last_refresh
+
     async def refresh(self) -> None:
         self._last_refresh = time.monotonic()
         latest, keys = await self._kms.public_keys(TOKEN_KEY)
@@ -145,7 +149,9 @@ class TokenIssuer:
     ) -> str:
         if not 0 < ttl_seconds <= self._settings.jwt_max_lifetime_seconds:
             raise ConfigurationError("token lifetime out of bounds")
-        if self._keys.latest is None:
+        # Issuing is rare (a login, the CLI): look the key up again when it may have
+        # rotated, so a retired version is never asked to sign.
+        if self._keys.latest is None or self._keys.age > _REFRESH_INTERVAL:
             await self._keys.refresh()
         signing = self._keys.latest
         if signing is None:
