@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jwt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -226,6 +227,18 @@ async def test_each_algorithm_verifies(issuers: ExternalIssuers, keys: Keys, alg
         acr="eidas2",
         amr=("pwd", "otp", "mfa"),
     )
+
+
+async def test_token_id_is_stable_and_scoped_by_issuer(
+    issuers: ExternalIssuers, keys: Keys
+) -> None:
+    jti = str(uuid.uuid4())
+    first = await issuers.verify(sign(keys, jti=jti))
+    again = await issuers.verify(sign(keys, "ES256", jti=jti))
+    assert first.token_id() == again.token_id()
+    assert isinstance(first.token_id(), uuid.UUID)
+    other = msgspec.structs.replace(first, issuer="https://login.partner.example")
+    assert other.token_id() != first.token_id()
 
 
 async def test_optional_claims_absent(issuers: ExternalIssuers, keys: Keys) -> None:

@@ -28,6 +28,7 @@ import re
 import ssl
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPMessage
@@ -65,6 +66,7 @@ _ACCEPTED_TYP: Final = frozenset({"jwt", "at+jwt"})
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _MAX_LIFETIME_CAP: Final = 86400
 _MAX_LEEWAY: Final = 60
+_JTI_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vault-service:external-jti")
 
 
 class InvalidIssuerConfig(ConfigurationError, ValueError):
@@ -150,6 +152,12 @@ class ExternalClaims(msgspec.Struct, frozen=True):
     exp: int
     acr: str | None
     amr: tuple[str, ...]
+
+    def token_id(self) -> uuid.UUID:
+        """A UUID for this token, for `revoked_tokens.jti` and `Principal.jti`: an
+        external jti is any string, unique only within its issuer, so the issuer is
+        part of the name."""
+        return uuid.uuid5(_JTI_NAMESPACE, self.issuer + "\x00" + self.jti)
 
 
 class _Payload(msgspec.Struct, frozen=True):
