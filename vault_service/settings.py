@@ -11,14 +11,29 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
 
+from vault_service.auth.oidc import IssuerConfig, parse_issuers
 from vault_service.errors import ConfigurationError
 
 PREFIX = "VAULT_SERVICE_"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _tls_or_loopback(url: str) -> bool:
+    """https anywhere, plain http only to a loopback host (parsed: not a prefix test,
+    which `http://localhost.evil.example` would pass)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname in _LOOPBACK
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -45,7 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     db_pool_min: PositiveInt = 2
     db_pool_max: PositiveInt = 10
     db_statement_timeout_ms: PositiveInt = 5000
-    branch_key_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    # Bounded: revoking the service's Vault access must bite within minutes.
+    branch_key_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=900)] = 300.0
     branch_key_max_uses: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=4 * 1024 * 1024)] = 256 * 1024
     search_page_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
@@ -54,6 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     new_account_restriction_hours: Annotated[float, msgspec.Meta(ge=0, le=720)] = 24.0
     break_glass_minutes: Annotated[int, msgspec.Meta(ge=1, le=240)] = 30
     break_glass_daily_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    # External identity providers (JSON list, see vault_service/auth/oidc.py).
+    oidc_issuers: tuple[IssuerConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.vault_token and not (self.vault_role_id and self.vault_secret_id_file):
@@ -65,15 +83,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigurationError("VAULT_SERVICE_VAULT_SECRET_ID_FILE does not name a file")
         if self.vault_cacert and not Path(self.vault_cacert).is_file():
             raise ConfigurationError("VAULT_SERVICE_VAULT_CACERT does not name a file")
-        if not self.vault_addr.startswith(("https://", "http://127.", "http://localhost")):
+        if not _tls_or_loopback(self.vault_addr):
             # Plain HTTP only on loopback (the dev server); anything else must be TLS.
             raise ConfigurationError("VAULT_SERVICE_VAULT_ADDR must be https outside loopback")
+        if any(i.issuer == self.jwt_issuer for i in self.oidc_issuers):
+            raise ConfigurationError(
+                "an external OIDC issuer may not reuse VAULT_SERVICE_JWT_ISSUER"
+            )
         if self.db_pool_min > self.db_pool_max:
             raise ConfigurationError("db_pool_min is larger than db_pool_max")
         for origin in self.cors_origins:
-            if origin == "*" or not origin.startswith(
-                ("https://", "http://127.", "http://localhost")
-            ):
+            if origin == "*" or not _tls_or_loopback(origin):
                 raise ConfigurationError("CORS origins must be explicit https origins")
 
     @classmethod
@@ -86,6 +106,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 continue
             if field.name == "cors_origins":
                 raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
+            elif field.name == "oidc_issuers":
+                raw[field.name] = parse_issuers(value)
             else:
                 raw[field.name] = value
         try:

@@ -807,6 +807,7 @@ SECRETISH = "hunter2-" + "0" * 8
         {"issuer": "https://idp.example/\nx"},
         {"issuer": "ftp://idp.example"},
         {"issuer": ""},
+        {"issuer": "https://idp.example/" + "a" * 300},
         {"jwks_uri": "http://idp.example/jwks"},
         {"jwks_uri": f"https://idp.example/jwks#{SECRETISH}"},
         {"jwks_uri": f"https://admin:{SECRETISH}@idp.example/jwks"},

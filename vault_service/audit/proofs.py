@@ -317,16 +317,26 @@ class AuditProofs:
         return size
 
     async def inclusion(self, index: int, size: int | None = None) -> InclusionProofFile:
+        # Two round trips whatever the tree size: the entry with the head, then tiles.
         async with self._pool.acquire() as conn:
-            tree_size = await self._resolve_size(conn, size)
+            row = await conn.fetchrow(sql.SELECT_ENTRY_AND_HEAD, index)
+            if row is None:
+                raise NotFound("the access log has no tree")
+            if size is None:
+                if row["checkpoint_size"] is None:
+                    raise NotFound("no checkpoint has been published yet; pass size")
+                tree_size = int(row["checkpoint_size"])
+            elif size > int(row["tree_size"]):
+                raise InvalidParameter("size is beyond the current tree size")
+            else:
+                tree_size = size
             if not 0 <= index < tree_size:
                 raise InvalidParameter("index must be smaller than size")
+            if row["leaf"] is None:
+                raise NotFound("no entry with this index")
             proof = await TileFetcher(conn).compute(
                 tree_size, lambda r: inclusion_proof(index, tree_size, r)
             )
-            row = await conn.fetchrow(sql.SELECT_ENTRY, index)
-        if row is None:
-            raise NotFound("no entry with this index")
         return InclusionProofFile(
             format=INCLUSION_FORMAT,
             origin=self.origin,

@@ -81,10 +81,15 @@ ON CONFLICT (size) DO NOTHING
 """
 
 # --- proofs and bundles ----------------------------------------------------------------
-SELECT_ENTRY: Final = """
-SELECT e.idx, e.leaf, b.salt, b.body::text AS body
-FROM audit_entries e LEFT JOIN audit_bodies b ON b.idx = e.idx
-WHERE e.idx = $1
+# An entry with the tree size and the latest checkpoint's size, in one round trip.
+SELECT_ENTRY_AND_HEAD: Final = """
+SELECT t.size AS tree_size,
+       (SELECT c.size FROM audit_checkpoints c ORDER BY c.size DESC LIMIT 1) AS checkpoint_size,
+       e.leaf, b.salt, b.body::text AS body
+FROM audit_tree_state t
+LEFT JOIN audit_entries e ON e.idx = $1
+LEFT JOIN audit_bodies b ON b.idx = $1
+WHERE t.id = 1
 """
 SELECT_ENTRY_RANGE: Final = """
 SELECT e.idx, e.leaf, b.salt, b.body::text AS body

@@ -66,6 +66,7 @@ _ACCEPTED_TYP: Final = frozenset({"jwt", "at+jwt"})
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _MAX_LIFETIME_CAP: Final = 86400
 _MAX_LEEWAY: Final = 60
+_MAX_ISSUER_LENGTH: Final = 300  # external_identities.issuer CHECK (length(issuer) <= 300)
 _JTI_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vault-service:external-jti")
 
 
@@ -111,6 +112,8 @@ class IssuerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         # Messages name the rule, never the value: a misconfigured URL may carry a secret.
         if not _url_allowed(self.issuer, allow_query=False):
             raise InvalidIssuerConfig("issuer must be an https URL without query or fragment")
+        if len(self.issuer) > _MAX_ISSUER_LENGTH:
+            raise InvalidIssuerConfig("issuer must be at most 300 characters")
         if not _url_allowed(self.jwks_uri, allow_query=True):
             raise InvalidIssuerConfig("jwks_uri must be an https URL without credentials")
         if not self.audience:
