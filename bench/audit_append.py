@@ -75,6 +75,7 @@ NAIVE_UPDATE = "UPDATE bench_chain_head SET seq = $1, head = $2 WHERE id = 1"
 
 
 _EVENTS: list[AccessEvent] = []
+_NEXT = [0]
 
 
 def next_event() -> AccessEvent:
@@ -82,8 +83,8 @@ def next_event() -> AccessEvent:
     request, so generating them is not the log's cost and stays out of the loop."""
     if not _EVENTS:
         _EVENTS.extend(make_event() for _ in range(4096))
-    _EVENTS.append(event := _EVENTS.pop(0))
-    return event
+    _NEXT[0] = (_NEXT[0] + 1) % len(_EVENTS)
+    return _EVENTS[_NEXT[0]]
 
 
 def make_event() -> AccessEvent:

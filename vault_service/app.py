@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -91,6 +92,15 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return _problem(request, 500, "internal_error", "Internal error", "internal_error")
 
 
+async def _refresh_forever(keys: SigningKeys, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await keys.refresh()
+        except VaultServiceError:
+            log.warning("signing_keys_refresh_failed")  # keep the last known keys
+
+
 async def keep_session(_conn: asyncpg.Connection[Any]) -> None:
     """Pool release without asyncpg's reset round trip (`RESET ALL; UNLISTEN *; ...`).
 
@@ -132,6 +142,8 @@ def create_app(settings: Settings) -> Litestar:
             signing = SigningKeys(kms)
             await signing.refresh()  # fail fast: no verification keys, no service
             await gate.start()
+            # A retired signing version stops verifying within minutes, not at restart.
+            refresher = asyncio.create_task(_refresh_forever(signing, 300.0))
             state = app.state
             state.settings = settings
             state.pool = pool
@@ -157,6 +169,8 @@ def create_app(settings: Settings) -> Litestar:
             log.info("service_started", version=__version__)
             yield
         finally:
+            if "refresher" in locals():
+                refresher.cancel()
             await gate.stop()
             await pool.close()
             kms.close()

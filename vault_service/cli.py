@@ -109,6 +109,10 @@ async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
         await conn.close()
     if row is None or row["state"] != "active":
         raise VaultServiceError("no active account with this id")
+    if row["role"] == "admin":
+        # Admins act through their own database login, never through a token: a token
+        # minted with the service's credentials must not stand for an admin.
+        raise VaultServiceError("admins get no service token")
     kms = VaultKms(settings)
     try:
         issuer = TokenIssuer(settings, kms, SigningKeys(kms))
@@ -176,46 +180,24 @@ async def _key_inventory(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def _actor(settings: Settings, pool: asyncpg.Pool) -> uuid.UUID:
-    """The admin acting, proven by a token (VAULT_SERVICE_ACTOR_TOKEN), not by a flag:
-    every account act is attributed to a verified identity. In production admins get
-    that token from the identity provider, with MFA."""
-    from vault_service.auth.accounts import AccountGate
-    from vault_service.auth.permissions import Role
-    from vault_service.auth.tokens import SigningKeys, TokenVerifier
-    from vault_service.errors import Forbidden, Unauthenticated
-    from vault_service.kms import VaultKms
-
-    token = os.environ.get("VAULT_SERVICE_ACTOR_TOKEN")
-    if not token:
-        raise Unauthenticated(
-            "set VAULT_SERVICE_ACTOR_TOKEN to an admin's token", reason="token_missing"
-        )
-    kms = VaultKms(settings)
-    try:
-        keys = SigningKeys(kms)
-        await keys.refresh()
-        claims = await TokenVerifier(settings, keys).verify(token)
-    finally:
-        kms.close()
-    principal = await AccountGate(pool, settings.database_url, 0).principal(claims)
-    if principal.role != Role.ADMIN:
-        raise Forbidden("the actor token is not an admin's")
-    return principal.account_id
-
-
-async def _account_command(settings: Settings, args: argparse.Namespace) -> Any:
+async def _account_command(args: argparse.Namespace) -> Any:
+    """Admin acts run on the admin's OWN database login (VAULT_SERVICE_ADMIN_DATABASE_URL):
+    the database takes the actor from that login, so four-eyes holds even against
+    someone who has the service's credentials. Authenticate that login as strongly as
+    the database allows (client certificates, SCRAM from a vault, Kerberos)."""
     from vault_service.auth.admin import AccountAdmin
     from vault_service.auth.permissions import Role
 
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         admin = AccountAdmin(pool)
         if args.action == "requests":
             return await admin.requests(None if args.all else "pending")
-        actor = await _actor(settings, pool)
         if args.action == "create":
-            ref = await admin.request_create(actor, Role(args.role), args.structure)
+            ref = await admin.request_create(Role(args.role), args.structure)
             return {
                 "request_id": str(ref.request_id),
                 "account_id": str(ref.account_id),
@@ -223,7 +205,7 @@ async def _account_command(settings: Settings, args: argparse.Namespace) -> Any:
                 "next": "a second admin runs `accounts approve`",
             }
         if args.action in ("approve", "refuse"):
-            ref = await admin.decide(actor, args.request, approve=args.action == "approve")
+            ref = await admin.decide(args.request, approve=args.action == "approve")
             return {
                 "request_id": str(ref.request_id),
                 "account_id": str(ref.account_id),
@@ -231,32 +213,36 @@ async def _account_command(settings: Settings, args: argparse.Namespace) -> Any:
             }
         if args.action == "set-role":
             ref = await admin.request_change(
-                actor, "role_change", args.account, Role(args.role), args.structure
+                "role_change", args.account, Role(args.role), args.structure
             )
             return {"request_id": str(ref.request_id), "state": "pending"}
         if args.action == "reactivate":
-            ref = await admin.request_change(actor, "reactivate", args.account)
+            ref = await admin.request_change("reactivate", args.account)
             return {"request_id": str(ref.request_id), "state": "pending"}
         state = {"suspend": "suspended", "disable": "disabled"}[args.action]
-        await admin.set_state(actor, args.account, state)
+        await admin.set_state(args.account, state)
         return {"account_id": str(args.account), "state": state}
     finally:
         await pool.close()
 
 
-async def _bootstrap_admins() -> dict[str, str]:
+async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
         raise VaultServiceError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")
-    first, second = uuid.uuid4(), uuid.uuid4()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("SELECT vs_bootstrap_admins($1, $2)", first, second)
+        row = await conn.fetchrow(
+            "SELECT first_admin, second_admin FROM vs_bootstrap_admins($1, $2)",
+            first_login,
+            second_login,
+        )
     except asyncpg.PostgresError:
-        raise VaultServiceError("admins already exist; use four-eyes requests") from None
+        raise VaultServiceError("admins already exist, or the logins are not distinct") from None
     finally:
         await conn.close()
-    return {"first_admin": str(first), "second_admin": str(second)}
+    assert row is not None
+    return {first_login: str(row["first_admin"]), second_login: str(row["second_admin"])}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         state.add_argument("account", type=_uuid)
     requests = accounts.add_parser("requests", help="pending (or --all) account requests")
     requests.add_argument("--all", action="store_true")
-    accounts.add_parser("bootstrap-admins", help="create the first two admins (owner role, once)")
+    boot = accounts.add_parser("bootstrap-admins", help="the first two admins (owner role, once)")
+    boot.add_argument("--first-login", required=True, help="database login of the first admin")
+    boot.add_argument("--second-login", required=True, help="database login of the second")
     keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
     keys.add_parser("list", help="transit keys, signing key versions, branch keys")
     return parser
@@ -315,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dev(args.data_dir, reset=args.reset, port=args.port)
         if args.command == "migrate":
             return cmd_migrate()
+        if args.command == "accounts" and args.action == "bootstrap-admins":
+            result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
+            print(json.dumps(result, indent=2))
+            return 0
+        if args.command == "accounts" and args.action not in ("list",):
+            print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))
+            return 0
         if args.command == "vault-setup":
             return cmd_vault_setup()
         settings = Settings.from_env()
@@ -322,12 +317,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(settings)
         if args.command == "tokens":
             print(asyncio.run(_issue(settings, args.subject, args.ttl)))
-            return 0
-        if args.command == "accounts" and args.action == "bootstrap-admins":
-            print(json.dumps(asyncio.run(_bootstrap_admins()), indent=2))
-            return 0
-        if args.command == "accounts" and args.action != "list":
-            print(json.dumps(asyncio.run(_account_command(settings, args)), indent=2, default=str))
             return 0
         if args.command == "accounts":
             rows = asyncio.run(_accounts(settings))

@@ -16,6 +16,8 @@ from pathlib import Path
 from vault_service import devstack
 from vault_service.auth.permissions import Role
 
+DEMO_ADMIN_LOGINS = ("vs_demo_admin_a", "vs_demo_admin_b")
+
 
 async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str, str, str]]:
     import asyncpg
@@ -39,6 +41,16 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
         keys = KeyHierarchy(kms, pool, ttl=300, max_uses=1_000_000)
         service = RecordService(pool, keys, schema.load(), search_page_max=20, caseload_page_max=50)
         accounts = await seed(owner, service)
+        # Each demo admin acts through their own database login (see README).
+        admins = [a for a in accounts if a.role == Role.ADMIN]
+        for login, account in zip(DEMO_ADMIN_LOGINS, admins, strict=False):
+            await devstack.create_admin_login(pg.admin_dsn, login)
+            await owner.execute(
+                "INSERT INTO admin_logins (rolname, account_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                login,
+                account.id,
+            )
     finally:
         await owner.close()
         await pool.close()
@@ -85,6 +97,11 @@ In another terminal:
   source {env_file}
   TOKEN=$(vault-service tokens issue --subject {counsellor[0]})
   curl -s -H "Authorization: Bearer $TOKEN" -H "X-Purpose: follow_up" http://127.0.0.1:{port}/v1/caseload
+Admin acts (four-eyes) run on each admin's own database login:
+  VAULT_SERVICE_ADMIN_DATABASE_URL={devstack.dsn_for(pg.admin_dsn, user=DEMO_ADMIN_LOGINS[0], database=devstack.DATABASE)} \\
+    vault-service accounts create --role counsellor --structure <structure id>
+  VAULT_SERVICE_ADMIN_DATABASE_URL={devstack.dsn_for(pg.admin_dsn, user=DEMO_ADMIN_LOGINS[1], database=devstack.DATABASE)} \\
+    vault-service accounts approve <request id>
 Ctrl-C stops everything.
 """,
             file=sys.stderr,

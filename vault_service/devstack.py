@@ -96,7 +96,7 @@ async def bootstrap_database(admin_dsn: str, database: str, *, drop_first: bool 
             await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC')
             await conn.execute(
                 f'GRANT CONNECT ON DATABASE "{database}" TO vault_service_app, '
-                "vault_service_auditor, vault_service_retention"
+                "vault_service_auditor, vault_service_retention, vault_service_admin"
             )
     finally:
         await conn.close()
@@ -184,13 +184,14 @@ def start_openbao(work_dir: Path, *, persistent: bool, audit_log: Path | None = 
     log_path = work_dir / "openbao.log"
     env = {**os.environ, "BAO_ADDR": addr, "VAULT_ADDR": addr}
     env.pop("BAO_TOKEN", None)
+    # The dev root token travels in the environment, not argv (readable in /proc).
     if not persistent:
         root = secrets.token_urlsafe(24)
+        env["BAO_DEV_ROOT_TOKEN_ID"] = root
         cmd = [
             bao_binary(),
             "server",
             "-dev",
-            f"-dev-root-token-id={root}",
             f"-dev-listen-address=127.0.0.1:{port}",
             "-dev-no-store-token",
         ]
@@ -264,6 +265,20 @@ def configure_vault(bao: OpenBao, *, token_ttl: str = "24h") -> str:  # noqa: S1
     admin.sys.create_or_update_policy("vault-service", SERVICE_POLICY.read_text(encoding="utf-8"))
     token = admin.auth.token.create(policies=["vault-service"], ttl=token_ttl, renewable=True)
     return str(token["auth"]["client_token"])
+
+
+async def create_admin_login(admin_dsn: str, rolname: str) -> None:
+    """A person's own database login in the admin group (what a DBA does per admin).
+    Identifiers cannot be parameters: the name is checked before it is used."""
+    if not rolname.isidentifier() or not rolname.islower() or len(rolname) > 48:
+        raise ConfigurationError("admin login names are lower-case identifiers")
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", rolname)
+        if not exists:
+            await conn.execute(f"CREATE ROLE {rolname} LOGIN IN ROLE vault_service_admin")
+    finally:
+        await conn.close()
 
 
 def wipe(path: Path) -> None:

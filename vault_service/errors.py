@@ -7,7 +7,10 @@ passes a safe one explicitly.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
+
+import msgspec
 
 
 class VaultServiceError(Exception):
@@ -37,6 +40,25 @@ class BadRequest(VaultServiceError):
 class InvalidBody(BadRequest):
     code = "invalid_body"
     title = "The request body does not match the schema"
+
+
+def invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidBody:
+    """A body error that names the rule and the path, never a value.
+
+    msgspec's messages quote offending values in single quotes (`Invalid enum value
+    'DUPONT ...'`) and name an unknown field, which is client input too; both are cut.
+    Field names from the schema and types stay, in backticks."""
+    if not isinstance(exc, msgspec.ValidationError):  # malformed JSON (its parent class)
+        return InvalidBody("the body is not a JSON object of the expected shape")
+    rule, _, where = str(exc).partition(" - at `")
+    if rule.startswith("Object contains unknown field"):
+        rule = "the body contains a property the schema does not define"
+    rule = _QUOTED.sub("'…'", rule)
+    path = where.rstrip("`")
+    return InvalidBody((rule + (f" (at {path})" if path else ""))[:300])
+
+
+_QUOTED = re.compile(r"'[^']*'")
 
 
 class InvalidParameter(BadRequest):

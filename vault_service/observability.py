@@ -32,7 +32,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 REQUEST_ID_HEADER: Final = "x-request-id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+# Only a UUID from the proxy is kept: free text here would reach every log line and
+# error body (a client could put a NIR in it).
+_REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _tracer = trace.get_tracer("vault_service.http")
 _meter = metrics.get_meter("vault_service.http")
 _requests = _meter.create_counter("vault_service.http.requests", description="HTTP requests")
@@ -133,7 +135,7 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -22,6 +22,19 @@ PREFIX = "VAULT_SERVICE_"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _database_tls_or_local(dsn: str) -> bool:
+    """A unix socket or loopback, or TLS that checks the server's name and CA."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return False
+    query = dict(parse_qsl(parts.query))
+    host = query.get("host") or parts.hostname or ""
+    if host.startswith("/") or host in _LOOPBACK:
+        return True
+    return query.get("sslmode") == "verify-full"
 
 
 def _tls_or_loopback(url: str) -> bool:
@@ -83,6 +96,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigurationError("VAULT_SERVICE_VAULT_SECRET_ID_FILE does not name a file")
         if self.vault_cacert and not Path(self.vault_cacert).is_file():
             raise ConfigurationError("VAULT_SERVICE_VAULT_CACERT does not name a file")
+        if not _database_tls_or_local(self.database_url):
+            raise ConfigurationError(
+                "VAULT_SERVICE_DATABASE_URL must use sslmode=verify-full outside loopback"
+            )
         if not _tls_or_loopback(self.vault_addr):
             # Plain HTTP only on loopback (the dev server); anything else must be TLS.
             raise ConfigurationError("VAULT_SERVICE_VAULT_ADDR must be https outside loopback")

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -36,22 +37,38 @@ async def _caseload_status(client, account) -> tuple[int, str]:
     return r.status_code, r.json().get("code", "") if r.status_code >= 400 else ""
 
 
+@dataclass
+class Admins:
+    a: AccountAdmin
+    b: AccountAdmin
+    a_id: uuid.UUID
+    b_id: uuid.UUID
+
+
 @pytest.fixture
-async def admin(stack: Stack):
-    """The same code the CLI runs, on a pool of the test's own event loop."""
+async def admins(stack: Stack, world: World):
+    """Two admins, each acting through their own database login (as the CLI does)."""
     import asyncpg
 
-    pool = await asyncpg.create_pool(stack.dsn(), min_size=1, max_size=2)
-    yield AccountAdmin(pool)
-    await pool.close()
+    pools, ids = [], []
+    for _ in range(2):
+        login = f"vs_admin_{uuid.uuid4().hex[:10]}"
+        await devstack.create_admin_login(stack.admin_dsn, login)
+        account = await world.account(Role.ADMIN, None)
+        await world.owner.execute(
+            "INSERT INTO admin_logins (rolname, account_id) VALUES ($1, $2)", login, account.id
+        )
+        pools.append(await asyncpg.create_pool(stack.dsn(login), min_size=1, max_size=2))
+        ids.append(account.id)
+    yield Admins(AccountAdmin(pools[0]), AccountAdmin(pools[1]), ids[0], ids[1])
+    for pool in pools:
+        await pool.close()
 
 
 # --- four-eyes -----------------------------------------------------------------------
-async def test_four_eyes_account_creation(app, client, world: World, admin: AccountAdmin) -> None:
-    a1 = await world.account(Role.ADMIN, None)
-    a2 = await world.account(Role.ADMIN, None)
+async def test_four_eyes_account_creation(app, client, world: World, admins: Admins) -> None:
     sid = await world.structure()
-    ref = await admin.request_create(a1.id, Role.COUNSELLOR, sid)
+    ref = await admins.a.request_create(Role.COUNSELLOR, sid)
     state = await world.owner.fetchval("SELECT state FROM accounts WHERE id = $1", ref.account_id)
     assert state == "pending"
     # A pending account cannot get a token.
@@ -59,16 +76,10 @@ async def test_four_eyes_account_creation(app, client, world: World, admin: Acco
 
     with pytest.raises(Exception, match="active account"):
         await _issue(app.state.settings, ref.account_id, 600)
-    # The requester cannot approve their own request, even through the database.
+    # The requester cannot approve their own request: the database knows who is calling.
     with pytest.raises(SelfApproval):
-        await admin.decide(a1.id, ref.request_id, approve=True)
-    # Nor can anyone who is not an active admin.
-    supervisor = await world.account(Role.SUPERVISOR, sid)
-    with pytest.raises(ActorNotAdmin):
-        await admin.decide(supervisor.id, ref.request_id, approve=True)
-    with pytest.raises(ActorNotAdmin):
-        await admin.request_create(supervisor.id, Role.ADMIN, None)
-    await admin.decide(a2.id, ref.request_id, approve=True)
+        await admins.a.decide(ref.request_id, approve=True)
+    await admins.b.decide(ref.request_id, approve=True)
     row = await world.owner.fetchrow(
         "SELECT state, activated_at FROM accounts WHERE id = $1", ref.account_id
     )
@@ -78,10 +89,14 @@ async def test_four_eyes_account_creation(app, client, world: World, admin: Acco
         "SELECT requested_by, decided_by, state FROM account_requests WHERE id = $1", ref.request_id
     )
     assert (history["requested_by"], history["decided_by"], history["state"]) == (
-        a1.id,
-        a2.id,
+        admins.a_id,
+        admins.b_id,
         "approved",
     )
+    # An admin account that was suspended acts no more, whatever login it uses.
+    await admins.b.set_state(admins.a_id, "suspended")
+    with pytest.raises(ActorNotAdmin):
+        await admins.a.request_create(Role.COUNSELLOR, sid)
     # The database itself refuses a self-decided request, whatever the code above does.
     import asyncpg
 
@@ -90,6 +105,14 @@ async def test_four_eyes_account_creation(app, client, world: World, admin: Acco
             "UPDATE account_requests SET decided_by = requested_by, state = 'approved' WHERE id = $1",
             ref.request_id,
         )
+
+
+async def test_admins_get_no_service_token(app, world: World) -> None:
+    from vault_service.cli import _issue
+
+    admin = await world.account(Role.ADMIN, None)
+    with pytest.raises(Exception, match="admins get no service token"):
+        await _issue(app.state.settings, admin.id, 600)
 
 
 async def test_application_role_cannot_change_accounts_directly(stack: Stack) -> None:
@@ -105,28 +128,35 @@ async def test_application_role_cannot_change_accounts_directly(stack: Stack) ->
                 uuid.uuid4(),
             )
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("SELECT vs_bootstrap_admins($1, $2)", uuid.uuid4(), uuid.uuid4())
+            await conn.execute("SELECT vs_bootstrap_admins('a', 'b')")
+        # Holding the service's credentials is not being two admins.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                "SELECT vs_request_account($1, $2, 'admin', NULL)", uuid.uuid4(), uuid.uuid4()
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("SELECT * FROM vs_decide_request($1, true)", uuid.uuid4())
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("SELECT vs_set_account_state($1, 'suspended')", uuid.uuid4())
     finally:
         await conn.close()
 
 
 async def test_role_change_and_reactivation_are_four_eyes(
-    app, client, world: World, admin: AccountAdmin
+    app, client, world: World, admins: Admins
 ) -> None:
-    a1 = await world.account(Role.ADMIN, None)
-    a2 = await world.account(Role.ADMIN, None)
     sid = await world.structure()
     c = await world.counsellor(sid)
     assert (await _caseload_status(client, c))[0] == 200
-    ref = await admin.request_change(a1.id, "role_change", c.id, Role.SUPERVISOR, sid)
+    ref = await admins.a.request_change("role_change", c.id, Role.SUPERVISOR, sid)
     assert (await _caseload_status(client, c))[0] == 200  # nothing happens before approval
-    await admin.decide(a2.id, ref.request_id, approve=True)
+    await admins.b.decide(ref.request_id, approve=True)
     assert await _caseload_status(client, c) == (401, "token_revoked")
-    await admin.set_state(a1.id, c.id, "suspended")
-    ref = await admin.request_change(a1.id, "reactivate", c.id)
+    await admins.a.set_state(c.id, "suspended")
+    ref = await admins.a.request_change("reactivate", c.id)
     with pytest.raises(SelfApproval):
-        await admin.decide(a1.id, ref.request_id, approve=True)
-    await admin.decide(a2.id, ref.request_id, approve=True)
+        await admins.a.decide(ref.request_id, approve=True)
+    await admins.b.decide(ref.request_id, approve=True)
     # Tokens are refused up to the second of the change (iat has one-second resolution:
     # within that second we cannot tell before from after, so we refuse).
     time.sleep(1.05)
@@ -135,6 +165,26 @@ async def test_role_change_and_reactivation_are_four_eyes(
         "/v1/caseload", headers={"Authorization": f"Bearer {fresh}", "X-Purpose": "follow_up"}
     )
     assert r.status_code == 200
+
+
+async def test_moving_a_referent_to_another_structure_needs_a_transfer_first(
+    client, world: World, admins: Admins
+) -> None:
+    s1, s2 = await world.structure(), await world.structure()
+    c = await world.counsellor(s1)
+    rid = await _create(client, c)
+    ref = await admins.a.request_change("role_change", c.id, Role.COUNSELLOR, s2)
+    from vault_service.auth.admin import StillReferent
+
+    with pytest.raises(StillReferent):
+        await admins.b.decide(ref.request_id, approve=True)
+    # Even if the account were moved behind the service's back, the record stays put.
+    await world.owner.execute("UPDATE accounts SET structure_id = $2 WHERE id = $1", c.id, s2)
+    moved = await world.app.state.token_issuer.issue(c.id, Role.COUNSELLOR, s2, 600)
+    r = await client.get(
+        f"/v1/records/{rid}", headers={"Authorization": f"Bearer {moved}", "X-Purpose": "follow_up"}
+    )
+    assert r.status_code == 404
 
 
 def _serve(stack: Stack, port: int) -> subprocess.Popen[bytes]:
@@ -170,7 +220,7 @@ def _get(port: int, token: str) -> tuple[int, str]:
 
 
 async def test_suspension_applies_on_the_next_request_on_every_replica(
-    stack: Stack, world: World, admin: AccountAdmin
+    stack: Stack, world: World, admins: Admins
 ) -> None:
     ports = [devstack.free_port(), devstack.free_port()]
     procs = [_serve(stack, p) for p in ports]
@@ -188,8 +238,7 @@ async def test_suspension_applies_on_the_next_request_on_every_replica(
                 time.sleep(0.2)
         # Warm both replicas' caches, then suspend and ask at once.
         assert [_get(p, c.token)[0] for p in ports] == [200, 200]
-        a1 = await world.account(Role.ADMIN, None)
-        await admin.set_state(a1.id, c.id, "suspended")
+        await admins.a.set_state(c.id, "suspended")
         time.sleep(0.05)  # NOTIFY delivery is asynchronous; well under one request's time
         assert [_get(p, c.token) for p in ports] == [(401, "account_inactive")] * 2
     finally:
@@ -323,9 +372,18 @@ async def test_temporary_transfer_keeps_the_referent(client, world: World) -> No
 async def test_break_glass_is_time_boxed_marked_and_reviewed(client, world: World) -> None:
     s1, s2 = await world.structure(), await world.structure()
     referent = await world.counsellor(s1)
-    outsider = await world.counsellor(s2)
-    reviewer = await world.account(Role.SUPERVISOR, s2)
+    outsider = await world.counsellor(s1)  # same structure, not their caseload
+    reviewer = await world.account(Role.SUPERVISOR, s1)
+    stranger = await world.counsellor(s2)
     rid = await _create(client, referent, FULL)
+    # Another structure's record is not found, exactly like a missing one.
+    for target in (rid, str(uuid.uuid4())):
+        r = await client.post(
+            f"/v1/records/{target}/break-glass",
+            json={"reason": "safety_emergency"},
+            headers=stranger.headers(purpose="break_glass"),
+        )
+        assert (r.status_code, r.json()["code"]) == (404, "not_found")
     assert (await client.get(f"/v1/records/{rid}", headers=outsider.headers())).status_code == 404
     r = await client.post(
         f"/v1/records/{rid}/break-glass",
@@ -370,15 +428,14 @@ async def test_break_glass_is_time_boxed_marked_and_reviewed(client, world: Worl
 
 
 async def test_break_glass_refused_to_restricted_accounts_and_limited(
-    app, client, world: World, admin: AccountAdmin
+    app, client, world: World, admins: Admins
 ) -> None:
-    a1, a2 = await world.account(Role.ADMIN, None), await world.account(Role.ADMIN, None)
     sid = await world.structure()
-    ref = await admin.request_create(a1.id, Role.COUNSELLOR, sid)
-    await admin.decide(a2.id, ref.request_id, approve=True)
+    ref = await admins.a.request_create(Role.COUNSELLOR, sid)
+    await admins.b.decide(ref.request_id, approve=True)
     time.sleep(1.05)
     newcomer_token = await app.state.token_issuer.issue(ref.account_id, Role.COUNSELLOR, sid, 600)
-    owner_c = await world.counsellor()
+    owner_c = await world.counsellor(sid)
     rid = await _create(client, owner_c)
     h = {"Authorization": f"Bearer {newcomer_token}", "X-Purpose": "break_glass"}
     r = await client.post(
@@ -406,3 +463,16 @@ async def test_break_glass_refused_to_restricted_accounts_and_limited(
         headers=veteran.headers(purpose="break_glass"),
     )
     assert r.status_code == 400
+
+
+async def test_transfer_dates_need_a_time_zone(client, world: World) -> None:
+    sid = await world.structure()
+    ref, helper = await world.counsellor(sid), await world.counsellor(sid)
+    sup = await world.account(Role.SUPERVISOR, sid)
+    rid = await _create(client, ref)
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(helper.id), "kind": "temporary", "until": "2030-01-01T00:00:00"},
+        headers=sup.headers(purpose="transfer"),
+    )
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_body")

@@ -77,3 +77,31 @@ async def test_logs_spans_and_errors_carry_no_personal_value(
     for value in secrets_seen:
         assert value not in text, "a personal value or token reached a log line or a span"
     assert FULL["nir"][:13] not in text
+
+
+async def test_error_bodies_never_quote_values(client, world: World) -> None:
+    c = await world.counsellor()
+    secret = "DUPONT 185057800604822"
+    r = await client.post("/v1/records", json={**FULL, "sex": secret}, headers=c.headers())
+    assert r.status_code == 400
+    assert "DUPONT" not in r.text and "185057800604822" not in r.text
+    assert "$.sex" in r.json()["detail"]  # the path is still named
+
+
+async def test_client_request_ids_are_uuids_or_replaced(client, world: World) -> None:
+    c = await world.counsellor()
+    nir_like = "185057800604822"
+    r = await client.get("/v1/caseload", headers=c.headers(**{"X-Request-Id": nir_like}))
+    assert r.headers["x-request-id"] != nir_like
+    good = "0b1c5f4e-8d7a-4e6b-9a3c-2f1e0d9c8b7a"
+    r = await client.get("/v1/caseload", headers=c.headers(**{"X-Request-Id": good}))
+    assert r.headers["x-request-id"] == good
+
+
+async def test_purpose_detail_refuses_identifiers(client, world: World) -> None:
+    c = await world.counsellor()
+    r = await client.get(
+        "/v1/caseload", headers=c.headers(**{"X-Purpose-Detail": "NIR 185057800604822"})
+    )
+    assert (r.status_code, r.json()["code"]) == (400, "purpose_required")
+    assert "185057800604822" not in r.text

@@ -120,6 +120,8 @@ async def test_key_cache_failure_is_not_cached() -> None:
         ("Œdipe", "oedipe"),
         ("  Zoé  ", "zoe"),
         ("Çelik", "celik"),
+        ("Du\u200bpont", "Dupont"),  # zero-width space
+        ("\u200fDupont\ufeff", "dupont"),  # bidi mark, BOM
     ],
 )
 def test_name_normalisation_equal(a: str, b: str) -> None:
@@ -172,3 +174,21 @@ def test_index_keys_are_scoped() -> None:
     }
     assert len(labels) == 4
     assert bi.digest(b"k" * 32, "dupont") != bi.digest(b"j" * 32, "dupont")
+
+
+async def test_key_cache_survives_a_cancelled_caller() -> None:
+    cache: KeyCache[str, int] = KeyCache(ttl_seconds=10, max_uses=10)
+    started = asyncio.Event()
+
+    async def slow() -> int:
+        started.set()
+        await asyncio.sleep(0.05)
+        return 5
+
+    first = asyncio.create_task(cache.get("k", slow))
+    await started.wait()
+    second = asyncio.create_task(cache.get("k", slow))
+    await asyncio.sleep(0)
+    first.cancel()  # a client went away: the shared load goes on for the others
+    assert await second == 5
+    assert await cache.get("k", slow) == 5

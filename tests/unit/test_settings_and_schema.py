@@ -13,7 +13,7 @@ from vault_service.records import schema as record_schema
 from vault_service.settings import Settings
 
 BASE = {
-    "VAULT_SERVICE_DATABASE_URL": "postgresql://app@db/vault_service",
+    "VAULT_SERVICE_DATABASE_URL": "postgresql://app@db/vault_service?sslmode=verify-full",
     "VAULT_SERVICE_VAULT_ADDR": "https://vault.internal:8200",
     "VAULT_SERVICE_VAULT_TOKEN": "s.token",
     "VAULT_SERVICE_JWT_ISSUER": "https://vault-service.example",
@@ -50,6 +50,11 @@ def test_settings_refuse_to_start_without_secrets_or_urls(missing: str) -> None:
     ("key", "value"),
     [
         ("VAULT_SERVICE_VAULT_ADDR", "http://vault.internal:8200"),  # plain HTTP off loopback
+        ("VAULT_SERVICE_VAULT_ADDR", "http://localhost.evil.example:8200"),
+        ("VAULT_SERVICE_CORS_ORIGINS", "http://127.0.0.1.evil.example"),
+        ("VAULT_SERVICE_DATABASE_URL", "postgresql://app@db/vault_service"),  # no TLS
+        ("VAULT_SERVICE_DATABASE_URL", "postgresql://app@db/vault_service?sslmode=require"),
+        ("VAULT_SERVICE_BRANCH_KEY_TTL_SECONDS", "86400"),
         ("VAULT_SERVICE_CORS_ORIGINS", "*"),
         ("VAULT_SERVICE_JWT_MAX_LIFETIME_SECONDS", "7200"),
         ("VAULT_SERVICE_PORT", "not-a-port"),

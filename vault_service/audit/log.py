@@ -521,8 +521,23 @@ class AccessLog:
         self._tasks = []
 
     async def append(self, event: AccessEvent) -> int:
-        (index,) = await self.append_many((event,))
-        return index
+        # append_many for one event, without its lists: this is every request's path.
+        prepared = _prepare(event, self._clock())
+        self._admit(1)
+        waiting = _Waiting(prepared, asyncio.get_running_loop().create_future())
+        self._queue.append([waiting])
+        self._queued += 1
+        self._wakeup.set()
+        return await waiting.future
+
+    def _admit(self, count: int) -> None:
+        if not self.running:
+            _failed.add(count, {"reason": "not_running"})
+            raise AuditUnavailable()
+        if self._queued + count > self._max_queue:
+            _failed.add(count, {"reason": "queue_full"})
+            log.warning("audit_queue_full", queued=self._queued)
+            raise AuditUnavailable()
 
     async def append_many(self, events: Iterable[AccessEvent]) -> list[int]:
         """Append several events; they commit together (in one batch) and their
@@ -530,13 +545,7 @@ class AccessLog:
         prepared = [_prepare(event, self._clock()) for event in events]
         if not prepared:
             return []
-        if not self.running:
-            _failed.add(len(prepared), {"reason": "not_running"})
-            raise AuditUnavailable()
-        if self._queued + len(prepared) > self._max_queue:
-            _failed.add(len(prepared), {"reason": "queue_full"})
-            log.warning("audit_queue_full", queued=self._queued)
-            raise AuditUnavailable()
+        self._admit(len(prepared))
         loop = asyncio.get_running_loop()
         waiting = [_Waiting(p, loop.create_future()) for p in prepared]
         self._queue.append(waiting)

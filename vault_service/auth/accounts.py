@@ -54,6 +54,9 @@ class AccountGate:
         self._dsn = dsn
         self._ttl = cache_seconds
         self._cache: dict[tuple[uuid.UUID, uuid.UUID], _State] = {}
+        # Bumped by every NOTIFY for an account: a state read while a change was being
+        # announced is used for that one request but never cached.
+        self._generation: dict[uuid.UUID, int] = {}
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -91,6 +94,7 @@ class AccountGate:
             account = uuid.UUID(str(payload))
         except ValueError:
             return
+        self._generation[account] = self._generation.get(account, 0) + 1
         for key in [k for k in self._cache if k[0] == account]:
             del self._cache[key]
 
@@ -103,6 +107,7 @@ class AccountGate:
         cached = self._cache.get(key)
         if cached is not None and now - cached.fetched_at < self._ttl and self._caching():
             return cached
+        generation = self._generation.get(account_id, 0)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(SELECT_ACCOUNT_STATE, account_id, jti)
         if row is None:
@@ -116,7 +121,7 @@ class AccountGate:
             row["activated_at"].timestamp() if row["activated_at"] else 0.0,
             now,
         )
-        if self._caching():
+        if self._caching() and self._generation.get(account_id, 0) == generation:
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[key] = state

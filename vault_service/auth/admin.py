@@ -1,9 +1,11 @@
 """Account administration: four-eyes requests, decisions, suspension.
 
-The rules live in the database (migrations/0003_identity.sql: SECURITY DEFINER
-functions; the application role cannot update accounts directly). This module
-calls them, maps their refusals to stable error codes, and raises an alert-level
-log event for every request, decision and refusal.
+The rules live in the database (migrations/0003_identity.sql): SECURITY DEFINER
+functions that take the acting admin from the calling database login, never from an
+argument. `AccountAdmin` therefore runs on a pool connected as the admin's own
+login (VAULT_SERVICE_ADMIN_DATABASE_URL), maps the functions' refusals to stable
+error codes, and raises an alert-level log event for every request, decision and
+refusal. `service_suspend` is the one act the service's own role may perform.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ alerts = structlog.get_logger("vault_service.alerts")
 
 class ActorNotAdmin(Forbidden):
     code = "actor_not_admin"
-    title = "The acting account is not an active admin"
+    title = "The calling login is not an active admin"
 
 
 class RoleAboveActor(Forbidden):
@@ -51,6 +53,16 @@ class NotSuspended(Conflict):
     title = "Only a suspended or disabled account can be reactivated"
 
 
+class StillReferent(Conflict):
+    code = "caseload_not_empty"
+    title = "Transfer this account's youth before moving it to another structure"
+
+
+class NotAllowed(Forbidden):
+    code = "state_change_not_allowed"
+    title = "This state change is not allowed here"
+
+
 _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS001": ActorNotAdmin,
     "VS002": RoleAboveActor,
@@ -58,6 +70,8 @@ _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS004": NotSuspended,
     "VS006": NoPendingRequest,
     "VS007": SelfApproval,
+    "VS008": NotAllowed,
+    "VS010": StillReferent,
 }
 
 SELECT_REQUESTS: Final = """
@@ -65,6 +79,7 @@ SELECT id, kind, account_id, role, structure_id, requested_by, requested_at, sta
        decided_by, decided_at
 FROM account_requests WHERE ($1::text IS NULL OR state = $1) ORDER BY requested_at, id
 """
+SELECT_ACTOR: Final = "SELECT account_id FROM admin_logins WHERE rolname = session_user"
 
 
 @dataclass(frozen=True)
@@ -73,114 +88,104 @@ class RequestRef:
     account_id: uuid.UUID
 
 
+async def _call(pool: asyncpg.Pool, action: str, sql: str, *args: Any) -> Any:
+    try:
+        async with pool.acquire() as conn:
+            return await conn.fetchrow(sql, *args)
+    except asyncpg.PostgresError as exc:
+        error = _ERRORS.get(getattr(exc, "sqlstate", "") or "")
+        alerts.warning(
+            "account_action_refused",
+            alert=True,
+            action=action,
+            code=error.code if error else "database_error",
+        )
+        if error is None:
+            raise
+        raise error() from None
+
+
 class AccountAdmin:
+    """Admin acts, on a pool connected as one admin's own database login."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def _call(self, action: str, actor: uuid.UUID | None, sql: str, *args: Any) -> Any:
-        try:
-            async with self._pool.acquire() as conn:
-                result = await conn.fetchrow(sql, *args)
-        except asyncpg.PostgresError as exc:
-            error = _ERRORS.get(getattr(exc, "sqlstate", "") or "")
-            alerts.warning(
-                "account_action_refused",
-                alert=True,
-                action=action,
-                actor_id=str(actor) if actor else None,
-                code=error.code if error else "database_error",
-            )
-            if error is None:
-                raise
-            raise error() from None
-        return result
+    async def actor(self) -> uuid.UUID | None:
+        async with self._pool.acquire() as conn:
+            found: uuid.UUID | None = await conn.fetchval(SELECT_ACTOR)
+        return found
 
-    async def request_create(
-        self, actor: uuid.UUID, role: Role, structure_id: uuid.UUID | None
-    ) -> RequestRef:
+    async def _alert(self, event: str, **fields: Any) -> None:
+        actor = await self.actor()
+        alerts.warning(event, alert=True, actor_id=str(actor) if actor else None, **fields)
+
+    async def request_create(self, role: Role, structure_id: uuid.UUID | None) -> RequestRef:
         ref = RequestRef(uuid.uuid4(), uuid.uuid4())
-        await self._call(
+        await _call(
+            self._pool,
             "create",
-            actor,
-            "SELECT vs_request_account($1, $2, $3, $4, $5)",
+            "SELECT vs_request_account($1, $2, $3, $4)",
             ref.request_id,
             ref.account_id,
             str(role),
             structure_id,
-            actor,
         )
-        alerts.warning(
+        await self._alert(
             "account_requested",
-            alert=True,
             request_id=str(ref.request_id),
             account_id=str(ref.account_id),
             role=str(role),
-            actor_id=str(actor),
         )
         return ref
 
     async def request_change(
         self,
-        actor: uuid.UUID,
         kind: str,
         account_id: uuid.UUID,
         role: Role | None = None,
         structure_id: uuid.UUID | None = None,
     ) -> RequestRef:
         ref = RequestRef(uuid.uuid4(), account_id)
-        await self._call(
+        await _call(
+            self._pool,
             kind,
-            actor,
-            "SELECT vs_request_change($1, $2, $3, $4, $5, $6)",
+            "SELECT vs_request_change($1, $2, $3, $4, $5)",
             ref.request_id,
             kind,
             account_id,
             str(role) if role else None,
             structure_id,
-            actor,
         )
-        alerts.warning(
+        await self._alert(
             "account_change_requested",
-            alert=True,
             kind=kind,
             request_id=str(ref.request_id),
             account_id=str(account_id),
-            actor_id=str(actor),
         )
         return ref
 
-    async def decide(self, actor: uuid.UUID, request_id: uuid.UUID, *, approve: bool) -> RequestRef:
-        row = await self._call(
+    async def decide(self, request_id: uuid.UUID, *, approve: bool) -> RequestRef:
+        row = await _call(
+            self._pool,
             "approve" if approve else "refuse",
-            actor,
-            "SELECT kind, account_id FROM vs_decide_request($1, $2, $3)",
+            "SELECT kind, account_id FROM vs_decide_request($1, $2)",
             request_id,
-            actor,
             approve,
         )
-        alerts.warning(
+        await self._alert(
             "account_request_decided",
-            alert=True,
             request_id=str(request_id),
             kind=row["kind"],
             approved=approve,
             account_id=str(row["account_id"]),
-            actor_id=str(actor),
         )
         return RequestRef(request_id, row["account_id"])
 
-    async def set_state(self, actor: uuid.UUID | None, account_id: uuid.UUID, state: str) -> None:
-        """Suspend or disable now; `actor` None is the service itself (bulk-read defence)."""
-        await self._call(
-            state, actor, "SELECT vs_set_account_state($1, $2, $3)", account_id, state, actor
-        )
-        alerts.warning(
-            "account_state_changed",
-            alert=True,
-            account_id=str(account_id),
-            state=state,
-            actor_id=str(actor) if actor else "service",
-        )
+    async def set_state(self, account_id: uuid.UUID, state: str) -> None:
+        """Suspend or disable now."""
+        await _call(self._pool, state, "SELECT vs_set_account_state($1, $2)", account_id, state)
+        await self._alert("account_state_changed", account_id=str(account_id), state=state)
 
     async def requests(self, state: str | None = "pending") -> list[dict[str, Any]]:
         async with self._pool.acquire() as conn:
@@ -189,3 +194,17 @@ class AccountAdmin:
             {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in dict(r).items()}
             for r in rows
         ]
+
+
+async def service_suspend(pool: asyncpg.Pool, account_id: uuid.UUID, reason: str) -> None:
+    """The service suspends an account by itself (the bulk-read defence), on its own
+    pool: the only account act its database role may perform."""
+    await _call(pool, "service_suspend", "SELECT vs_service_suspend($1)", account_id)
+    alerts.warning(
+        "account_state_changed",
+        alert=True,
+        account_id=str(account_id),
+        state="suspended",
+        actor_id="service",
+        reason=reason,
+    )

@@ -23,7 +23,10 @@ from vault_service.errors import Forbidden, PurposeNotAllowed, PurposeRequired, 
 
 PUBLIC_OPT: Final = "public"
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
-_DETAIL = re.compile(r"^[\w .,;:'()/-]{1,200}$")
+# A short reference ("rdv 12/03", "courrier CAF"), not a place for personal data: no
+# long digit runs (a NIR, a phone number), plain characters only.
+_DETAIL = re.compile(r"[\w .,;:'()/-]{1,120}")
+_DIGIT_RUN = re.compile(r"\d{6,}")
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
@@ -79,6 +82,6 @@ def purpose_of(
     if purpose not in ROLE_PURPOSES[principal.role]:
         raise PurposeNotAllowed()
     detail = connection.headers.get("x-purpose-detail")
-    if detail is not None and not _DETAIL.match(detail):
-        raise PurposeRequired("X-Purpose-Detail must be up to 200 plain characters")
+    if detail is not None and (not _DETAIL.fullmatch(detail) or _DIGIT_RUN.search(detail)):
+        raise PurposeRequired("X-Purpose-Detail must be a short reference (120 characters)")
     return purpose, detail

@@ -184,7 +184,8 @@ class TokenVerifier:
     def __init__(self, settings: Settings, keys: SigningKeys) -> None:
         self._settings = settings
         self._keys = keys
-        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
+        # sha256(token) -> (claims, kid): a hit is honoured only while its key is live.
+        self._cache: OrderedDict[bytes, tuple[Claims, str]] = OrderedDict()
         self._cache_size = settings.token_cache_size
 
     async def verify(self, token: str) -> Claims:
@@ -194,18 +195,19 @@ class TokenVerifier:
         cached = self._cache.get(digest)
         now = time.time()
         if cached is not None:
-            if cached.exp > now - self._settings.jwt_leeway_seconds:
+            claims, kid = cached
+            if claims.exp > now - self._settings.jwt_leeway_seconds and kid in self._keys.by_kid:
                 self._cache.move_to_end(digest)
-                return cached
+                return claims
             del self._cache[digest]
-        claims = await self._verify_uncached(token)
+        claims, kid = await self._verify_uncached(token)
         if self._cache_size:
-            self._cache[digest] = claims
+            self._cache[digest] = (claims, kid)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return claims
 
-    async def _verify_uncached(self, token: str) -> Claims:
+    async def _verify_uncached(self, token: str) -> tuple[Claims, str]:
         header = _raw_header(token)
         # Refuse before any key lookup: alg "none", HS256 with our public key as the
         # secret, or any algorithm other than the one we issue.
@@ -260,4 +262,4 @@ class TokenVerifier:
             raise Unauthenticated(reason="token_claims") from None
         if claims.exp - claims.iat > s.jwt_max_lifetime_seconds:
             raise Unauthenticated(reason="token_lifetime")
-        return claims
+        return claims, kid

@@ -29,7 +29,8 @@ _NAME_DROP = re.compile("[\\s\\-'\u2019\u2018`\u00b4.]+")
 _NIR = re.compile(
     r"^[12378][0-9]{2}(?:0[1-9]|1[0-2]|[2-9][0-9])(?:2A|2B|[0-9]{2})[0-9]{6}[0-9]{2}$"
 )
-_FT_ID = re.compile(r"^[0-9]{7}[0-9A-Z]$")
+# Older 8-character identifiers and the current 11-digit ones (as the schema accepts).
+_FT_ID = re.compile(r"[0-9]{7}[0-9A-Z]|[0-9]{11}")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
 
 
@@ -42,7 +43,11 @@ def normalise_name(value: str) -> str:
     """'Élodie-Anne  D\u2019Arc' and 'elodie anne darc' index alike: case, accents,
     hyphens, apostrophes and spaces do not count; ligatures fold (Œ → OE)."""
     decomposed = unicodedata.normalize("NFKD", value.replace("œ", "oe").replace("Œ", "OE"))
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    # Combining marks (accents) and format characters (zero-width spaces, bidi marks,
+    # tags) do not make another person.
+    stripped = "".join(
+        c for c in decomposed if not unicodedata.combining(c) and unicodedata.category(c) != "Cf"
+    )
     folded = _NAME_DROP.sub("", stripped.casefold().replace("æ", "ae"))
     if not folded:
         raise NormalisationError()
@@ -60,7 +65,7 @@ def normalise_email(value: str) -> str:
     # The whole address folds to lower case: providers treat local parts
     # case-insensitively in practice, and a counsellor types what the youth says.
     folded = unicodedata.normalize("NFC", value.strip()).lower()
-    if not _EMAIL.match(folded):
+    if not _EMAIL.fullmatch(folded):
         raise NormalisationError()
     return folded
 
@@ -79,7 +84,7 @@ def normalise_phone(value: str) -> str:
 
 def normalise_nir(value: str) -> str:
     compact = re.sub(r"[\s.\-]", "", value).upper()
-    if not _NIR.match(compact) or not nir_key_valid(compact):
+    if not _NIR.fullmatch(compact) or not nir_key_valid(compact):
         raise NormalisationError()
     return compact
 
@@ -91,7 +96,7 @@ def nir_key_valid(nir: str) -> bool:
 
 def normalise_ft_id(value: str) -> str:
     compact = re.sub(r"\s", "", value).upper()
-    if not _FT_ID.match(compact):
+    if not _FT_ID.fullmatch(compact):
         raise NormalisationError()
     return compact
 

@@ -51,7 +51,7 @@ class KeyCache(Generic[K, V]):
     max_uses: int
     clock: Callable[[], float] = time.monotonic
     _entries: dict[K, _Entry[V]] = field(default_factory=dict)
-    _loading: dict[K, asyncio.Future[V]] = field(default_factory=dict)
+    _loading: dict[K, asyncio.Task[V]] = field(default_factory=dict)
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         entry = self._entries.get(key)
@@ -60,19 +60,17 @@ class KeyCache(Generic[K, V]):
                 entry.uses_left -= 1
                 return entry.value
             del self._entries[key]
-        pending = self._loading.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
+        task = self._loading.get(key)
+        if task is None:
+            # The load runs in a task the cache owns: a caller that is cancelled (a
+            # client gone) does not cancel the load the other waiters share.
+            task = asyncio.ensure_future(self._load(key, load))
+            self._loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
             value = await load()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) get it through shield
-            raise
-        else:
-            future.set_result(value)
             self._entries[key] = _Entry(value, self.clock() + self.ttl_seconds, self.max_uses - 1)
             return value
         finally:

@@ -17,6 +17,11 @@ BEGIN
     -- Auditors' tools: read-only on the access log.
     CREATE ROLE vault_service_auditor LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
   END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_service_admin') THEN
+    -- Group of the admins' own logins (one per person, created by the DBA:
+    -- CREATE ROLE alice LOGIN IN ROLE vault_service_admin). The service never has it.
+    CREATE ROLE vault_service_admin NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+  END IF;
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_service_retention') THEN
     -- The retention job: prunes access-log entry bodies past their retention.
     CREATE ROLE vault_service_retention LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;

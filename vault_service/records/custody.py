@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import structlog
@@ -33,7 +33,7 @@ BreakGlassReason = Literal[
 class TransferRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     to_account: uuid.UUID
     kind: Literal["definitive", "temporary"]
-    until: datetime.datetime | None = None
+    until: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | None = None
 
 
 class BreakGlassRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -164,8 +164,6 @@ class CustodyService:
             raise Forbidden()
         grant_id = uuid.uuid4()
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(sql.RECORD_EXISTS, record_id) is None:
-                raise NotFound()
             # Serialise one account's grants so the daily limit cannot be raced.
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 42))",
@@ -181,6 +179,10 @@ class CustodyService:
                     actor_id=str(principal.account_id),
                 )
                 raise BreakGlassLimit()
+            # Only within the caller's own structure, checked after the limit so the
+            # answer is never an existence oracle: a record elsewhere is "not found".
+            if await conn.fetchval(sql.RECORD_EXISTS, record_id) != principal.structure_id:
+                raise NotFound()
             row = await conn.fetchrow(
                 sql.INSERT_GRANT,
                 grant_id,

@@ -12,7 +12,12 @@ from litestar.params import FromPath
 
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
-from vault_service.errors import InvalidBody, InvalidParameter, PreconditionRequired
+from vault_service.errors import (
+    InvalidBody,
+    InvalidParameter,
+    PreconditionRequired,
+    invalid_body,
+)
 from vault_service.records.custody import (
     BreakGlassRequest,
     CustodyService,
@@ -246,10 +251,5 @@ _review_decoder = msgspec.json.Decoder(ReviewRequest)
 def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
         return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        rule, _, where = str(exc).partition(" - at `")
-        if rule.startswith("Object contains unknown field"):
-            rule = "the body contains a property that is not defined"
-        raise InvalidBody(rule[:200] + (f" (at {where.rstrip('`')})" if where else "")) from None
-    except msgspec.DecodeError:
-        raise InvalidBody("the body is not valid JSON") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid_body(exc) from None

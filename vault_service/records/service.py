@@ -36,6 +36,7 @@ from vault_service.errors import (
     InvalidParameter,
     NotFound,
     PreconditionFailed,
+    invalid_body,
 )
 from vault_service.records import repository as sql
 from vault_service.records.schema import FieldPlan, RecordSchema
@@ -103,20 +104,6 @@ def decode_cursor(cursor: str | None) -> uuid.UUID:
         raise InvalidParameter("cursor is not valid") from None
 
 
-def _validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidBody:
-    """msgspec names the rule and the path (`$.birth_name`, "length <= 100"), never the
-    offending value, with one exception: an unknown field's NAME, which is client
-    input and may be anything, a name or a NIR included. That one is not echoed."""
-    message = str(exc)
-    if not isinstance(exc, msgspec.ValidationError):  # malformed JSON (its parent class)
-        return InvalidBody("the body is not a JSON object of the expected shape")
-    rule, _, where = message.partition(" - at `")
-    if rule.startswith("Object contains unknown field"):
-        rule = "the body contains a property the schema does not define"
-    path = where.rstrip("`")
-    return InvalidBody((rule + (f" (at {path})" if path else ""))[:300])
-
-
 class RecordService:
     def __init__(
         self,
@@ -146,14 +133,14 @@ class RecordService:
         try:
             value = self._create.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise _validation_error(exc) from None
+            raise invalid_body(exc) from None
         return _present(value)
 
     def _decode_patch(self, body: bytes) -> dict[str, Any]:
         try:
             value = self._patch.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise _validation_error(exc) from None
+            raise invalid_body(exc) from None
         changes = _present(value)
         if not changes:
             raise InvalidBody("the patch changes nothing")
@@ -219,8 +206,10 @@ class RecordService:
         Caseload (referent or live assignment): full. Supervisor of the record's
         structure: masked. A live break-the-glass grant: full, and only when the
         request states `break_glass` as its purpose, so every such read is marked."""
-        if principal.role == Role.COUNSELLOR and (
-            row["referent_id"] == principal.account_id or row["assigned"]
+        if (
+            principal.role == Role.COUNSELLOR
+            and row["structure_id"] == principal.structure_id
+            and (row["referent_id"] == principal.account_id or row["assigned"])
         ):
             return View.FULL
         if row["glass"] and purpose is Purpose.BREAK_GLASS:
