@@ -87,6 +87,10 @@ def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         counsellor = next(a for a in accounts if a[1] == Role.COUNSELLOR)
+        admin_dsns = [
+            devstack.dsn_for(pg.admin_dsn, user=login, database=devstack.DATABASE)
+            for login in DEMO_ADMIN_LOGINS
+        ]
         print("\nDemo accounts (id, role, structure):", file=sys.stderr)
         for account in accounts:
             print("  " + "  ".join(account), file=sys.stderr)
@@ -98,9 +102,9 @@ In another terminal:
   TOKEN=$(vault-service tokens issue --subject {counsellor[0]})
   curl -s -H "Authorization: Bearer $TOKEN" -H "X-Purpose: follow_up" http://127.0.0.1:{port}/v1/caseload
 Admin acts (four-eyes) run on each admin's own database login:
-  VAULT_SERVICE_ADMIN_DATABASE_URL={devstack.dsn_for(pg.admin_dsn, user=DEMO_ADMIN_LOGINS[0], database=devstack.DATABASE)} \\
+  VAULT_SERVICE_ADMIN_DATABASE_URL={admin_dsns[0]} \\
     vault-service accounts create --role counsellor --structure <structure id>
-  VAULT_SERVICE_ADMIN_DATABASE_URL={devstack.dsn_for(pg.admin_dsn, user=DEMO_ADMIN_LOGINS[1], database=devstack.DATABASE)} \\
+  VAULT_SERVICE_ADMIN_DATABASE_URL={admin_dsns[1]} \\
     vault-service accounts approve <request id>
 Ctrl-C stops everything.
 """,

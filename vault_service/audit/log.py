@@ -32,7 +32,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -353,25 +353,29 @@ async def _fetch_tiles(
     return {(r["level"], r["idx"]): bytes(r["hashes"]) for r in rows}
 
 
-async def _write_batch(
-    conn: Connection,
-    batch: Sequence[_Prepared],
-    size: int,
-    tiles: Mapping[tuple[int, int], bytes],
-    wait: float | None,
-) -> tuple[list[int], _Edge] | None:
-    """Build the batch on a tree of `size` leaves whose right edge is `tiles`, and
-    write it with APPEND_BATCH; None if the tree no longer has that size (nothing was
-    written). `wait` bounds the statement, the lock wait included: a blocked log must
-    refuse requests quickly (asyncpg cancels the statement server-side), not queue them.
-    """
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A batch laid out on a tree of `base` leaves: its rows, and the tree after it."""
+
+    base: int
+    indexes: list[int]
+    args: tuple[object, ...]
+    edge: _Edge
+
+
+def _build(batch: Sequence[_Prepared], size: int, tiles: Mapping[tuple[int, int], bytes]) -> _Built:
+    """Leaves, tiles and new head of `batch` appended to the tree of `size` leaves whose
+    right edge is `tiles`. Pure: nothing is locked or written."""
     indexes = list(range(size, size + len(batch)))
     leaves = [encode_leaf(i, p.at_us, p.body_hash) for i, p in zip(indexes, batch, strict=True)]
     hashes = [leaf_hash(leaf) for leaf in leaves]
     result = TileBuilder(size, _DictStore(tiles)).append(hashes)
     tile_keys = sorted(result.tiles)
-    status = await conn.execute(
-        sql.APPEND_BATCH,
+    merged = {**tiles, **result.tiles}
+    keys = _edge_keys(result.size)
+    if any(key not in merged for key in keys):
+        raise TileError("the access-log right edge is incomplete")
+    args = (
         indexes,
         leaves,
         hashes,
@@ -383,15 +387,16 @@ async def _write_batch(
         result.size,
         result.root,
         size,
-        timeout=wait,
     )
-    if status != "UPDATE 1":
-        return None
-    merged = {**tiles, **result.tiles}
-    keys = _edge_keys(result.size)
-    if any(key not in merged for key in keys):
-        raise TileError("the access-log right edge is incomplete")
-    return indexes, _Edge(result.size, {key: merged[key] for key in keys})
+    return _Built(size, indexes, args, _Edge(result.size, {key: merged[key] for key in keys}))
+
+
+async def _write(conn: Connection, built: _Built, wait: float | None) -> bool:
+    """APPEND_BATCH; False if the tree no longer had the size the batch was built on
+    (then nothing was written). `wait` bounds the statement, the lock wait included: a
+    blocked log must refuse requests quickly (asyncpg cancels it server-side)."""
+    status = await conn.execute(sql.APPEND_BATCH, *built.args, timeout=wait)
+    return bool(status == "UPDATE 1")
 
 
 async def _append_locked(
@@ -399,10 +404,10 @@ async def _append_locked(
     batch: Sequence[_Prepared],
     edge: _Edge | None,
     wait: float | None,
-) -> tuple[list[int], _Edge, bool]:
+) -> tuple[_Built, bool]:
     """Append `batch` inside the caller's open transaction, after locking the head;
-    returns the indexes, the new right edge, and whether `edge` was still current.
-    Nothing is durable until the caller commits."""
+    returns the batch as written and whether `edge` was still current. Nothing is
+    durable until the caller commits."""
     row = await conn.fetchrow(sql.LOCK_TREE, timeout=wait)
     if row is None:
         raise TileError("the access-log tree state row is missing")
@@ -412,11 +417,11 @@ async def _append_locked(
         tiles = edge.tiles
     else:
         tiles = await _fetch_tiles(conn, _edge_keys(size), wait)
-    written = await _write_batch(conn, batch, size, tiles, wait)
-    if written is None:
+    built = _build(batch, size, tiles)
+    if not await _write(conn, built, wait):
         # Impossible while we hold the row lock; if it happens, the tree is not ours.
         raise TileError("the access-log tree state changed under its lock")
-    return written[0], written[1], current
+    return built, current
 
 
 async def append_on_connection(
@@ -433,8 +438,8 @@ async def append_on_connection(
         return []
     if not conn.is_in_transaction():
         raise AuditUnavailable("append_on_connection needs an open transaction")
-    indexes, _, _ = await _append_locked(conn, batch, None, None)
-    return indexes
+    built, _ = await _append_locked(conn, batch, None, None)
+    return built.indexes
 
 
 # --- the sequencer ---------------------------------------------------------------------------
@@ -444,21 +449,31 @@ class _Waiting:
     future: asyncio.Future[int]
 
 
+_SPLIT_MIN: Final = 16
+
+
 class AccessLog:
     """Per-process front of the shared log. `append` returns the leaf index once the
     entry is committed, or raises AuditUnavailable: the caller must then return no
     data (fail closed).
 
-    `writers` transactions of one process may be in flight at once: while one holds
-    the tree lock, the next has its entries and connection ready and waits for the
-    lock, and the callers released by the first prepare their next entries meanwhile
-    (the database still commits one batch at a time). An idle writer leaves a share of
-    the queue to the others, so that under load batches alternate instead of all
-    callers waiting on one. `lock_timeout` bounds how long a batch waits for the tree
-    lock and each of its statements (a blocked log must refuse requests quickly, not
-    queue them); `clock` returns microseconds since the epoch and exists for tests and
-    imports of old events. `max_queue` bounds memory when the database is slower than
-    the callers: past it, appends fail at once.
+    How a batch is written. A process that was the last to append knows the tree
+    head, so it lays the batch out in memory and sends one statement that locks the
+    head, checks the size and writes everything: one round trip, one transaction.
+    It does not wait for that statement to come back before laying out the next batch
+    on top of it (up to `pipeline` batches in flight, each on its own connection): the
+    next statement waits in PostgreSQL for the row lock and runs the moment the first
+    commits, while the callers released by the first prepare their next entries. When
+    the queue is long and nothing is in flight, the first batch takes half of it so
+    that the pipeline fills. If another process appended meanwhile, the size check
+    fails, nothing is written, and the batch goes through the locked path (BEGIN, lock
+    the head, read the size and the right edge, write, COMMIT), alone.
+
+    `lock_timeout` bounds each statement, waiting for the tree lock included (a
+    blocked log must refuse requests quickly, not queue them); `clock` returns
+    microseconds since the epoch and exists for tests and imports of old events.
+    `max_queue` bounds memory when the database is slower than the callers: past it,
+    appends fail at once.
     """
 
     def __init__(
@@ -466,17 +481,16 @@ class AccessLog:
         pool: asyncpg.Pool,
         *,
         max_batch: int = 512,
-        writers: int = 2,
+        pipeline: int = 2,
         lock_timeout: float = 2.0,
         max_queue: int = 65_536,
         clock: Callable[[], int] = _wall_clock_us,
     ) -> None:
-        if max_batch < 1 or max_queue < max_batch or writers < 1:
-            raise ValueError("need max_batch >= 1, max_queue >= max_batch and writers >= 1")
+        if max_batch < 1 or max_queue < max_batch or pipeline < 1:
+            raise ValueError("need max_batch >= 1, max_queue >= max_batch and pipeline >= 1")
         self._pool = pool
         self._max_batch = max_batch
-        self._writers = writers
-        self._idle = 0
+        self._depth = pipeline
         self._timeout = lock_timeout
         self._max_queue = max_queue
         self._clock = clock
@@ -484,41 +498,44 @@ class AccessLog:
         self._queue: list[list[_Waiting]] = []
         self._queued = 0
         self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # What this process knows of the tree: the edge after its last commit (None:
+        # unknown), whether it was the last writer, and the edge after the batches it
+        # has in flight (None: the chain is broken, wait until they are done).
         self._edge: _Edge | None = None
         self._fast = True
+        self._tail: _Edge | None = None
+        self._locked_in_flight = False
         self.batches = 0
         """Transactions committed by this process (tests and metrics)."""
         self.fast_batches = 0
-        """Of which on the one-statement path (this process knew the head)."""
+        """Of which on the one-statement path."""
 
     @property
     def running(self) -> bool:
-        return bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
+        return self._task is not None and not self._task.done() and not self._stopping
 
     async def start(self) -> None:
-        """Start the writers. Refuses a database where commits are not durable: an
+        """Start the writer. Refuses a database where commits are not durable: an
         entry that a crash can lose is an access without a trace."""
-        if self._tasks:
+        if self._task is not None:
             return
         async with self._pool.acquire() as conn:
             if await conn.fetchval(sql.SHOW_SYNCHRONOUS_COMMIT) == "off":
                 raise ConfigurationError("synchronous_commit is off for the access log's role")
         self._stopping = False
-        self._tasks = [
-            asyncio.create_task(self._writer(), name=f"access-log-writer-{n}")
-            for n in range(self._writers)
-        ]
+        self._task = asyncio.create_task(self._writer(), name="access-log-writer")
 
     async def stop(self) -> None:
         """Commit what is queued, then stop; later appends fail closed."""
-        if not self._tasks:
+        if self._task is None:
             return
         self._stopping = True
         self._wakeup.set()
-        await asyncio.gather(*self._tasks)
-        self._tasks = []
+        await self._task
+        self._task = None
 
     async def append(self, event: AccessEvent) -> int:
         # append_many for one event, without its lists: this is every request's path.
@@ -529,15 +546,6 @@ class AccessLog:
         self._queued += 1
         self._wakeup.set()
         return await waiting.future
-
-    def _admit(self, count: int) -> None:
-        if not self.running:
-            _failed.add(count, {"reason": "not_running"})
-            raise AuditUnavailable()
-        if self._queued + count > self._max_queue:
-            _failed.add(count, {"reason": "queue_full"})
-            log.warning("audit_queue_full", queued=self._queued)
-            raise AuditUnavailable()
 
     async def append_many(self, events: Iterable[AccessEvent]) -> list[int]:
         """Append several events; they commit together (in one batch) and their
@@ -553,10 +561,18 @@ class AccessLog:
         self._wakeup.set()
         return [await w.future for w in waiting]
 
-    def _take(self) -> list[_Waiting]:
+    def _admit(self, count: int) -> None:
+        if not self.running:
+            _failed.add(count, {"reason": "not_running"})
+            raise AuditUnavailable()
+        if self._queued + count > self._max_queue:
+            _failed.add(count, {"reason": "queue_full"})
+            log.warning("audit_queue_full", queued=self._queued)
+            raise AuditUnavailable()
+
+    def _take(self, limit: int) -> list[_Waiting]:
         # Whole groups only: the entries of one append_many commit together, so a group
-        # larger than max_batch makes a batch of its own.
-        limit = self._max_batch
+        # larger than the limit makes a batch of its own.
         batch: list[_Waiting] = []
         taken = 0
         for group in self._queue:
@@ -568,70 +584,121 @@ class AccessLog:
         self._queued -= len(batch)
         return batch
 
+    # --- the writer: launches batches, never waits for one -------------------------------
     async def _writer(self) -> None:
         while True:
-            if not self._queue:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                self._idle += 1
-                try:
-                    await self._wakeup.wait()
-                finally:
-                    self._idle -= 1
-                continue
-            batch = self._take()
-            try:
-                indexes = await self._commit([w.prepared for w in batch])
-            except asyncio.CancelledError:
-                self._fail(batch, "cancelled")
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure fails these appends closed
-                self._edge = None
-                log.error("audit_append_failed", error_type=type(exc).__name__, entries=len(batch))
-                self._fail(batch, type(exc).__name__)
-                continue
-            for waiting, index in zip(batch, indexes, strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result(index)
-            self.batches += 1
-            _appended.add(len(batch))
-            _batch_size.record(len(batch))
+            self._launch()
+            if self._stopping and not self._queue and not self._batches:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
-    @staticmethod
-    def _fail(batch: Sequence[_Waiting], reason: str) -> None:
+    def _launch(self) -> None:
+        while self._queue and len(self._batches) < self._depth and not self._locked_in_flight:
+            if self._batches:
+                base = self._tail
+                if base is None:
+                    return  # a batch in flight went astray: let them all finish first
+            else:
+                base = self._edge if self._fast else None
+            if base is None:
+                batch = self._take(self._max_batch)
+                self._locked_in_flight = True
+                self._spawn(self._run_locked(batch))
+                return
+            limit = self._max_batch
+            if not self._batches and self._depth > 1 and self._queued >= 2 * _SPLIT_MIN:
+                limit = min(limit, -(-self._queued // 2))
+            batch = self._take(limit)
+            try:
+                built = _build([w.prepared for w in batch], base.size, base.tiles)
+            except Exception as exc:  # noqa: BLE001 - a layout failure fails this batch closed
+                self._failed_batch(batch, exc)
+                continue
+            self._tail = built.edge
+            self._spawn(self._run_fast(batch, built))
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._batches.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if not self._batches:
+            self._tail = None
+        self._wakeup.set()
+
+    def _committed(self, batch: Sequence[_Waiting], built: _Built) -> None:
+        if self._edge is None or built.edge.size > self._edge.size:
+            self._edge = built.edge
+        for waiting, index in zip(batch, built.indexes, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result(index)
+        self.batches += 1
+        _appended.add(len(batch))
+        _batch_size.record(len(batch))
+
+    def _failed_batch(self, batch: Sequence[_Waiting], exc: BaseException) -> None:
+        # The tree as this process knew it may be wrong now: start again from the head.
+        self._edge = None
+        self._tail = None
+        reason = type(exc).__name__
+        log.error("audit_append_failed", error_type=reason, entries=len(batch))
         _failed.add(len(batch), {"reason": reason})
         for waiting in batch:
             if not waiting.future.done():
                 waiting.future.set_exception(AuditUnavailable())
 
-    async def _commit(self, batch: Sequence[_Prepared]) -> list[int]:
-        timeout = self._timeout
-        async with self._pool.acquire(timeout=timeout) as conn:
-            try:
-                edge = self._edge
-                if edge is not None and self._fast:
-                    # The fast path: this process appended last, so it knows the head;
-                    # one statement, one round trip, its own transaction.
-                    written = await _write_batch(conn, batch, edge.size, edge.tiles, timeout)
-                    if written is not None:
-                        self._edge = written[1]
+    async def _run_fast(self, batch: list[_Waiting], built: _Built) -> None:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                try:
+                    if await _write(conn, built, self._timeout):
                         self.fast_batches += 1
-                        return written[0]
-                    self._fast = False  # another process appended meanwhile
-                await conn.execute(sql.BEGIN_APPEND, timeout=timeout)
-                indexes, new_edge, current = await _append_locked(conn, batch, edge, timeout)
-                await conn.execute(sql.COMMIT, timeout=timeout)
-            except BaseException:
-                # Whatever failed (a timeout mid-statement, a cancelled task, a broken
-                # socket), the session is in an unknown state: drop it. The server rolls
-                # the transaction back and frees the tree lock at once, and the pool
-                # (which may not reset connections on release) never hands out a
-                # connection with a transaction still open.
-                conn.terminate()
-                raise
-        self._edge = new_edge
-        # Back to the fast path once this process finds itself the last writer again
-        # (or, at its first append, optimistically).
+                        self._committed(batch, built)
+                        return
+                    # Another process appended (or the batch before this one failed):
+                    # nothing was written. Take the locked path on this connection.
+                    self._fast = False
+                    self._tail = None
+                    await self._locked(conn, batch)
+                except BaseException:
+                    conn.terminate()
+                    raise
+        except Exception as exc:  # noqa: BLE001 - any failure fails these appends closed
+            self._failed_batch(batch, exc)
+        except asyncio.CancelledError as exc:
+            self._failed_batch(batch, exc)
+            raise
+
+    async def _run_locked(self, batch: list[_Waiting]) -> None:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                try:
+                    await self._locked(conn, batch)
+                except BaseException:
+                    conn.terminate()
+                    raise
+        except Exception as exc:  # noqa: BLE001 - any failure fails these appends closed
+            self._failed_batch(batch, exc)
+        except asyncio.CancelledError as exc:
+            self._failed_batch(batch, exc)
+            raise
+        finally:
+            self._locked_in_flight = False
+
+    async def _locked(self, conn: Connection, batch: list[_Waiting]) -> None:
+        """The locked path, on a clean connection. On any failure the caller drops the
+        connection: the server then rolls back and frees the tree lock at once, and
+        the pool (which may not reset connections on release) never hands out one
+        with a transaction still open."""
+        timeout = self._timeout
+        edge = self._edge
+        await conn.execute(sql.BEGIN_APPEND, timeout=timeout)
+        built, current = await _append_locked(conn, [w.prepared for w in batch], edge, timeout)
+        await conn.execute(sql.COMMIT, timeout=timeout)
+        self._committed(batch, built)
+        # Back to the one-statement path once this process finds itself the last writer
+        # again (or, at its first append, optimistically).
         self._fast = current or edge is None
-        return indexes
