@@ -18,8 +18,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from vault_service import __version__
+from vault_service.audit.checkpoints import CheckpointPublisher
+from vault_service.audit.log import AccessLog
+from vault_service.audit.proofs import AuditProofs
+from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder, RefusalRecorder
+from vault_service.audit.routes import AuditController
 from vault_service.auth.accounts import AccountGate
-from vault_service.auth.admin import AccountAdmin
 from vault_service.auth.guards import BearerAuthMiddleware, permission_guard
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
@@ -165,10 +169,25 @@ def create_app(settings: Settings) -> Litestar:
                 break_glass_minutes=settings.break_glass_minutes,
                 break_glass_daily_limit=settings.break_glass_daily_limit,
             )
-            state.account_admin = AccountAdmin(pool)
+            access_log = AccessLog(pool)
+            await access_log.start()
+            state.access_log = access_log
+            state.recorder = AccessRecorder(
+                access_log, await keys.derived_key(False, FINGERPRINT_LABEL)
+            )
+            state.audit_proofs = AuditProofs(pool, kms, settings.audit_origin)
+            publisher = CheckpointPublisher(
+                pool, kms, settings.audit_origin, settings.checkpoint_interval_seconds
+            )
+            await publisher.start()
+            state.checkpoints = publisher
             log.info("service_started", version=__version__)
             yield
         finally:
+            if "publisher" in locals():
+                await publisher.stop()
+            if "access_log" in locals():
+                await access_log.stop()
             if "refresher" in locals():
                 refresher.cancel()
             await gate.stop()
@@ -196,10 +215,11 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     return Litestar(
-        route_handlers=[RecordsController, jwks, live, ready],
+        route_handlers=[RecordsController, AuditController, jwks, live, ready],
         lifespan=[lifespan],
         middleware=[
             DefineMiddleware(TelemetryMiddleware),
+            DefineMiddleware(RefusalRecorder),
             DefineMiddleware(BearerAuthMiddleware, exclude_from_auth_key="exclude_from_auth"),
         ],
         guards=[permission_guard],

@@ -83,6 +83,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     new_account_restriction_hours: Annotated[float, msgspec.Meta(ge=0, le=720)] = 24.0
     break_glass_minutes: Annotated[int, msgspec.Meta(ge=1, le=240)] = 30
     break_glass_daily_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    # Access log: the checkpoint origin line (C2SP tlog-checkpoint) and cadence.
+    audit_origin: Annotated[
+        str, msgspec.Meta(pattern=r"^[a-z0-9.-]{1,100}/[a-z0-9./-]{1,100}$")
+    ] = "vault-service.example/access-log"
+    checkpoint_interval_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 5.0
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

@@ -33,7 +33,7 @@ from vault_service.audit.merkle import leaf_hash, root_from_leaf_hashes
 from vault_service.audit.note import parse_checkpoint, verify_note
 from vault_service.audit.proofs import AuditProofs, load_key_set
 from vault_service.audit.retention import prune
-from vault_service.errors import AuditUnavailable, InvalidParameter
+from vault_service.errors import AuditUnavailable, ConfigurationError, InvalidParameter
 from vault_service.kms import CHECKPOINT_KEY, VaultKms
 
 pytestmark = pytest.mark.integration
@@ -148,9 +148,11 @@ async def test_concurrent_appends_batch_into_one_consistent_tree(db: AuditDb, ac
 
 
 async def test_two_sequencers_in_one_process_take_turns(db: AuditDb, pool) -> None:
-    """The one-statement path is taken only while a sequencer was the last to append;
-    when another one appended meanwhile, the statement writes nothing and the locked
-    path takes over. Either way: one tree."""
+    """The one-statement path is taken only while a sequencer was the last to append,
+    and a batch laid out on top of one still in flight is written only if the head it
+    was laid out on is still the head, size AND root: another sequencer may well have
+    appended exactly as many entries meanwhile (this test found that). Otherwise the
+    statement writes nothing and the locked path takes over. Either way: one tree."""
     first, second = AccessLog(pool, max_batch=16), AccessLog(pool, max_batch=16)
     await first.start()
     await second.start()
@@ -159,10 +161,11 @@ async def test_two_sequencers_in_one_process_take_turns(db: AuditDb, pool) -> No
             await log.append(event())
             await log.append(event())
         assert first.fast_batches >= 1 and second.fast_batches >= 1
-        results = await asyncio.gather(
-            *(log.append(event()) for _ in range(300) for log in (first, second))
-        )
-        assert len(set(results)) == 600
+        for _ in range(5):
+            results = await asyncio.gather(
+                *(log.append(event()) for _ in range(300) for log in (first, second))
+            )
+            assert len(set(results)) == 600
         assert first.batches - first.fast_batches >= 2  # it lost the head at least once
     finally:
         await first.stop()
@@ -242,6 +245,15 @@ async def test_append_before_start_or_after_stop_fails_closed(pool) -> None:
     await log.stop()
     with pytest.raises(AuditUnavailable):
         await log.append(event())
+
+
+async def test_refuses_to_start_without_durable_commits(db: AuditDb) -> None:
+    pool = await db.pool(server_settings={"synchronous_commit": "off"})
+    try:
+        with pytest.raises(ConfigurationError):
+            await AccessLog(pool).start()
+    finally:
+        await pool.close()
 
 
 # --- several processes, one tree --------------------------------------------------------------

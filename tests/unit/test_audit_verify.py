@@ -438,3 +438,61 @@ def test_unreadable_inputs_exit_2(log: SyntheticLog, content: bytes, capsys) -> 
     assert verify.main(["--keys", str(bad), "--checkpoint", str(checkpoint)]) == 2
     missing = log.dir / "missing.txt"
     assert verify.main(["--keys", str(keys), "--checkpoint", str(missing)]) == 2
+
+
+# --- the entry format as published in schemas/ ----------------------------------------------
+def test_entry_bodies_match_the_published_schema() -> None:
+    import json
+
+    import jsonschema
+
+    from vault_service.audit.log import EntryBody
+
+    schema_path = Path(__file__).resolve().parents[2] / "schemas" / "access_log_entry.schema.json"
+    schema = json.loads(schema_path.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert list(schema["x-member-order"]) == list(EntryBody.__struct_fields__)
+    assert set(schema["required"]) == set(EntryBody.__struct_fields__)
+    validator = jsonschema.Draft202012Validator(schema)
+    for event in (
+        AccessEvent(action="record.read", outcome="allowed", actor_id=uuid.uuid4(),
+                    role="counsellor", structure_id=uuid.uuid4(), record_ids=(uuid.uuid4(),),
+                    fields=("birth_name", "addresses[].city"), purpose="follow_up",
+                    purpose_detail="rendez-vous du 12/03", request_id="abcdefgh-1234",
+                    token_jti=uuid.uuid4(), client_fingerprint="sha256:abcdef0123"),
+        AccessEvent(action="record.search", outcome="refused", actor_id=None, role=None,
+                    structure_id=None, refusal_code="budget_exceeded",
+                    criteria=("birth_name", "birth_date")),
+    ):  # fmt: skip
+        body = json.loads(_prepare(event, 1_700_000_000_123_456).body)
+        validator.validate(body)
+        assert list(body) == schema["x-member-order"]
+        assert body["at"] == "2023-11-14T22:13:20.123456Z"
+
+
+def test_parallel_and_serial_checks_agree(log: SyntheticLog) -> None:
+    log.keys()
+    assert run(log, log.checkpoint("c1.txt"), state=True).passed
+    log.append(500)
+    entry = log.entries[1234]
+    log.entries[1234] = BundleEntry(
+        index=1234,
+        leaf=entry.leaf,
+        salt=entry.salt,
+        body=msgspec.Raw(bytes(entry.body).replace(b"record.read", b"record.open")),
+    )
+    checkpoint = log.checkpoint("c2.txt")
+    bundles = [log.bundle(f"b{i}.json", i, min(i + 400, 1500)) for i in range(0, 1500, 400)]
+    serial = run(log, checkpoint, state=True, bundles=bundles)
+    parallel = verify.run(
+        keys=log.dir / "keys.json",
+        checkpoint=checkpoint,
+        state=log.dir / "state.json",
+        bundles=bundles,
+        jobs=2,
+    )
+    assert serial.failures == parallel.failures
+    assert serial.ok == parallel.ok
+    assert any("TAMPERED: entry 1234" in f for f in parallel.failures)
+    # The bundle [800, 1200) spans the saved size 1000 and links it.
+    assert not any(f.startswith("UNLINKED") for f in parallel.failures)

@@ -89,6 +89,9 @@ class CheckpointPublisher:
         self._leader: PoolConnectionProxy | None = None
         self._keys: SigningKeySet | None = None
         self._keys_at = 0.0
+        # One publication at a time: the leader's connection serves one query at once,
+        # and a tool calling publish_once must not interleave with the schedule.
+        self._publishing = asyncio.Lock()
 
     @property
     def origin(self) -> str:
@@ -142,7 +145,8 @@ class CheckpointPublisher:
         return True
 
     async def _resign(self) -> None:
-        conn, self._leader = self._leader, None
+        async with self._publishing:
+            conn, self._leader = self._leader, None
         if conn is None:
             return
         try:
@@ -168,7 +172,10 @@ class CheckpointPublisher:
                 # Most likely the leader connection is gone: give up leadership (the
                 # session lock dies with it) and compete again next round.
                 log.warning("checkpoint_round_failed", error_type=type(exc).__name__)
-                await self._resign()
+                try:
+                    await self._resign()
+                except Exception as resign_exc:  # noqa: BLE001 - keep the loop alive
+                    log.warning("checkpoint_resign_failed", error_type=type(resign_exc).__name__)
             await asyncio.sleep(self._interval)
 
     # --- publishing ----------------------------------------------------------------
@@ -177,10 +184,11 @@ class CheckpointPublisher:
         new note, or None if there was nothing to publish. Leaders call it on their
         schedule; tests and tools may call it directly (the table's key on size keeps
         two concurrent callers from storing two checkpoints of one size)."""
-        if self._leader is not None:
-            return await self._publish(self._leader)
-        async with self._pool.acquire() as conn:
-            return await self._publish(conn)
+        async with self._publishing:
+            if self._leader is not None:
+                return await self._publish(self._leader)
+            async with self._pool.acquire() as conn:
+                return await self._publish(conn)
 
     def _refuse(self, reason: str) -> CheckpointRefused:
         _refused.add(1, {"reason": reason})

@@ -15,11 +15,11 @@ be pruned at the end of its retention while the tree stays verifiable, and so th
 the hash left behind cannot be used to confirm a guess ("did account A read record R
 at time T?"): bodies are low-entropy, the 32-byte salt is not.
 
-Sequencing: `append` waits until its entry is committed. A single writer task per
-process takes everything queued (up to `max_batch`) and appends it in one
-transaction that locks the one tree-state row, so any number of processes on one
-database produce one tree without gap or duplicate. There is no wait timer: while
-one batch commits, the next accumulates.
+Sequencing: `append` waits until its entry is committed. One writer task per process
+takes everything queued (up to `max_batch`) and appends it in one transaction that
+locks the one tree-state row, so any number of processes on one database produce one
+tree without gap or duplicate. There is no wait timer: while one batch commits, the
+next accumulates (and is already sent, see `AccessLog`).
 """
 
 from __future__ import annotations
@@ -335,10 +335,12 @@ class _DictStore:
 
 @dataclass(slots=True)
 class _Edge:
-    """Right-edge tiles after the last commit of this process: when no other process
-    appended in between (the locked size matches), the sequencer needs no tile read."""
+    """A tree head (size and root) with its right-edge tiles: what a batch is laid
+    out on. Size and root together name the tree; the size alone does not (another
+    process may have appended as many entries as a batch still in flight)."""
 
     size: int
+    root: bytes
     tiles: dict[tuple[int, int], bytes]
 
 
@@ -363,9 +365,10 @@ class _Built:
     edge: _Edge
 
 
-def _build(batch: Sequence[_Prepared], size: int, tiles: Mapping[tuple[int, int], bytes]) -> _Built:
-    """Leaves, tiles and new head of `batch` appended to the tree of `size` leaves whose
-    right edge is `tiles`. Pure: nothing is locked or written."""
+def _build(batch: Sequence[_Prepared], base: _Edge) -> _Built:
+    """Leaves, tiles and new head of `batch` appended to the tree `base`. Pure: nothing
+    is locked or written."""
+    size, tiles = base.size, base.tiles
     indexes = list(range(size, size + len(batch)))
     leaves = [encode_leaf(i, p.at_us, p.body_hash) for i, p in zip(indexes, batch, strict=True)]
     hashes = [leaf_hash(leaf) for leaf in leaves]
@@ -387,8 +390,10 @@ def _build(batch: Sequence[_Prepared], size: int, tiles: Mapping[tuple[int, int]
         result.size,
         result.root,
         size,
+        base.root,
     )
-    return _Built(size, indexes, args, _Edge(result.size, {key: merged[key] for key in keys}))
+    edge = _Edge(result.size, result.root, {key: merged[key] for key in keys})
+    return _Built(size, indexes, args, edge)
 
 
 async def _write(conn: Connection, built: _Built, wait: float | None) -> bool:
@@ -411,13 +416,13 @@ async def _append_locked(
     row = await conn.fetchrow(sql.LOCK_TREE, timeout=wait)
     if row is None:
         raise TileError("the access-log tree state row is missing")
-    size = int(row["size"])
-    current = edge is not None and edge.size == size
-    if edge is not None and current:
-        tiles = edge.tiles
+    size, root = int(row["size"]), bytes(row["root"])
+    if edge is not None and edge.size == size and edge.root == root:
+        base, current = edge, True
     else:
-        tiles = await _fetch_tiles(conn, _edge_keys(size), wait)
-    built = _build(batch, size, tiles)
+        base = _Edge(size, root, await _fetch_tiles(conn, _edge_keys(size), wait))
+        current = False
+    built = _build(batch, base)
     if not await _write(conn, built, wait):
         # Impossible while we hold the row lock; if it happens, the tree is not ours.
         raise TileError("the access-log tree state changed under its lock")
@@ -450,6 +455,11 @@ class _Waiting:
 
 
 _SPLIT_MIN: Final = 16
+
+
+@dataclass(slots=True)
+class _Flight:
+    landed: bool = False
 
 
 class AccessLog:
@@ -507,6 +517,7 @@ class AccessLog:
         self._edge: _Edge | None = None
         self._fast = True
         self._tail: _Edge | None = None
+        self._in_flight = 0  # batches sent and not yet answered by the database
         self._locked_in_flight = False
         self.batches = 0
         """Transactions committed by this process (tests and metrics)."""
@@ -588,46 +599,50 @@ class AccessLog:
     async def _writer(self) -> None:
         while True:
             self._launch()
-            if self._stopping and not self._queue and not self._batches:
+            if self._stopping and not self._queue and not self._in_flight:
+                await asyncio.gather(*self._batches)
                 return
             self._wakeup.clear()
             await self._wakeup.wait()
 
     def _launch(self) -> None:
-        while self._queue and len(self._batches) < self._depth and not self._locked_in_flight:
-            if self._batches:
+        while self._queue and self._in_flight < self._depth and not self._locked_in_flight:
+            if self._in_flight:
                 base = self._tail
                 if base is None:
-                    return  # a batch in flight went astray: let them all finish first
+                    return  # a batch in flight went astray: let them all land first
             else:
                 base = self._edge if self._fast else None
             if base is None:
                 batch = self._take(self._max_batch)
                 self._locked_in_flight = True
-                self._spawn(self._run_locked(batch))
+                self._spawn(self._run_locked(batch, _Flight()))
                 return
             limit = self._max_batch
-            if not self._batches and self._depth > 1 and self._queued >= 2 * _SPLIT_MIN:
+            if not self._in_flight and self._depth > 1 and self._queued >= 2 * _SPLIT_MIN:
                 limit = min(limit, -(-self._queued // 2))
             batch = self._take(limit)
             try:
-                built = _build([w.prepared for w in batch], base.size, base.tiles)
+                built = _build([w.prepared for w in batch], base)
             except Exception as exc:  # noqa: BLE001 - a layout failure fails this batch closed
                 self._failed_batch(batch, exc)
                 continue
             self._tail = built.edge
-            self._spawn(self._run_fast(batch, built))
+            self._spawn(self._run_fast(batch, built, _Flight()))
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        self._in_flight += 1
         task = asyncio.create_task(work)
         self._batches.add(task)
-        task.add_done_callback(self._batch_done)
+        task.add_done_callback(self._batches.discard)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._batches.discard(task)
-        if not self._batches:
-            self._tail = None
-        self._wakeup.set()
+    def _land(self, flight: _Flight) -> None:
+        """The database answered (or the batch failed): the writer may send the next
+        batch now, without waiting for the connection to go back to the pool."""
+        if not flight.landed:
+            flight.landed = True
+            self._in_flight -= 1
+            self._wakeup.set()
 
     def _committed(self, batch: Sequence[_Waiting], built: _Built) -> None:
         if self._edge is None or built.edge.size > self._edge.size:
@@ -650,7 +665,7 @@ class AccessLog:
             if not waiting.future.done():
                 waiting.future.set_exception(AuditUnavailable())
 
-    async def _run_fast(self, batch: list[_Waiting], built: _Built) -> None:
+    async def _run_fast(self, batch: list[_Waiting], built: _Built, flight: _Flight) -> None:
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 try:
@@ -666,13 +681,17 @@ class AccessLog:
                 except BaseException:
                     conn.terminate()
                     raise
+                finally:
+                    self._land(flight)
         except Exception as exc:  # noqa: BLE001 - any failure fails these appends closed
             self._failed_batch(batch, exc)
         except asyncio.CancelledError as exc:
             self._failed_batch(batch, exc)
             raise
+        finally:
+            self._land(flight)
 
-    async def _run_locked(self, batch: list[_Waiting]) -> None:
+    async def _run_locked(self, batch: list[_Waiting], flight: _Flight) -> None:
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 try:
@@ -680,6 +699,9 @@ class AccessLog:
                 except BaseException:
                     conn.terminate()
                     raise
+                finally:
+                    self._locked_in_flight = False
+                    self._land(flight)
         except Exception as exc:  # noqa: BLE001 - any failure fails these appends closed
             self._failed_batch(batch, exc)
         except asyncio.CancelledError as exc:
@@ -687,6 +709,7 @@ class AccessLog:
             raise
         finally:
             self._locked_in_flight = False
+            self._land(flight)
 
     async def _locked(self, conn: Connection, batch: list[_Waiting]) -> None:
         """The locked path, on a clean connection. On any failure the caller drops the

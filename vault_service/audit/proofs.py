@@ -2,10 +2,10 @@
 
 Proofs are computed from tiles (vault_service.audit.tiles): a proof needs O(log n)
 complete-subtree hashes, which live in at most two tiles per 8 tree levels. The pure
-proof code reads tiles synchronously, so each request runs it twice: once against
-a stand-in store that only records which tiles it asks for, then, after one query
-fetches exactly those tiles, for real. One database round trip per proof, whatever
-the tree size.
+proof code reads nodes synchronously, so each request runs it twice: once against a
+stand-in reader that only records which tiles the nodes live in, then, after one
+query fetches exactly those tiles, for real. One database round trip for the tiles
+of a proof, whatever the tree size.
 
 Everything served here is checkable offline by vault_service.audit.verify against a
 signed checkpoint; nothing here needs to be trusted.
@@ -18,6 +18,7 @@ import binascii
 import csv
 import datetime
 import io
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from vault_service.audit.note import (
     verifier_key_string,
     verifier_map,
 )
-from vault_service.audit.tiles import TileReader, tile_width
+from vault_service.audit.tiles import TILE_HEIGHT, TILE_WIDTH, TileReader
 from vault_service.audit.verify import (
     BUNDLE_FORMAT,
     CONSISTENCY_FORMAT,
@@ -67,6 +68,7 @@ __all__ = [
 ]
 
 DEFAULT_ORIGIN: Final = "vault-service.example/access-log"
+_KEYS_CACHE_SECONDS: Final = 60.0
 Connection = asyncpg.Connection | PoolConnectionProxy
 _T = TypeVar("_T")
 _NULL_BODY: Final = msgspec.Raw(b"null")
@@ -74,20 +76,18 @@ _json = msgspec.json.Decoder()
 
 
 # --- tiles from the database -------------------------------------------------------------
-class _PlanningStore:
-    """Answers every tile of the tree of `size` leaves with zeros of the right width,
-    and remembers which were asked for."""
+class _PlanningReader:
+    """A NodeReader that answers every node with zeros and remembers which tile each
+    node lives in: proof code run against it names the tiles it needs, without
+    hashing anything."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    def __init__(self) -> None:
         self.wanted: set[tuple[int, int]] = set()
 
-    def get(self, level: int, index: int) -> bytes | None:
-        width = tile_width(level, index, self._size)
-        if width == 0:
-            return None
-        self.wanted.add((level, index))
-        return bytes(32 * width)
+    def node(self, level: int, index: int) -> bytes:
+        tile_level, height = divmod(level, TILE_HEIGHT)
+        self.wanted.add((tile_level, (index << height) // TILE_WIDTH))
+        return bytes(32)
 
 
 class _DictStore:
@@ -105,9 +105,12 @@ class TileFetcher:
         self._conn = conn
         self._tiles: dict[tuple[int, int], bytes] = {}
 
-    async def compute(self, size: int, fn: Callable[[NodeReader], _T]) -> _T:
-        planner = _PlanningStore(size)
-        fn(TileReader(planner))
+    async def compute(self, fn: Callable[[NodeReader], _T]) -> _T:
+        """`fn` over the stored tiles. `fn` must only ask for complete subtrees of the
+        tree it works on (the proof functions do); stored rows may be wider than that
+        tree needs, which is harmless because a stored hash never changes."""
+        planner = _PlanningReader()
+        fn(planner)
         missing = sorted(planner.wanted - self._tiles.keys())
         if missing:
             rows = await self._conn.fetch(
@@ -118,11 +121,11 @@ class TileFetcher:
         return fn(TileReader(_DictStore(self._tiles)))
 
     async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        return await self.compute(size2, lambda r: consistency_proof(size1, size2, r))
+        return await self.compute(lambda r: consistency_proof(size1, size2, r))
 
 
 async def tree_root_from_tiles(fetcher: TileFetcher, size: int) -> bytes:
-    return await fetcher.compute(size, lambda r: root(size, r))
+    return await fetcher.compute(lambda r: root(size, r))
 
 
 # --- checkpoint keys ----------------------------------------------------------------------
@@ -271,6 +274,7 @@ class AuditProofs:
         format_checkpoint(origin, 0, bytes(32))  # an origin that cannot be a key name fails here
         self._pool = pool
         self._kms = kms
+        self._keys: tuple[float, KeysFile] | None = None
         self.origin = origin
         self.events_page_max = events_page_max
         self.report_page_max = report_page_max
@@ -293,15 +297,22 @@ class AuditProofs:
         return int(row["size"]), str(row["note"])
 
     async def keys(self) -> KeysFile:
+        """Verifier keys of every live version, read from Vault at most once a minute."""
         if self._kms is None:
             raise ConfigurationError("the audit service has no key service")
-        keys = await load_key_set(self._kms, self.origin)
-        return KeysFile(
-            format=KEYS_FORMAT,
-            origin=self.origin,
-            latest_version=keys.latest_version,
-            keys=keys.verifier_keys(),
-        )
+        now = time.monotonic()
+        if self._keys is None or now - self._keys[0] > _KEYS_CACHE_SECONDS:
+            keys = await load_key_set(self._kms, self.origin)
+            self._keys = (
+                now,
+                KeysFile(
+                    format=KEYS_FORMAT,
+                    origin=self.origin,
+                    latest_version=keys.latest_version,
+                    keys=keys.verifier_keys(),
+                ),
+            )
+        return self._keys[1]
 
     async def _resolve_size(self, conn: Connection, size: int | None) -> int:
         """`size` if the tree has reached it, else 400; no size: the latest checkpoint's
@@ -334,9 +345,7 @@ class AuditProofs:
                 raise InvalidParameter("index must be smaller than size")
             if row["leaf"] is None:
                 raise NotFound("no entry with this index")
-            proof = await TileFetcher(conn).compute(
-                tree_size, lambda r: inclusion_proof(index, tree_size, r)
-            )
+            proof = await TileFetcher(conn).compute(lambda r: inclusion_proof(index, tree_size, r))
         return InclusionProofFile(
             format=INCLUSION_FORMAT,
             origin=self.origin,
@@ -373,7 +382,7 @@ class AuditProofs:
             positions = frontier_positions(start)
             fetcher = TileFetcher(conn)
             frontier = await fetcher.compute(
-                tree_size, lambda r: [r.node(level, index) for level, index in positions]
+                lambda r: [r.node(level, index) for level, index in positions]
             )
             path = await fetcher.consistency_proof(stop, tree_size) if 0 < stop < tree_size else []
             rows = await conn.fetch(sql.SELECT_ENTRY_RANGE, start, stop)

@@ -29,18 +29,23 @@ JOIN unnest($1::smallint[], $2::bigint[]) AS k (level, idx)
 """
 
 # Every write of a batch in one statement, and on the fast path the whole transaction:
-# it locks the head itself and writes only if the size is the one the batch was built
-# for ($11). A process that was the last to append (it remembers the head) thus appends
-# in one round trip; if another process appended meanwhile, nothing is written, the row
-# count is 0, and the sequencer takes the locked path. Under READ COMMITTED the locking
-# CTE waits for a concurrent append and then sees its size, and the final UPDATE
-# re-checks the locked row: there is no interleaving in which entries are written
-# under a stale size. `at` is read from the body, the one source of truth.
+# it locks the head itself and writes only if the head is the one the batch was built
+# on (size $11 and root $12: the size alone is not enough, another process may have
+# appended exactly as many entries as a batch of ours still in flight). A process that
+# was the last to append (it remembers the head) thus appends in one round trip; if
+# another process appended meanwhile, nothing is written, the row count is 0, and the
+# sequencer takes the locked path.
+# Under READ COMMITTED the statement's snapshot may predate the append it waited for
+# (that is the pipelined case: this batch was laid out on top of one still in flight).
+# So the head is checked only on the row as locked by `head` (FOR UPDATE returns its
+# latest version), never by the UPDATE's own WHERE, which would see the snapshot's
+# version; the UPDATE re-reads the locked row by id. `at` is read from the body, the
+# one source of truth.
 APPEND_BATCH: Final = """
 WITH head AS (
-    SELECT size FROM audit_tree_state WHERE id = 1 FOR UPDATE
+    SELECT size, root FROM audit_tree_state WHERE id = 1 FOR UPDATE
 ), expected AS (
-    SELECT 1 FROM head WHERE head.size = $11
+    SELECT 1 FROM head WHERE head.size = $11 AND head.root = $12
 ), entries AS (
     INSERT INTO audit_entries (idx, leaf, leaf_hash)
     SELECT u.idx, u.leaf, u.leaf_hash
@@ -60,7 +65,7 @@ WITH head AS (
 )
 UPDATE audit_tree_state s SET size = $9, root = $10, updated_at = now()
 FROM expected
-WHERE s.id = 1 AND s.size = $11
+WHERE s.id = 1
 """
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -103,8 +108,12 @@ ORDER BY e.idx
 # One constant per leading filter so that each gets a plan on its own index; the other
 # filters are optional ($n IS NULL OR ...). Ids are compared as canonical text, which
 # is how bodies hold them. Pages are ordered by leaf index.
-_EVENT_COLUMNS: Final = "b.idx, b.body::text AS body"
-_EVENT_FILTERS: Final = """
+# The same optional filters in each; spelled out rather than assembled, so that each
+# constant reads as the statement PostgreSQL gets.
+EVENTS_BY_RECORD: Final = """
+SELECT b.idx, b.body::text AS body
+FROM audit_bodies b
+WHERE b.body -> 'record_ids' @> jsonb_build_array($1::text)
   AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
   AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
   AND ($3::text IS NULL OR b.body ->> 'action' = $3)
@@ -114,22 +123,45 @@ _EVENT_FILTERS: Final = """
 ORDER BY b.idx
 LIMIT $7
 """
-EVENTS_BY_RECORD: Final = (
-    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE b.body -> 'record_ids' @> jsonb_build_array($1::text) {_EVENT_FILTERS}"
-)
-EVENTS_BY_ACTOR: Final = (
-    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE b.body ->> 'actor_id' = $2 {_EVENT_FILTERS}"
-)
-EVENTS_BY_ACTION: Final = (
-    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE b.body ->> 'action' = $3 {_EVENT_FILTERS}"
-)
-EVENTS_ALL: Final = (
-    f"SELECT {_EVENT_COLUMNS} FROM audit_bodies b "  # noqa: S608 - constants only
-    f"WHERE true {_EVENT_FILTERS}"
-)
+EVENTS_BY_ACTOR: Final = """
+SELECT b.idx, b.body::text AS body
+FROM audit_bodies b
+WHERE b.body ->> 'actor_id' = $2
+  AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
+  AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
+  AND ($3::text IS NULL OR b.body ->> 'action' = $3)
+  AND ($4::timestamptz IS NULL OR b.at >= $4)
+  AND ($5::timestamptz IS NULL OR b.at < $5)
+  AND b.idx > $6
+ORDER BY b.idx
+LIMIT $7
+"""
+EVENTS_BY_ACTION: Final = """
+SELECT b.idx, b.body::text AS body
+FROM audit_bodies b
+WHERE b.body ->> 'action' = $3
+  AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
+  AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
+  AND ($3::text IS NULL OR b.body ->> 'action' = $3)
+  AND ($4::timestamptz IS NULL OR b.at >= $4)
+  AND ($5::timestamptz IS NULL OR b.at < $5)
+  AND b.idx > $6
+ORDER BY b.idx
+LIMIT $7
+"""
+EVENTS_ALL: Final = """
+SELECT b.idx, b.body::text AS body
+FROM audit_bodies b
+WHERE true
+  AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
+  AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
+  AND ($3::text IS NULL OR b.body ->> 'action' = $3)
+  AND ($4::timestamptz IS NULL OR b.at >= $4)
+  AND ($5::timestamptz IS NULL OR b.at < $5)
+  AND b.idx > $6
+ORDER BY b.idx
+LIMIT $7
+"""
 
 # Every record that an actor was given in a window: allowed entries only (a refusal
 # returned nothing), every action that names records, aggregated per record.

@@ -26,7 +26,14 @@ from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter
 
 JSON: Final = "application/json"
-_OPT: Final = {"permission": Permission.AUDIT_READ, "data": True}
+
+
+def _opt(action: str) -> dict[str, object]:
+    # `action` names the route in the log, for refusals too (audit.recording's
+    # RefusalRecorder reads it from the handler's opt when a request is refused).
+    return {"permission": Permission.AUDIT_READ, "data": True, "action": action}
+
+
 _ACTION = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}$")
 _MAX_PARAM = 64
 _encoder = msgspec.json.Encoder()
@@ -105,6 +112,12 @@ async def _log(
     params: Mapping[str, str],
     record_ids: tuple[uuid.UUID, ...] = (),
 ) -> None:
+    recorder = getattr(request.app.state, "recorder", None)
+    criteria = tuple(sorted(params))
+    if recorder is not None:
+        # The service's recorder adds what only it knows (the client fingerprint key).
+        await recorder.allowed(request, action, record_ids=record_ids, criteria=criteria)
+        return
     principal = request.user
     purpose = getattr(request.state, "purpose", None)
     access_log: AccessLog = request.app.state.access_log
@@ -121,7 +134,7 @@ async def _log(
             request_id=request.scope.get("state", {}).get("request_id"),
             token_jti=principal.jti,
             # Names only: the values (ids, times) are in the request, not worth a copy.
-            criteria=tuple(sorted(params)),
+            criteria=criteria,
         )
     )
 
@@ -140,7 +153,11 @@ class AuditController(Controller):
     path = "/v1/audit"
     tags: Final = ["audit"]  # type: ignore[misc]
 
-    @get("/events", opt=_OPT, summary="Access-log entries by record, actor, action and time")
+    @get(
+        "/events",
+        opt=_opt("audit.events"),
+        summary="Access-log entries by record, actor, action and time",
+    )
     async def events(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, _EVENTS)
         action = params.get("action")
@@ -163,21 +180,33 @@ class AuditController(Controller):
         await _log(request, "audit.events", params, (record_id,) if record_id else ())
         return _json(page)
 
-    @get("/checkpoint", opt=_OPT, summary="Latest signed checkpoint (C2SP signed note)")
+    @get(
+        "/checkpoint",
+        opt=_opt("audit.checkpoint"),
+        summary="Latest signed checkpoint (C2SP signed note)",
+    )
     async def checkpoint(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"size"}))
         _, note = await _proofs(request).checkpoint(_int(params, "size"))
         await _log(request, "audit.checkpoint", params)
         return Response(note.encode("utf-8"), media_type="text/plain; charset=utf-8")
 
-    @get("/keys", opt=_OPT, summary="Verifier keys of every live checkpoint key version")
+    @get(
+        "/keys",
+        opt=_opt("audit.keys"),
+        summary="Verifier keys of every live checkpoint key version",
+    )
     async def keys(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset())
         keys = await _proofs(request).keys()
         await _log(request, "audit.keys", params)
         return _json(keys)
 
-    @get("/proofs/inclusion", opt=_OPT, summary="Inclusion proof of one entry")
+    @get(
+        "/proofs/inclusion",
+        opt=_opt("audit.proof"),
+        summary="Inclusion proof of one entry",
+    )
     async def inclusion(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"index", "size"}))
         proof = await _proofs(request).inclusion(
@@ -186,7 +215,11 @@ class AuditController(Controller):
         await _log(request, "audit.proof", params)
         return _json(proof)
 
-    @get("/proofs/consistency", opt=_OPT, summary="Consistency proof between two tree sizes")
+    @get(
+        "/proofs/consistency",
+        opt=_opt("audit.proof"),
+        summary="Consistency proof between two tree sizes",
+    )
     async def consistency(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"from", "to"}))
         proof = await _proofs(request).consistency(
@@ -195,7 +228,11 @@ class AuditController(Controller):
         await _log(request, "audit.proof", params)
         return _json(proof)
 
-    @get("/bundles", opt=_OPT, summary="Entries of a range with what rebuilds the signed root")
+    @get(
+        "/bundles",
+        opt=_opt("audit.bundle"),
+        summary="Entries of a range with what rebuilds the signed root",
+    )
     async def bundles(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"start", "end", "size"}))
         bundle = await _proofs(request).bundle(
@@ -206,7 +243,7 @@ class AuditController(Controller):
 
     @get(
         "/reports/breach-impact",
-        opt=_OPT,
+        opt=_opt("audit.breach_impact"),
         summary="Every record and field an actor was given in a window (JSON or CSV)",
     )
     async def breach_impact(self, request: Request[Principal, Any, Any]) -> Response[Any]:
@@ -238,7 +275,7 @@ class AuditController(Controller):
 
     @get(
         "/reports/subject/{record_id:str}",
-        opt=_OPT,
+        opt=_opt("audit.subject"),
         summary="Who accessed one youth's record, when and why",
     )
     async def subject(

@@ -29,10 +29,13 @@ import argparse
 import hashlib
 import hmac
 import os
+import struct
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -68,12 +71,14 @@ __all__ = [
     "STATE_FORMAT",
     "Bundle",
     "BundleEntry",
+    "BundleOutcome",
     "CompactRange",
     "ConsistencyProofFile",
     "InclusionProofFile",
     "KeysFile",
     "Report",
     "VerifierState",
+    "check_bundle",
     "frontier_positions",
     "main",
     "run",
@@ -90,6 +95,7 @@ _MAX_REPORTED: Final = 20  # per bundle: enough to locate tampering, not a flood
 _NULL: Final = b"null"
 _sha256 = hashlib.sha256
 _T = TypeVar("_T")
+_LEAF_HEAD = struct.Struct(">BQ")  # version 1, index: the first 9 bytes of a leaf
 
 
 # --- file formats (the auditor API serves exactly these) ---------------------------------
@@ -288,6 +294,139 @@ def _body_matches(salt: bytes | None, body: msgspec.Raw, committed: bytes) -> bo
     return canonical != raw and hmac.compare_digest(_sha256(salt + canonical).digest(), committed)
 
 
+@dataclass
+class BundleOutcome:
+    """What checking one bundle found; merged into the report by the caller (possibly
+    in another process, hence plain data)."""
+
+    ok: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    links_previous: bool = False
+
+
+def check_bundle(
+    name: str,
+    bundle: Bundle,
+    origin: str,
+    roots: dict[int, bytes],
+    previous: tuple[int, bytes] | None,
+) -> BundleOutcome:
+    """Check one bundle against the verified roots (`roots`: size -> root) and, if it
+    spans it, against the previously verified tree (`previous`)."""
+    outcome = BundleOutcome()
+    fail = outcome.failures.append
+    if bundle.origin != origin:
+        fail(f"{name}: bundle of another log ({bundle.origin})")
+        return outcome
+    tree_root = roots.get(bundle.tree_size)
+    if tree_root is None:
+        fail(f"{name}: bundle for tree size {bundle.tree_size}, not a verified checkpoint")
+        return outcome
+    start, end, entries = bundle.start, bundle.end, bundle.entries
+    if not 0 <= start <= end <= bundle.tree_size or end - start != len(entries):
+        fail(f"{name}: bundle range [{start}, {end}) is malformed")
+        return outcome
+    try:
+        compact = CompactRange(start, bundle.frontier)
+    except MerkleError:
+        fail(f"{name}: bundle frontier is malformed")
+        return outcome
+
+    hashes, problems, pruned = _check_entries(name, start, entries, fail)
+
+    # The root at the previously verified size, if this bundle spans it: a rewrite of
+    # history before that size shows up here even without a consistency proof.
+    if previous is not None and start < previous[0] <= end:
+        split = previous[0] - start
+        compact.extend(hashes[:split])
+        hashes = hashes[split:]
+        if hmac.compare_digest(compact.root(), previous[1]):
+            outcome.links_previous = True
+        else:
+            fail(
+                f"INCONSISTENT: {name}: entries up to {previous[0]} no longer give the root "
+                "of the checkpoint verified earlier: history was rewritten"
+            )
+    compact.extend(hashes)
+    if not _rebuilds(compact.root(), end, bundle.tree_size, tree_root, bundle.consistency):
+        fail(
+            f"MISMATCH: {name}: entries [{start}, {end}) do not rebuild the signed root "
+            f"of tree size {bundle.tree_size}: entries were changed, removed or added"
+        )
+        return outcome
+    if problems == 0:
+        outcome.ok.append(
+            f"bundle [{start}, {end}) of tree {bundle.tree_size}: {len(entries)} entries "
+            f"verified ({pruned} with pruned bodies)"
+        )
+    return outcome
+
+
+def _check_entries(
+    name: str, start: int, entries: Sequence[BundleEntry], fail: Callable[[str], None]
+) -> tuple[list[bytes], int, int]:
+    """Check each entry against its leaf; returns the leaf hashes (of every entry, good
+    or bad, so that the root check still runs), problems and pruned bodies. This is
+    the verifier's hot loop: keep it flat."""
+    hashes: list[bytes] = []
+    append = hashes.append
+    problems = 0
+    pruned = 0
+    sha = _sha256
+    head = _LEAF_HEAD.pack
+    for expected, entry in enumerate(entries, start):
+        leaf = entry.leaf
+        salt = entry.salt
+        append(sha(b"\x00" + leaf).digest())
+        # The common case first, without a call: a version 1 leaf numbered as expected,
+        # whose salted body hashes to what it commits to. (Plain ==: every value here
+        # is public, there is no secret to time.)
+        if (
+            salt is not None
+            and entry.index == expected
+            and len(leaf) == LEAF_SIZE
+            and leaf[:9] == head(1, expected)
+        ):
+            digest = sha(salt)
+            digest.update(entry.body)
+            if digest.digest() == leaf[17:]:
+                continue
+        problem = None
+        if entry.index != expected:
+            problem = f"entry {expected}: numbered {entry.index}"
+        elif len(leaf) != LEAF_SIZE or leaf[0] != 1:
+            problem = f"entry {expected}: leaf is not a version 1 leaf"
+        elif int.from_bytes(leaf[1:9], "big") != expected:
+            problem = f"entry {expected}: leaf carries another index"
+        else:
+            matched = _body_matches(salt, entry.body, leaf[17:])
+            if matched is None:
+                pruned += 1
+            elif not matched:
+                problem = (
+                    f"TAMPERED: entry {expected}: body does not match the hash its leaf commits to"
+                )
+        if problem is not None:
+            problems += 1
+            if problems <= _MAX_REPORTED:
+                fail(f"{name}: {problem}")
+    if problems > _MAX_REPORTED:
+        fail(f"{name}: {problems - _MAX_REPORTED} more entries failed")
+    return hashes, problems, pruned
+
+
+def _check_bundle_file(
+    path: Path, origin: str, roots: dict[int, bytes], previous: tuple[int, bytes] | None
+) -> BundleOutcome | str:
+    """check_bundle on a file, for a worker process: an unreadable input comes back as
+    its message (exceptions do not travel well between processes)."""
+    try:
+        bundle = _decode(path, Bundle, BUNDLE_FORMAT)
+    except InputError as exc:
+        return str(exc)
+    return check_bundle(str(path), bundle, origin, roots, previous)
+
+
 class _Verifier:
     def __init__(self, report: Report, checkpoint: Checkpoint) -> None:
         self.report = report
@@ -340,104 +479,13 @@ class _Verifier:
             self.linked = True
 
     def bundle(self, name: str, bundle: Bundle) -> None:
-        fail = self.report.fail
-        if bundle.origin != self.checkpoint.origin:
-            fail(f"{name}: bundle of another log ({bundle.origin})")
-            return
-        tree_root = self.roots.get(bundle.tree_size)
-        if tree_root is None:
-            fail(f"{name}: bundle for tree size {bundle.tree_size}, not a verified checkpoint")
-            return
-        start, end, entries = bundle.start, bundle.end, bundle.entries
-        if not 0 <= start <= end <= bundle.tree_size or end - start != len(entries):
-            fail(f"{name}: bundle range [{start}, {end}) is malformed")
-            return
-        try:
-            compact = CompactRange(start, bundle.frontier)
-        except MerkleError:
-            fail(f"{name}: bundle frontier is malformed")
-            return
+        self.merge(check_bundle(name, bundle, self.checkpoint.origin, self.roots, self.previous))
 
-        hashes, problems, pruned = self._entries(name, start, entries)
-
-        # The root at the previously verified size, if this bundle spans it: a rewrite
-        # of history before that size shows up here even without a consistency proof.
-        if self.previous is not None and start < self.previous[0] <= end:
-            split = self.previous[0] - start
-            compact.extend(hashes[:split])
-            hashes = hashes[split:]
-            if hmac.compare_digest(compact.root(), self.previous[1]):
-                self._mark_linked(self.previous[0], self.checkpoint.size)
-            else:
-                fail(
-                    f"INCONSISTENT: {name}: entries up to {self.previous[0]} no longer give "
-                    "the root of the checkpoint verified earlier: history was rewritten"
-                )
-        compact.extend(hashes)
-        if not _rebuilds(compact.root(), end, bundle.tree_size, tree_root, bundle.consistency):
-            fail(
-                f"MISMATCH: {name}: entries [{start}, {end}) do not rebuild the signed root "
-                f"of tree size {bundle.tree_size}: entries were changed, removed or added"
-            )
-            return
-        if problems == 0:
-            self.report.ok.append(
-                f"bundle [{start}, {end}) of tree {bundle.tree_size}: {len(entries)} entries "
-                f"verified ({pruned} with pruned bodies)"
-            )
-
-    def _entries(
-        self, name: str, start: int, entries: Sequence[BundleEntry]
-    ) -> tuple[list[bytes], int, int]:
-        """Check each entry against its leaf; returns the leaf hashes (of every entry,
-        good or bad, so that the root check still runs), problems and pruned bodies.
-        This is the verifier's hot loop: keep it flat."""
-        hashes: list[bytes] = []
-        append = hashes.append
-        problems = 0
-        pruned = 0
-        sha = _sha256
-        for expected, entry in enumerate(entries, start):
-            leaf = entry.leaf
-            salt = entry.salt
-            append(sha(b"\x00" + leaf).digest())
-            # The common case first, without a call: a well-formed leaf numbered as
-            # expected, whose salted body hashes to what it commits to. (Plain ==:
-            # every value here is public, there is no secret to time.)
-            if (
-                salt is not None
-                and entry.index == expected
-                and len(leaf) == LEAF_SIZE
-                and leaf[0] == 1
-                and int.from_bytes(leaf[1:9], "big") == expected
-            ):
-                digest = sha(salt)
-                digest.update(entry.body)
-                if digest.digest() == leaf[17:]:
-                    continue
-            problem = None
-            if entry.index != expected:
-                problem = f"entry {expected}: numbered {entry.index}"
-            elif len(leaf) != LEAF_SIZE or leaf[0] != 1:
-                problem = f"entry {expected}: leaf is not a version 1 leaf"
-            elif int.from_bytes(leaf[1:9], "big") != expected:
-                problem = f"entry {expected}: leaf carries another index"
-            else:
-                matched = _body_matches(salt, entry.body, leaf[17:])
-                if matched is None:
-                    pruned += 1
-                elif not matched:
-                    problem = (
-                        f"TAMPERED: entry {expected}: body does not match the hash its leaf "
-                        "commits to"
-                    )
-            if problem is not None:
-                problems += 1
-                if problems <= _MAX_REPORTED:
-                    self.report.fail(f"{name}: {problem}")
-        if problems > _MAX_REPORTED:
-            self.report.fail(f"{name}: {problems - _MAX_REPORTED} more entries failed")
-        return hashes, problems, pruned
+    def merge(self, outcome: BundleOutcome) -> None:
+        self.report.ok.extend(outcome.ok)
+        self.report.failures.extend(outcome.failures)
+        if outcome.links_previous and self.previous is not None:
+            self._mark_linked(self.previous[0], self.checkpoint.size)
 
     def inclusion(self, name: str, proof: InclusionProofFile) -> None:
         fail = self.report.fail
@@ -532,9 +580,11 @@ def run(
     consistency: Sequence[Path] = (),
     bundles: Sequence[Path] = (),
     inclusions: Sequence[Path] = (),
+    jobs: int = 1,
 ) -> Report:
     """Verify; raises InputError for unreadable inputs. Updates `state` only when every
-    check passed and the new checkpoint is not older than the saved one."""
+    check passed and the new checkpoint is not older than the saved one. `jobs` > 1
+    checks bundles in that many processes (each bundle stands on its own)."""
     report = Report()
     verifiers = load_keys(keys)
     try:
@@ -560,8 +610,22 @@ def run(
 
     for path in consistency:
         verifier.consistency(str(path), _decode(path, ConsistencyProofFile, CONSISTENCY_FORMAT))
-    for path in bundles:
-        verifier.bundle(str(path), _decode(path, Bundle, BUNDLE_FORMAT))
+    if jobs > 1 and len(bundles) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(bundles))) as pool:
+            outcomes = pool.map(
+                _check_bundle_file,
+                bundles,
+                repeat(current.origin),
+                repeat(verifier.roots),
+                repeat(verifier.previous),
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, str):
+                    raise InputError(outcome)
+                verifier.merge(outcome)
+    else:
+        for path in bundles:
+            verifier.bundle(str(path), _decode(path, Bundle, BUNDLE_FORMAT))
     for path in inclusions:
         verifier.inclusion(str(path), _decode(path, InclusionProofFile, INCLUSION_FORMAT))
 
@@ -588,6 +652,12 @@ def build_parser(prog: str = "vault-service audit verify") -> argparse.ArgumentP
     parser.add_argument("--consistency", type=Path, action="append", default=[])
     parser.add_argument("--bundle", type=Path, action="append", default=[])
     parser.add_argument("--inclusion", type=Path, action="append", default=[])
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes checking bundles in parallel (default: one per CPU)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print failures only")
     return parser
 
@@ -602,6 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             consistency=args.consistency,
             bundles=args.bundle,
             inclusions=args.inclusion,
+            jobs=max(1, args.jobs),
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

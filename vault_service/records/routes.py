@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import FromPath
 
+from vault_service.audit.recording import AccessRecorder
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import (
@@ -84,6 +85,23 @@ def _document_response(document: RecordDocument, status: int = 200) -> Response[
     )
 
 
+async def _record_document(
+    request: Request[Principal, Any, Any], action: str, document: RecordDocument
+) -> None:
+    """Awaited before the response leaves: no durable entry, no data (503)."""
+    recorder: AccessRecorder = request.app.state.recorder
+    await recorder.allowed(
+        request, action, record_ids=(document.record_id,), fields=document.fields
+    )
+
+
+async def _record_page(
+    request: Request[Principal, Any, Any], action: str, page: Page, criteria: tuple[str, ...]
+) -> None:
+    recorder: AccessRecorder = request.app.state.recorder
+    await recorder.allowed(request, action, record_ids=page.record_ids, criteria=criteria)
+
+
 def _page_response(page: Page) -> Response[bytes]:
     return Response(page.body, media_type=JSON)
 
@@ -94,7 +112,7 @@ class RecordsController(Controller):
 
     @post(
         "/records",
-        opt={"permission": Permission.RECORDS_CREATE, "data": True},
+        opt={"permission": Permission.RECORDS_CREATE, "data": True, "action": "record.create"},
         status_code=201,
         summary="Create a youth record in the caller's structure",
     )
@@ -104,6 +122,8 @@ class RecordsController(Controller):
         if key is not None and not _IDEMPOTENCY_KEY.match(key):
             raise InvalidParameter("Idempotency-Key must be 8 to 128 characters [A-Za-z0-9_.:-]")
         created = await service.create(request.user, await request.body(), key)
+        recorder: AccessRecorder = request.app.state.recorder
+        await recorder.allowed(request, "record.create", record_ids=(created.record_id,))
         headers = {"Location": f"/v1/records/{created.record_id}"}
         if created.replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -112,7 +132,7 @@ class RecordsController(Controller):
 
     @get(
         "/records/{record_id:str}",
-        opt={"permission": Permission.RECORDS_READ, "data": True},
+        opt={"permission": Permission.RECORDS_READ, "data": True, "action": "record.read"},
         summary="Read a record: full for its referent, masked for the structure's supervisors",
     )
     async def read_record(
@@ -121,11 +141,12 @@ class RecordsController(Controller):
         service: RecordService = request.app.state.records
         purpose = request.state.purpose[0]
         document = await service.read(request.user, parse_record_id(record_id), purpose)
+        await _record_document(request, "record.read", document)
         return _document_response(document)
 
     @patch(
         "/records/{record_id:str}",
-        opt={"permission": Permission.RECORDS_UPDATE, "data": True},
+        opt={"permission": Permission.RECORDS_UPDATE, "data": True, "action": "record.update"},
         summary="Partial update (JSON merge patch of top-level properties) with If-Match",
     )
     async def update_record(
@@ -137,11 +158,12 @@ class RecordsController(Controller):
         if expected is None:
             raise PreconditionRequired()
         document = await service.update(request.user, rid, expected, await request.body())
+        await _record_document(request, "record.update", document)
         return _document_response(document)
 
     @get(
         "/records",
-        opt={"permission": Permission.RECORDS_SEARCH, "data": True},
+        opt={"permission": Permission.RECORDS_SEARCH, "data": True, "action": "record.search"},
         summary="Equality search over blind indexes; masked summaries, capped pages",
     )
     async def search_records(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
@@ -151,11 +173,16 @@ class RecordsController(Controller):
         page = await service.search(
             request.user, criteria, params.get("cursor"), _limit(request, 20)
         )
+        await _record_page(request, "record.search", page, tuple(sorted(criteria)))
         return _page_response(page)
 
     @post(
         "/records/search/nir",
-        opt={"permission": Permission.RECORDS_SEARCH_NIR, "data": True},
+        opt={
+            "permission": Permission.RECORDS_SEARCH_NIR,
+            "data": True,
+            "action": "record.search_nir",
+        },
         status_code=200,
         summary="NIR lookup; the NIR travels in the body, never in a URL",
     )
@@ -166,11 +193,12 @@ class RecordsController(Controller):
         except (msgspec.ValidationError, msgspec.DecodeError):
             raise InvalidBody('expected {"nir": "<15 characters>"}') from None
         page = await service.search(request.user, {"nir": query.nir}, None, 20, restricted=True)
+        await _record_page(request, "record.search_nir", page, ("nir",))
         return _page_response(page)
 
     @get(
         "/caseload",
-        opt={"permission": Permission.CASELOAD_READ, "data": True},
+        opt={"permission": Permission.CASELOAD_READ, "data": True, "action": "caseload.list"},
         summary="The caller's youth (a supervisor: the structure's), masked summaries",
     )
     async def caseload(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
@@ -179,11 +207,12 @@ class RecordsController(Controller):
         if set(params) - _PAGING:
             raise InvalidParameter("unknown query parameter")
         page = await service.caseload(request.user, params.get("cursor"), _limit(request, 50))
+        await _record_page(request, "caseload.list", page, ())
         return _page_response(page)
 
     @post(
         "/records/{record_id:str}/transfer",
-        opt={"permission": Permission.RECORDS_TRANSFER, "data": True},
+        opt={"permission": Permission.RECORDS_TRANSFER, "data": True, "action": "record.transfer"},
         status_code=200,
         summary="Move a youth to another counsellor or structure (definitive or temporary)",
     )
@@ -193,13 +222,19 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_transfer_decoder, await request.body())
         moved = await custody.transfer(request.user, parse_record_id(record_id), body)
+        recorder: AccessRecorder = request.app.state.recorder
+        await recorder.allowed(request, "record.transfer", record_ids=(moved.record_id,))
         return Response(
             msgspec.json.encode(moved), media_type=JSON, headers={"ETag": etag(moved.version)}
         )
 
     @post(
         "/records/{record_id:str}/break-glass",
-        opt={"permission": Permission.RECORDS_BREAK_GLASS, "data": True},
+        opt={
+            "permission": Permission.RECORDS_BREAK_GLASS,
+            "data": True,
+            "action": "record.break_glass",
+        },
         status_code=201,
         summary="Open a time-boxed, reviewed grant on a record outside the caseload",
     )
@@ -209,11 +244,17 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_break_glass_decoder, await request.body())
         grant = await custody.break_glass(request.user, parse_record_id(record_id), body)
+        recorder: AccessRecorder = request.app.state.recorder
+        await recorder.allowed(request, "record.break_glass", record_ids=(grant["record_id"],))
         return Response(msgspec.json.encode(grant), status_code=201, media_type=JSON)
 
     @get(
         "/break-glass/reviews",
-        opt={"permission": Permission.BREAK_GLASS_REVIEW, "data": True},
+        opt={
+            "permission": Permission.BREAK_GLASS_REVIEW,
+            "data": True,
+            "action": "break_glass.review_queue",
+        },
         summary="Break-the-glass grants of the supervisor's structure awaiting review",
     )
     async def review_queue(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
@@ -225,13 +266,21 @@ class RecordsController(Controller):
             request.user, decode_cursor(params.get("cursor")), min(_limit(request, 50), 100)
         )
         next_cursor = encode_cursor(items[-1]["id"]) if items else None
+        recorder: AccessRecorder = request.app.state.recorder
+        await recorder.allowed(
+            request, "break_glass.review_queue", record_ids=tuple(i["record_id"] for i in items)
+        )
         return Response(
             msgspec.json.encode({"items": items, "next_cursor": next_cursor}), media_type=JSON
         )
 
     @post(
         "/break-glass/{grant_id:str}/review",
-        opt={"permission": Permission.BREAK_GLASS_REVIEW, "data": True},
+        opt={
+            "permission": Permission.BREAK_GLASS_REVIEW,
+            "data": True,
+            "action": "break_glass.review",
+        },
         status_code=204,
         summary="Record the supervisor's review of a break-the-glass grant",
     )
@@ -241,6 +290,8 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_review_decoder, await request.body())
         await custody.review(request.user, parse_record_id(grant_id), body)
+        recorder: AccessRecorder = request.app.state.recorder
+        await recorder.allowed(request, "break_glass.review")
 
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)
