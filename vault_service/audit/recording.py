@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import uuid
 from typing import Any, Final
 
+import msgspec
 import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from vault_service.audit.log import AccessEvent, AccessLog
 from vault_service.auth.principal import Principal
@@ -97,32 +99,78 @@ def _refusal_code(exc: Exception) -> str:
 
 
 class RefusalRecorder:
-    """Records every refused /v1 request, then lets the error through unchanged."""
+    """Records every refused /v1 request (a route with an `action` in its opt), then
+    lets the error through unchanged.
+
+    Errors raised before routing completes (the authentication middleware) pass
+    through here as exceptions; errors from guards and handlers come back as our own
+    problem+json responses, whose `code` is read from the body. Either way the entry
+    is appended before the response leaves."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
+        handler = scope.get("route_handler")
+        action = handler.opt.get("action") if handler is not None else None
+        if not action:
             await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+        status = 0
+        body = bytearray()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                status = message["status"]
+                held.append(message)
+                return
+            if held and message["type"] == "http.response.body":
+                held.append(message)
+                body.extend(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                await self._record(scope, action, _code_of(bytes(body), status))
+                for m in held:
+                    await send(m)
+                held.clear()
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            handler = scope.get("route_handler")
-            action = handler.opt.get("action") if handler is not None else None
-            recorder: AccessRecorder | None = getattr(scope["app"].state, "recorder", None)
-            if action and recorder is not None:
-                raw_id = scope.get("path_params", {}).get("record_id")
-                try:
-                    record_ids: tuple[uuid.UUID, ...] = (uuid.UUID(raw_id),) if raw_id else ()
-                except ValueError:
-                    record_ids = ()
-                connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
-                event = recorder.event(
-                    connection, action, "refused", record_ids=record_ids,
-                    refusal_code=_refusal_code(exc),
-                )  # fmt: skip
-                try:
-                    await recorder.log.append(event)
-                except VaultServiceError:
-                    # The request is refused either way; the operator is told.
-                    log.error("refusal_not_logged", action=action, code=_refusal_code(exc))
+            await self._record(scope, action, _refusal_code(exc))
             raise
+
+    @staticmethod
+    async def _record(scope: Scope, action: str, code: str) -> None:
+        recorder: AccessRecorder | None = getattr(scope["app"].state, "recorder", None)
+        if recorder is None:
+            return
+        raw_id = scope.get("path_params", {}).get("record_id")
+        try:
+            record_ids: tuple[uuid.UUID, ...] = (uuid.UUID(raw_id),) if raw_id else ()
+        except ValueError:
+            record_ids = ()
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
+        event = recorder.event(
+            connection, action, "refused", record_ids=record_ids, refusal_code=code
+        )
+        try:
+            await recorder.log.append(event)
+        except VaultServiceError:
+            # The request is refused either way; the operator is told.
+            log.error("refusal_not_logged", action=action, code=code)
+
+
+def _code_of(body: bytes, status: int) -> str:
+    try:
+        code = msgspec.json.decode(body).get("code")
+    except (msgspec.DecodeError, AttributeError):
+        code = None
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else f"http_{status}"
+
+
+_CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
