@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import uuid
 
 import asyncpg
 import pytest
@@ -28,9 +27,17 @@ async def test_breach_impact_names_exactly_what_was_returned(client, world: Worl
     victim = await world.counsellor(sid)
     other = await world.counsellor(sid)
     auditor = await world.account(Role.AUDITOR, None)
-    ids = [(await client.post("/v1/records", json=FULL if i % 2 else MINIMAL, headers=victim.headers())).json()["id"]
-           for i in range(6)]
-    untouched = (await client.post("/v1/records", json=MINIMAL, headers=other.headers())).json()["id"]
+    ids = [
+        (
+            await client.post(
+                "/v1/records", json=FULL if i % 2 else MINIMAL, headers=victim.headers()
+            )
+        ).json()["id"]
+        for i in range(6)
+    ]
+    untouched = (await client.post("/v1/records", json=MINIMAL, headers=other.headers())).json()[
+        "id"
+    ]
     await asyncio.sleep(0.01)
     start = datetime.datetime.now(datetime.UTC)
     # The "compromised" session: reads four records, one of them twice, tries one it
@@ -38,12 +45,16 @@ async def test_breach_impact_names_exactly_what_was_returned(client, world: Worl
     read = ids[:4]
     for rid in [*read, read[0]]:
         assert (await client.get(f"/v1/records/{rid}", headers=victim.headers())).status_code == 200
-    assert (await client.get(f"/v1/records/{untouched}", headers=victim.headers())).status_code == 404
+    assert (
+        await client.get(f"/v1/records/{untouched}", headers=victim.headers())
+    ).status_code == 404
     await asyncio.sleep(0.01)
     end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
-    r = await client.get("/v1/audit/reports/breach-impact",
-                         params={"actor_id": str(victim.id), "since": _iso(start), "until": _iso(end)},
-                         headers=auditor.headers(purpose="audit"))
+    r = await client.get(
+        "/v1/audit/reports/breach-impact",
+        params={"actor_id": str(victim.id), "since": _iso(start), "until": _iso(end)},
+        headers=auditor.headers(purpose="audit"),
+    )
     assert r.status_code == 200, r.text
     report = r.json()
     reported = {item["record_id"]: item for item in report["records"]}
@@ -53,12 +64,17 @@ async def test_breach_impact_names_exactly_what_was_returned(client, world: Worl
     assert "nir" in reported[read[1]]["fields"]  # a full record: its NIR was returned
     assert untouched not in reported
     # The refusal is in the log too, as a refusal.
-    r = await client.get("/v1/audit/events", params={"record_id": untouched},
-                         headers=auditor.headers(purpose="audit"))
+    r = await client.get(
+        "/v1/audit/events",
+        params={"record_id": untouched},
+        headers=auditor.headers(purpose="audit"),
+    )
     outcomes = [(e["action"], e["outcome"], e.get("refusal_code")) for e in r.json()["items"]]
     assert ("record.read", "refused", "not_found") in outcomes
     # Counsellors do not read the log.
-    r = await client.get("/v1/audit/events", params={"record_id": untouched}, headers=victim.headers())
+    r = await client.get(
+        "/v1/audit/events", params={"record_id": untouched}, headers=victim.headers()
+    )
     assert r.status_code == 403
 
 
