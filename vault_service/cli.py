@@ -289,12 +289,44 @@ def build_parser() -> argparse.ArgumentParser:
     boot = accounts.add_parser("bootstrap-admins", help="the first two admins (owner role, once)")
     boot.add_argument("--first-login", required=True, help="database login of the first admin")
     boot.add_argument("--second-login", required=True, help="database login of the second")
+    audit = sub.add_parser("audit", help="the access log").add_subparsers(
+        dest="action", required=True
+    )
+    audit.add_parser(
+        "verify", help="offline verification of checkpoints, proofs and bundles", add_help=False
+    )
+    prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
+    prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
     keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
     keys.add_parser("list", help="transit keys, signing key versions, branch keys")
     return parser
 
 
+async def _prune(days: int) -> int:
+    import datetime
+
+    from vault_service.audit.retention import prune
+
+    dsn = os.environ.get("VAULT_SERVICE_RETENTION_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("VAULT_SERVICE_RETENTION_DATABASE_URL (retention role) is not set")
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await prune(conn, datetime.timedelta(days=days))
+    finally:
+        await conn.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from vault_service.observability import configure_logging
+
+    configure_logging(os.environ.get("VAULT_SERVICE_LOG_LEVEL", "INFO"), stream=sys.stderr)
+    if argv[:2] == ["audit", "verify"]:
+        # No database, no service, no settings: files and pinned keys only.
+        from vault_service.audit.verify import main as verify_main
+
+        return verify_main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "dev":
@@ -303,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dev(args.data_dir, reset=args.reset, port=args.port)
         if args.command == "migrate":
             return cmd_migrate()
+        if args.command == "audit" and args.action == "prune":
+            print(json.dumps({"pruned": asyncio.run(_prune(args.older_than_days))}))
+            return 0
         if args.command == "accounts" and args.action == "bootstrap-admins":
             result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
             print(json.dumps(result, indent=2))

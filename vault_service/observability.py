@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import structlog
 from litestar.enums import ScopeType
@@ -44,8 +44,11 @@ _duration = _meter.create_histogram(
 _configured = False
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """JSON lines on stdout for the service; the CLI passes stderr, keeping its stdout
+    for what it prints (a token, JSON)."""
+    out = stream or sys.stdout
+    logging.basicConfig(format="%(message)s", stream=out, level=level.upper())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -57,7 +60,7 @@ def configure_logging(level: str = "INFO") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
 

@@ -1,0 +1,108 @@
+"""The admin CLI as an operator runs it: a separate process, settings from the
+environment, secrets never on the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import Stack, World
+from vault_service import devstack
+from vault_service.auth.permissions import Role
+
+pytestmark = pytest.mark.integration
+
+
+def _env(stack: Stack, **extra: str) -> dict[str, str]:
+    s = stack.settings()
+    env = {
+        **os.environ,
+        "VAULT_SERVICE_DATABASE_URL": s.database_url,
+        "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
+        "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
+        "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
+        "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
+    }
+    env.update(extra)
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vault_service.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_tokens_issue_prints_a_token_the_service_accepts(
+    app, client, stack: Stack, world: World
+) -> None:
+    c = await world.counsellor()
+    done = _cli(_env(stack), "tokens", "issue", "--subject", str(c.id), "--ttl", "10m")
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    r = await client.get(
+        "/v1/caseload", headers={"Authorization": f"Bearer {token}", "X-Purpose": "follow_up"}
+    )
+    assert r.status_code == 200
+    assert token not in done.stderr
+    refused = _cli(_env(stack), "tokens", "issue", "--subject", str(c.id), "--ttl", "2h")
+    assert refused.returncode != 0
+    unknown = _cli(_env(stack), "tokens", "issue", "--subject", str(uuid.uuid4()))
+    assert unknown.returncode == 1
+    assert "no active account" in unknown.stderr
+
+
+async def test_four_eyes_through_the_cli(stack: Stack, world: World) -> None:
+    logins, dsns = [], []
+    for _ in range(2):
+        login = f"vs_cli_admin_{uuid.uuid4().hex[:8]}"
+        await devstack.create_admin_login(stack.admin_dsn, login)
+        account = await world.account(Role.ADMIN, None)
+        await world.owner.execute(
+            "INSERT INTO admin_logins (rolname, account_id) VALUES ($1, $2)", login, account.id
+        )
+        logins.append(login)
+        dsns.append(stack.dsn(login))
+    sid = await world.structure()
+    a = _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=dsns[0])
+    b = _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=dsns[1])
+    created = _cli(a, "accounts", "create", "--role", "counsellor", "--structure", str(sid))
+    assert created.returncode == 0, created.stderr
+    request_id = json.loads(created.stdout)["request_id"]
+    own = _cli(a, "accounts", "approve", request_id)
+    assert own.returncode == 1
+    assert "four_eyes_required" in own.stderr
+    other = _cli(b, "accounts", "approve", request_id)
+    assert other.returncode == 0, other.stderr
+    listed = _cli(a, "accounts", "list", "--json")
+    account_id = json.loads(created.stdout)["account_id"]
+    assert {"id": account_id, "state": "active"}.items() <= next(
+        r for r in json.loads(listed.stdout) if r["id"] == account_id
+    ).items()
+    # The service's own database credentials are not an admin login.
+    service = _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=stack.dsn())
+    sneaky = _cli(service, "accounts", "create", "--role", "admin")
+    assert sneaky.returncode != 0
+
+
+def test_audit_verify_needs_no_database() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vault_service.cli", "audit", "verify", "--help"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "--checkpoint" in done.stdout
