@@ -349,7 +349,7 @@ async def test_public_routes(client) -> None:
     assert (await client.get("/health/live")).status_code == 200
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": True, "vault": True}
+    assert ready.json()["checks"] == {"database": True, "vault": True, "access_log": True}
     jwks = (await client.get("/.well-known/jwks.json")).json()
     assert jwks["keys"] and all(k["kty"] == "OKP" and k["alg"] == "EdDSA" for k in jwks["keys"])
     assert (await client.get("/schema/openapi.json")).status_code == 200
