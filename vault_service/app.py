@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from litestar import Litestar, MediaType, Request, Response, Router
+from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import HTTPException
@@ -250,4 +250,4 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-__all__ = ["MediaType", "create_app"]
+__all__ = ["create_app"]

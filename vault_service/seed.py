@@ -60,7 +60,7 @@ def youth(fake: Any, rng: random.Random, department: str) -> dict[str, Any]:
         "first_names": [first],
         "sex": sex,
         "birth_date": birth.isoformat(),
-        "nir": nir_for(sex, birth, department if department != "2A" else "2A", rng),
+        "nir": nir_for(sex, birth, department, rng),
         "email": f"{first.lower()}.{rng.randint(10, 9999)}@example.org".replace(" ", ""),
         "phone": f"06{rng.randint(10_000_000, 99_999_999)}",
         "ft_id": f"{rng.randint(1_000_000, 9_999_999)}{rng.choice('ABCDEFGHJK')}",

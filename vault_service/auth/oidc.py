@@ -40,6 +40,7 @@ import msgspec
 import structlog
 from jwt import PyJWK
 
+from vault_service.auth.refusals import refusal_reason
 from vault_service.errors import ConfigurationError, Unauthenticated
 
 log = structlog.get_logger(__name__)
@@ -345,6 +346,15 @@ def _typ_accepted(typ: object) -> bool:
     return typ in _ACCEPTED_TYP
 
 
+# Beyond the refusals shared with our own tokens (auth/tokens.py).
+_EXTRA_REFUSALS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
+    (jwt.InvalidAlgorithmError, "token_algorithm"),
+    (jwt.InvalidIssuedAtError, "token_claims"),
+    (jwt.exceptions.InvalidSubjectError, "token_claims"),
+    (jwt.exceptions.InvalidJTIError, "token_claims"),
+)
+
+
 class ExternalIssuers:
     """Verifies tokens of the configured external issuers."""
 
@@ -447,27 +457,10 @@ class ExternalIssuers:
                     "enforce_minimum_key_length": True,
                 },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated(reason="token_expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthenticated(reason="token_not_yet_valid") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthenticated(reason="token_audience") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthenticated(reason="token_issuer") from None
-        except jwt.InvalidSignatureError:
-            raise Unauthenticated(reason="token_signature") from None
-        except jwt.InvalidAlgorithmError:
-            raise Unauthenticated(reason="token_algorithm") from None
-        except (
-            jwt.MissingRequiredClaimError,
-            jwt.InvalidIssuedAtError,
-            jwt.exceptions.InvalidSubjectError,
-            jwt.exceptions.InvalidJTIError,
-        ):
-            raise Unauthenticated(reason="token_claims") from None
-        except jwt.PyJWTError:
-            raise Unauthenticated(reason="token_malformed") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(
+                reason=refusal_reason(exc, _EXTRA_REFUSALS, default="token_malformed")
+            ) from None
         if "events" in payload:
             # A security event or back-channel logout token is never an access credential.
             raise Unauthenticated(reason="token_claims")

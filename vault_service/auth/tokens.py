@@ -26,6 +26,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vault_service.auth.permissions import Role, scopes_for
+from vault_service.auth.refusals import refusal_reason
 from vault_service.errors import ConfigurationError, Unauthenticated
 from vault_service.kms import TOKEN_KEY, VaultKms
 from vault_service.settings import Settings
@@ -242,20 +243,8 @@ class TokenVerifier:
                     "strict_aud": True,  # aud must be our audience string, not a list
                 },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated(reason="token_expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthenticated(reason="token_not_yet_valid") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthenticated(reason="token_audience") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthenticated(reason="token_issuer") from None
-        except jwt.MissingRequiredClaimError:
-            raise Unauthenticated(reason="token_claims") from None
-        except jwt.InvalidSignatureError:
-            raise Unauthenticated(reason="token_signature") from None
-        except jwt.PyJWTError:
-            raise Unauthenticated(reason="token_invalid") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(reason=refusal_reason(exc)) from None
         try:
             claims = msgspec.convert(payload, Claims)
         except msgspec.ValidationError:

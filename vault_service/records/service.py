@@ -122,7 +122,6 @@ class RecordService:
         self._search_page_max = search_page_max
         self._caseload_page_max = caseload_page_max
         self._masked_fields = tuple(f for f in schema.fields.values() if f.mask is not None)
-        self._clear_fields = tuple(f.name for f in schema.fields.values() if not f.encrypted)
         self._known = frozenset(schema.fields)
         self._national = frozenset(
             p.index.name for p in schema.indexed if p.index is not None and p.index.national
