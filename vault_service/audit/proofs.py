@@ -13,8 +13,6 @@ signed checkpoint; nothing here needs to be trusted.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import datetime
 import io
@@ -53,6 +51,12 @@ from vault_service.audit.verify import (
 )
 from vault_service.errors import ConfigurationError, InvalidParameter, NotFound
 from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
+from vault_service.paging import (
+    decode_index_cursor,
+    decode_uuid_cursor,
+    encode_index_cursor,
+    encode_uuid_cursor,
+)
 
 __all__ = [
     "DEFAULT_ORIGIN",
@@ -155,41 +159,6 @@ async def load_key_set(kms: VaultKms, origin: str) -> SigningKeySet:
     if latest not in keys:
         raise ConfigurationError("the checkpoint key's latest version has no public key")
     return SigningKeySet(origin=origin, latest_version=latest, public_keys=keys)
-
-
-# --- cursors ----------------------------------------------------------------------------------
-def encode_index_cursor(index: int) -> str:
-    return base64.urlsafe_b64encode(index.to_bytes(8, "big")).rstrip(b"=").decode("ascii")
-
-
-def decode_index_cursor(cursor: str | None) -> int:
-    """-1 (before the first entry) for no cursor."""
-    if not cursor:
-        return -1
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (ValueError, binascii.Error):
-        raise InvalidParameter("cursor is not valid") from None
-    if len(raw) != 8 or encode_index_cursor(int.from_bytes(raw, "big")) != cursor:
-        raise InvalidParameter("cursor is not valid")
-    return int.from_bytes(raw, "big")
-
-
-def encode_uuid_cursor(value: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(value.bytes).rstrip(b"=").decode("ascii")
-
-
-def decode_uuid_cursor(cursor: str | None) -> uuid.UUID:
-    if not cursor:
-        return uuid.UUID(int=0)
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = uuid.UUID(bytes=raw)
-    except (ValueError, binascii.Error):
-        raise InvalidParameter("cursor is not valid") from None
-    if encode_uuid_cursor(value) != cursor:
-        raise InvalidParameter("cursor is not valid")
-    return value
 
 
 # --- response shapes --------------------------------------------------------------------------

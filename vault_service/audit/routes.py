@@ -24,6 +24,7 @@ from vault_service.audit.proofs import AuditProofs
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter
+from vault_service.paging import BIGINT_MAX, query_int
 
 JSON: Final = "application/json"
 
@@ -53,13 +54,9 @@ def _params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> dict[st
     return params
 
 
-def _int(params: Mapping[str, str], name: str, *, default: int | None = None) -> int | None:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-        raise InvalidParameter(f"{name} must be a non-negative integer")
-    return int(raw)
+def _int(params: Mapping[str, str], name: str) -> int | None:
+    # Tree sizes and entry indexes: PostgreSQL bigint, never negative.
+    return query_int(params, name, default=None, minimum=0, maximum=BIGINT_MAX)
 
 
 def _required_int(params: Mapping[str, str], name: str) -> int:
@@ -70,11 +67,7 @@ def _required_int(params: Mapping[str, str], name: str) -> int:
 
 
 def _limit(params: Mapping[str, str], default: int, maximum: int) -> int:
-    value = _int(params, "limit", default=default)
-    assert value is not None
-    if not 1 <= value <= maximum:
-        raise InvalidParameter(f"limit must be between 1 and {maximum}")
-    return value
+    return query_int(params, "limit", default=default, minimum=1, maximum=maximum)
 
 
 def _uuid(raw: str | None, name: str) -> uuid.UUID | None:

@@ -1,4 +1,4 @@
-"""Who holds a youth's record: transfers and break-the-glass (issue 3).
+"""Who holds a youth's record: transfers and break-the-glass.
 
 A transfer is one transaction: the record key is rewrapped under the target
 structure's branch key, the structure-scoped blind indexes are recomputed under the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 import structlog
@@ -19,8 +19,12 @@ import structlog
 from vault_service.auth.permissions import Role
 from vault_service.auth.principal import Principal
 from vault_service.errors import Forbidden, InvalidBody, NotFound, VaultServiceError
-from vault_service.records import repository as sql
-from vault_service.records.service import RecordService
+from vault_service.records import access
+from vault_service.records.repository import Connection, RecordRepository
+from vault_service.records.sealing import Sealer
+
+if TYPE_CHECKING:
+    from vault_service.records.service import RecordService
 
 alerts = structlog.get_logger("vault_service.alerts")
 MAX_TEMPORARY: Final = datetime.timedelta(days=92)
@@ -76,9 +80,9 @@ class CustodyService:
     def __init__(
         self, records: RecordService, *, break_glass_minutes: int, break_glass_daily_limit: int
     ) -> None:
-        self._records = records
-        self._pool = records.pool
-        self._keys = records.keys
+        # The record service's repository and sealer, shared: one pool, one key cache.
+        self._repo: RecordRepository = records.repository
+        self._sealer: Sealer = records.sealer
         self._minutes = break_glass_minutes
         self._daily_limit = break_glass_daily_limit
 
@@ -87,11 +91,11 @@ class CustodyService:
     ) -> Moved:
         if principal.role != Role.SUPERVISOR:
             raise Forbidden()
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(sql.SELECT_RECORD_FOR_UPDATE, record_id, principal.account_id)
-            if row is None or row["structure_id"] != principal.structure_id:
+        async with self._repo.transaction() as conn:
+            row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
+            if row is None or not access.supervises(principal, row["structure_id"]):
                 raise NotFound()
-            target = await conn.fetchrow(sql.SELECT_TRANSFER_TARGET, request.to_account)
+            target = await self._repo.transfer_target(conn, request.to_account)
             if target is None or target["state"] != "active" or target["role"] != "counsellor":
                 raise InvalidTransferTarget()
             source_structure: uuid.UUID = row["structure_id"]
@@ -102,8 +106,8 @@ class CustodyService:
                 now = datetime.datetime.now(datetime.UTC)
                 if not now < request.until <= now + MAX_TEMPORARY:
                     raise InvalidBody("`until` must be in the next 92 days")
-                await conn.execute(
-                    sql.UPSERT_ASSIGNMENT,
+                await self._repo.assign(
+                    conn,
                     record_id,
                     request.to_account,
                     "temporary",
@@ -112,8 +116,7 @@ class CustodyService:
                 )
                 version = int(row["version"])
             elif target_structure == source_structure:
-                version = await conn.fetchval(sql.SET_REFERENT, record_id, request.to_account)
-                await conn.execute(sql.DELETE_ASSIGNMENTS, record_id)
+                version = await self._repo.set_referent(conn, record_id, request.to_account)
             else:
                 version = await self._move(conn, row, target_structure, request.to_account)
         alerts.warning(
@@ -125,28 +128,21 @@ class CustodyService:
             to_account=str(request.to_account),
             cross_structure=target_structure != source_structure,
         )
-        return Moved(record_id, int(version), target_structure, request.to_account)
+        return Moved(record_id, version, target_structure, request.to_account)
 
     async def _move(
-        self, conn: Any, row: Any, target_structure: uuid.UUID, to_account: uuid.UUID
+        self, conn: Connection, row: Any, target_structure: uuid.UUID, to_account: uuid.UUID
     ) -> int:
         """Another structure: rewrap the record key and re-derive structure-scoped indexes."""
-        source = await self._keys.branch_key(row["structure_id"], row["branch_key_version"])
-        target = await self._keys.active_branch_key(target_structure)
-        rewrapped = self._keys.rewrap_record_key(source, target, row["id"], row["record_key"])
-        record_key = self._keys.open_record_key(source, row["id"], row["record_key"])
-        scoped = [p for p in self._records.schema.indexed if p.index and not p.index.national]
-        values = self._records.decrypt_values(row, record_key, [p.name for p in scoped])
-        names, digests = await self._records.index_rows(target_structure, values, scoped)
-        await conn.execute(sql.DELETE_STRUCTURE_INDEX, row["id"])
-        await conn.execute(
-            sql.INSERT_INDEX, row["id"], target_structure, names, digests, [False] * len(names)
+        record_key, rewrapped, target_version = await self._sealer.rewrap_record_key(
+            row, target_structure
         )
-        await conn.execute(sql.DELETE_ASSIGNMENTS, row["id"])
-        version: int = await conn.fetchval(
-            sql.MOVE_RECORD, row["id"], target_structure, to_account, target.version, rewrapped
+        scoped = [p for p in self._sealer.schema.indexed if p.index and not p.index.national]
+        values = self._sealer.decrypt_values(row, record_key, [p.name for p in scoped])
+        names, digests = await self._sealer.index_values(target_structure, values, scoped)
+        return await self._repo.move(
+            conn, row["id"], target_structure, to_account, target_version, rewrapped, names, digests
         )
-        return version
 
     async def break_glass(
         self, principal: Principal, record_id: uuid.UUID, request: BreakGlassRequest
@@ -163,15 +159,10 @@ class CustodyService:
         if principal.structure_id is None:
             raise Forbidden()
         grant_id = uuid.uuid4()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._repo.transaction() as conn:
             # Serialise one account's grants so the daily limit cannot be raced.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 42))",
-                str(principal.account_id),
-            )
-            if await conn.fetchval(sql.COUNT_RECENT_GRANTS, principal.account_id) >= (
-                self._daily_limit
-            ):
+            await self._repo.lock_account_grants(conn, principal.account_id)
+            if await self._repo.recent_grants(conn, principal.account_id) >= self._daily_limit:
                 alerts.warning(
                     "break_glass_refused",
                     alert=True,
@@ -181,10 +172,11 @@ class CustodyService:
                 raise BreakGlassLimit()
             # Only within the caller's own structure, checked after the limit so the
             # answer is never an existence oracle: a record elsewhere is "not found".
-            if await conn.fetchval(sql.RECORD_EXISTS, record_id) != principal.structure_id:
+            structure_id = await self._repo.record_structure(conn, record_id)
+            if not access.may_break_glass_on(principal, structure_id):
                 raise NotFound()
-            row = await conn.fetchrow(
-                sql.INSERT_GRANT,
+            row = await self._repo.insert_grant(
+                conn,
                 grant_id,
                 record_id,
                 principal.account_id,
@@ -192,7 +184,6 @@ class CustodyService:
                 request.reason,
                 self._minutes,
             )
-        assert row is not None
         alerts.warning(
             "break_glass_opened",
             alert=True,
@@ -208,8 +199,7 @@ class CustodyService:
     ) -> list[dict[str, Any]]:
         if principal.role != Role.SUPERVISOR or principal.structure_id is None:
             raise Forbidden()
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(sql.SELECT_REVIEW_QUEUE, principal.structure_id, after, limit)
+        rows = await self._repo.review_queue(principal.structure_id, after, limit)
         return [dict(r) for r in rows]
 
     async def review(
@@ -217,14 +207,9 @@ class CustodyService:
     ) -> None:
         if principal.role != Role.SUPERVISOR or principal.structure_id is None:
             raise Forbidden()
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                sql.REVIEW_GRANT,
-                grant_id,
-                principal.structure_id,
-                principal.account_id,
-                request.outcome,
-            )
+        row = await self._repo.review_grant(
+            grant_id, principal.structure_id, principal.account_id, request.outcome
+        )
         if row is None:
             raise NotFound()
         alerts.warning(

@@ -1,8 +1,23 @@
-"""SQL of case records: named constants, explicit column lists, no string building."""
+"""Case records in PostgreSQL: every statement the records package runs, and its SQL.
+
+SQL as named constants with explicit column lists, no string building. The services
+above hold no SQL and no connection handling of their own: a method that must run
+inside the caller's transaction takes its `conn` (from `transaction()`), the others
+take a pooled connection for one statement.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+import datetime
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 RECORD_COLUMNS: Final = (
     "r.id, r.structure_id, r.referent_id, r.branch_key_version, r.record_key, r.key_version, "
@@ -63,9 +78,6 @@ DELETE_INDEX: Final = "DELETE FROM record_index WHERE record_id = $1 AND name = 
 SELECT_IDEMPOTENCY: Final = """
 SELECT request_digest, record_id FROM idempotency_keys WHERE account_id = $1 AND key = $2
 """
-INSERT_IDEMPOTENCY: Final = """
-INSERT INTO idempotency_keys (account_id, key, request_digest, record_id) VALUES ($1, $2, $3, $4)
-"""
 
 # Equality search: records whose index rows match every (name, digest) pair given,
 # restricted to what the caller may see ($4 structure, $5 referent or NULL), paged by id.
@@ -117,6 +129,8 @@ ON CONFLICT (record_id, account_id) DO UPDATE SET kind = EXCLUDED.kind, ends_at 
 """
 
 RECORD_EXISTS: Final = "SELECT structure_id FROM records WHERE id = $1"
+# Serialises one account's grants (transaction-scoped) so the daily limit cannot be raced.
+LOCK_ACCOUNT_GRANTS: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 42))"
 COUNT_RECENT_GRANTS: Final = """
 SELECT count(*) FROM break_glass_grants
 WHERE account_id = $1 AND opened_at > now() - interval '1 day'
@@ -137,3 +151,229 @@ UPDATE break_glass_grants SET reviewed_by = $3, reviewed_at = now(), review_outc
 WHERE id = $1 AND structure_id = $2 AND reviewed_by IS NULL AND account_id <> $3
 RETURNING record_id, account_id
 """
+
+
+class RecordRepository:
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    # --- one record -----------------------------------------------------------------------
+    def fetch(
+        self, record_id: uuid.UUID, account_id: uuid.UUID
+    ) -> Coroutine[Any, Any, asyncpg.Record | None]:
+        """The record with the caller's `assigned` and `glass` flags, in one round trip.
+
+        Not `async def`: the pool's own coroutine is handed back as is, so the read
+        path awaits exactly what it awaited before there was a repository."""
+        return self._pool.fetchrow(SELECT_RECORD, record_id, account_id)
+
+    async def fetch_for_update(
+        self, conn: Connection, record_id: uuid.UUID, account_id: uuid.UUID
+    ) -> asyncpg.Record | None:
+        """As `fetch`, the row locked until the caller's transaction ends."""
+        return await conn.fetchrow(SELECT_RECORD_FOR_UPDATE, record_id, account_id)
+
+    async def insert(
+        self,
+        *,
+        record_id: uuid.UUID,
+        structure_id: uuid.UUID,
+        referent_id: uuid.UUID,
+        branch_key_version: int,
+        record_key: bytes,
+        sealed: bytes,
+        clear: str,
+        index_names: Sequence[str],
+        index_digests: Sequence[bytes],
+        index_national: Sequence[bool],
+        idempotency_key: str | None,
+        request_digest: bytes | None,
+    ) -> int | asyncpg.Record:
+        """The new record's version; or, when a concurrent request with the same
+        idempotency key won the race, that key's row (`request_digest`, `record_id`)."""
+        try:
+            async with self._pool.acquire() as conn:
+                version = await conn.fetchval(
+                    INSERT_RECORD,
+                    record_id,
+                    structure_id,
+                    referent_id,
+                    branch_key_version,
+                    record_key,
+                    sealed,
+                    clear,
+                    index_names,
+                    index_digests,
+                    index_national,
+                    idempotency_key,
+                    request_digest,
+                )
+        except asyncpg.UniqueViolationError:
+            # Our statement wrote nothing (one statement, all or nothing); whatever
+            # else collided than an idempotency key is not ours to explain.
+            if idempotency_key is None:
+                raise
+            existing = await self.idempotency(referent_id, idempotency_key)
+            if existing is None:
+                raise
+            return existing
+        return int(version)
+
+    async def idempotency(self, account_id: uuid.UUID, key: str) -> asyncpg.Record | None:
+        """(`request_digest`, `record_id`) stored under an account's idempotency key."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchrow(SELECT_IDEMPOTENCY, account_id, key)
+
+    async def update(
+        self,
+        conn: Connection,
+        record_id: uuid.UUID,
+        sealed: bytes,
+        clear: str,
+        expected_version: int,
+    ) -> asyncpg.Record | None:
+        """(`version`, `updated_at`), or None when the version moved meanwhile."""
+        return await conn.fetchrow(UPDATE_RECORD, record_id, sealed, clear, expected_version)
+
+    async def replace_indexes(
+        self,
+        conn: Connection,
+        record_id: uuid.UUID,
+        structure_id: uuid.UUID,
+        replaced: Sequence[str],
+        names: Sequence[str],
+        digests: Sequence[bytes],
+        national: Sequence[bool],
+    ) -> None:
+        """Drop the record's index rows named in `replaced`, then add the given ones."""
+        await conn.execute(DELETE_INDEX, record_id, replaced)
+        await conn.execute(INSERT_INDEX, record_id, structure_id, names, digests, national)
+
+    # --- pages ----------------------------------------------------------------------------
+    async def search_page(
+        self,
+        names: Sequence[str],
+        digests: Sequence[bytes],
+        structure_id: uuid.UUID,
+        referent_id: uuid.UUID | None,
+        after: uuid.UUID,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` records after `after` matching every (name, digest) pair."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(
+                SEARCH,
+                names,
+                digests,
+                len(set(names)),
+                structure_id,
+                referent_id,
+                after,
+                limit,
+            )
+
+    async def caseload_page(
+        self, structure_id: uuid.UUID, referent_id: uuid.UUID | None, after: uuid.UUID, limit: int
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` records after `after`: a structure's, or one counsellor's."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(CASELOAD, structure_id, referent_id, after, limit)
+
+    # --- custody: transfers ---------------------------------------------------------------
+    async def transfer_target(
+        self, conn: Connection, account_id: uuid.UUID
+    ) -> asyncpg.Record | None:
+        """(`id`, `role`, `structure_id`, `state`) of the account a record goes to."""
+        return await conn.fetchrow(SELECT_TRANSFER_TARGET, account_id)
+
+    async def assign(
+        self,
+        conn: Connection,
+        record_id: uuid.UUID,
+        account_id: uuid.UUID,
+        kind: str,
+        until: datetime.datetime | None,
+        created_by: uuid.UUID,
+    ) -> None:
+        await conn.execute(UPSERT_ASSIGNMENT, record_id, account_id, kind, until, created_by)
+
+    async def set_referent(
+        self, conn: Connection, record_id: uuid.UUID, referent_id: uuid.UUID
+    ) -> int:
+        """A new referent in the same structure; every assignment ends. The new version."""
+        version = await conn.fetchval(SET_REFERENT, record_id, referent_id)
+        await conn.execute(DELETE_ASSIGNMENTS, record_id)
+        return int(version)
+
+    async def move(
+        self,
+        conn: Connection,
+        record_id: uuid.UUID,
+        structure_id: uuid.UUID,
+        referent_id: uuid.UUID,
+        branch_key_version: int,
+        record_key: bytes,
+        names: Sequence[str],
+        digests: Sequence[bytes],
+    ) -> int:
+        """Another structure: the rewrapped record key, the structure-scoped indexes
+        recomputed under that structure's keys, no assignment left. The new version."""
+        await conn.execute(DELETE_STRUCTURE_INDEX, record_id)
+        await conn.execute(
+            INSERT_INDEX, record_id, structure_id, names, digests, [False] * len(names)
+        )
+        await conn.execute(DELETE_ASSIGNMENTS, record_id)
+        version = await conn.fetchval(
+            MOVE_RECORD, record_id, structure_id, referent_id, branch_key_version, record_key
+        )
+        return int(version)
+
+    # --- custody: break-the-glass ---------------------------------------------------------------
+    async def lock_account_grants(self, conn: Connection, account_id: uuid.UUID) -> None:
+        await conn.execute(LOCK_ACCOUNT_GRANTS, str(account_id))
+
+    async def recent_grants(self, conn: Connection, account_id: uuid.UUID) -> int:
+        """Grants the account opened in the last 24 hours."""
+        return int(await conn.fetchval(COUNT_RECENT_GRANTS, account_id))
+
+    async def record_structure(self, conn: Connection, record_id: uuid.UUID) -> uuid.UUID | None:
+        structure_id: uuid.UUID | None = await conn.fetchval(RECORD_EXISTS, record_id)
+        return structure_id
+
+    async def insert_grant(
+        self,
+        conn: Connection,
+        grant_id: uuid.UUID,
+        record_id: uuid.UUID,
+        account_id: uuid.UUID,
+        structure_id: uuid.UUID,
+        reason: str,
+        minutes: int,
+    ) -> asyncpg.Record:
+        """(`opened_at`, `expires_at`) of the new grant."""
+        row = await conn.fetchrow(
+            INSERT_GRANT, grant_id, record_id, account_id, structure_id, reason, minutes
+        )
+        assert row is not None  # INSERT ... RETURNING always returns its row
+        return row
+
+    async def review_queue(
+        self, structure_id: uuid.UUID, after: uuid.UUID, limit: int
+    ) -> list[asyncpg.Record]:
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(SELECT_REVIEW_QUEUE, structure_id, after, limit)
+
+    async def review_grant(
+        self, grant_id: uuid.UUID, structure_id: uuid.UUID, reviewer_id: uuid.UUID, outcome: str
+    ) -> asyncpg.Record | None:
+        """(`record_id`, `account_id`), or None: no such unreviewed grant in the
+        structure, or the reviewer's own (nobody reviews their own grant)."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchrow(REVIEW_GRANT, grant_id, structure_id, reviewer_id, outcome)

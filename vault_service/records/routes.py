@@ -19,21 +19,14 @@ from vault_service.errors import (
     PreconditionRequired,
     invalid_body,
 )
+from vault_service.paging import decode_uuid_cursor, encode_uuid_cursor, query_int
 from vault_service.records.custody import (
     BreakGlassRequest,
     CustodyService,
     ReviewRequest,
     TransferRequest,
 )
-from vault_service.records.service import (
-    Page,
-    RecordDocument,
-    RecordService,
-    decode_cursor,
-    encode_cursor,
-    etag,
-    parse_if_match,
-)
+from vault_service.records.service import Page, RecordDocument, RecordService
 
 T = TypeVar("T")
 
@@ -47,6 +40,7 @@ class NirQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _nir_decoder = msgspec.json.Decoder(NirQuery)
+_encoder = msgspec.json.Encoder()
 
 
 def parse_record_id(raw: str) -> uuid.UUID:
@@ -59,13 +53,27 @@ def parse_record_id(raw: str) -> uuid.UUID:
     return value
 
 
-def _limit(request: Request[Any, Any, Any], default: int) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidParameter("limit must be an integer between 1 and 1000")
-    return int(raw)
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an If-Match names; -1 (matches nothing) for any other tag."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        # A weak tag never satisfies If-Match (RFC 9110 13.1.1): compare strongly.
+        return -1
+    try:
+        return int(value.strip('"'))
+    except ValueError:
+        return -1
+
+
+def _limit(params: dict[str, str], default: int) -> int:
+    # The services cap each page further; this only keeps the number sane.
+    return query_int(params, "limit", default=default, minimum=1, maximum=1000)
 
 
 def _single_params(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -77,6 +85,12 @@ def _single_params(request: Request[Any, Any, Any]) -> dict[str, str]:
             raise InvalidParameter("a query parameter is too long")
         params[key] = value
     return params
+
+
+def _after(params: dict[str, str]) -> uuid.UUID | None:
+    """The record id a page starts after, None from the start."""
+    cursor = params.get("cursor")
+    return None if cursor is None else decode_uuid_cursor(cursor)
 
 
 def _document_response(document: RecordDocument, status: int = 200) -> Response[bytes]:
@@ -103,7 +117,9 @@ async def _record_page(
 
 
 def _page_response(page: Page) -> Response[bytes]:
-    return Response(page.body, media_type=JSON)
+    next_cursor = None if page.next_after is None else encode_uuid_cursor(page.next_after)
+    body = _encoder.encode({"items": page.items, "next_cursor": next_cursor})
+    return Response(body, media_type=JSON)
 
 
 class RecordsController(Controller):
@@ -170,9 +186,7 @@ class RecordsController(Controller):
         service: RecordService = request.app.state.records
         params = _single_params(request)
         criteria = {k: v for k, v in params.items() if k not in _PAGING}
-        page = await service.search(
-            request.user, criteria, params.get("cursor"), _limit(request, 20)
-        )
+        page = await service.search(request.user, criteria, _after(params), _limit(params, 20))
         await _record_page(request, "record.search", page, tuple(sorted(criteria)))
         return _page_response(page)
 
@@ -206,7 +220,7 @@ class RecordsController(Controller):
         params = _single_params(request)
         if set(params) - _PAGING:
             raise InvalidParameter("unknown query parameter")
-        page = await service.caseload(request.user, params.get("cursor"), _limit(request, 50))
+        page = await service.caseload(request.user, _after(params), _limit(params, 50))
         await _record_page(request, "caseload.list", page, ())
         return _page_response(page)
 
@@ -263,9 +277,9 @@ class RecordsController(Controller):
         if set(params) - _PAGING:
             raise InvalidParameter("unknown query parameter")
         items = await custody.review_queue(
-            request.user, decode_cursor(params.get("cursor")), min(_limit(request, 50), 100)
+            request.user, decode_uuid_cursor(params.get("cursor")), min(_limit(params, 50), 100)
         )
-        next_cursor = encode_cursor(items[-1]["id"]) if items else None
+        next_cursor = encode_uuid_cursor(items[-1]["id"]) if items else None
         recorder: AccessRecorder = request.app.state.recorder
         await recorder.allowed(
             request, "break_glass.review_queue", record_ids=tuple(i["record_id"] for i in items)
