@@ -29,6 +29,7 @@ import asyncpg
 import msgspec
 
 from vault_service import devstack
+from vault_service.audit.recording import ToolLog
 from vault_service.auth.permissions import Role, scopes_for
 from vault_service.auth.principal import Principal
 from vault_service.auth.tokens import SigningKeys, TokenIssuer
@@ -169,7 +170,7 @@ async def prepare(pg: devstack.Postgres, env: dict[str, str], n: int) -> tuple[l
     for i in range(n):
         record = {**full, **youth(fake, rng, "75")} if i % 2 else youth(fake, rng, "75")
         body = msgspec.json.encode(record)
-        created = await service.create(principal, body, None)
+        created = await service.create(principal, body, None, ToolLog(principal, "record.seed"))
         # The reference stores the same plaintext under the same id.
         await owner.execute(
             "INSERT INTO bench_reference (id, body) VALUES ($1, $2::jsonb)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -13,25 +13,27 @@ from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import HTTPException
-from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from vault_service import __version__
 from vault_service.audit.checkpoints import CheckpointPublisher
+from vault_service.audit.integrator import Integrator
 from vault_service.audit.log import AccessLog
 from vault_service.audit.proofs import AuditProofs
-from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder, RefusalRecorder
+from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder
 from vault_service.audit.routes import AuditController
+from vault_service.audit.sequencer import Sequencer
 from vault_service.auth.accounts import AccountGate
-from vault_service.auth.guards import BearerAuthMiddleware, permission_guard
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import Unauthenticated, VaultServiceError
+from vault_service.gate import RequestGate
 from vault_service.health import live, ready
 from vault_service.kms import VaultKms
-from vault_service.observability import TelemetryMiddleware, configure_telemetry
+from vault_service.limits.budgets import BudgetPolicy
+from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
 from vault_service.records.routes import RecordsController
@@ -119,24 +121,28 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min,
-            max_size=settings.db_pool_max,
-            reset=keep_session,
-            server_settings={
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-                "application_name": "vault-service",
-            },
-        )
-        kms = VaultKms(settings)
-        gate = AccountGate(
-            pool,
-            settings.database_url,
-            settings.account_cache_seconds,
-            settings.new_account_restriction_hours * 3600,
-        )
-        try:
+        # Each resource is released by the stack in reverse order, however far
+        # start-up got.
+        async with AsyncExitStack() as stack:
+            pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                reset=keep_session,
+                server_settings={
+                    "statement_timeout": str(settings.db_statement_timeout_ms),
+                    "application_name": "vault-service",
+                },
+            )
+            stack.push_async_callback(pool.close)
+            kms = VaultKms(settings)
+            stack.callback(kms.close)
+            gate = AccountGate(
+                pool,
+                settings.database_url,
+                settings.account_cache_seconds,
+                settings.new_account_restriction_hours * 3600,
+            )
             keys = KeyHierarchy(
                 kms,
                 pool,
@@ -146,8 +152,37 @@ def create_app(settings: Settings) -> Litestar:
             signing = SigningKeys(kms)
             await signing.refresh()  # fail fast: no verification keys, no service
             await gate.start()
+            stack.push_async_callback(gate.stop)
             # A retired signing version stops verifying within minutes, not at restart.
             refresher = asyncio.create_task(_refresh_forever(signing, 300.0))
+            stack.callback(refresher.cancel)
+            # The access log: the tree writer, fed by the integrator (one leader among
+            # the replicas) from the pending queue that requests write through the
+            # sequencer.
+            tree = AccessLog(pool)
+            await tree.start()
+            stack.push_async_callback(tree.stop)
+            integrator = Integrator(pool, tree, enabled=settings.audit_integrator)
+            await integrator.start()
+            stack.push_async_callback(integrator.stop)
+            sequencer = Sequencer(pool, on_commit=integrator.wake)
+            sequencer.start()
+            stack.push_async_callback(sequencer.stop)
+            recorder = AccessRecorder(
+                sequencer, BudgetPolicy(settings), await keys.derived_key(False, FINGERPRINT_LABEL)
+            )
+            records = RecordService(
+                pool,
+                keys,
+                schema,
+                search_page_max=settings.search_page_max,
+                caseload_page_max=settings.caseload_page_max,
+            )
+            publisher = CheckpointPublisher(
+                pool, kms, settings.audit_origin, settings.checkpoint_interval_seconds
+            )
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
             state = app.state
             state.settings = settings
             state.pool = pool
@@ -157,42 +192,20 @@ def create_app(settings: Settings) -> Litestar:
             state.token_issuer = TokenIssuer(settings, kms, signing)
             state.token_verifier = TokenVerifier(settings, signing)
             state.account_gate = gate
-            state.records = records = RecordService(
-                pool,
-                keys,
-                schema,
-                search_page_max=settings.search_page_max,
-                caseload_page_max=settings.caseload_page_max,
-            )
+            state.records = records
             state.custody = CustodyService(
                 records,
                 break_glass_minutes=settings.break_glass_minutes,
                 break_glass_daily_limit=settings.break_glass_daily_limit,
             )
-            access_log = AccessLog(pool)
-            await access_log.start()
-            state.access_log = access_log
-            state.recorder = AccessRecorder(
-                access_log, await keys.derived_key(False, FINGERPRINT_LABEL)
-            )
+            state.access_log = tree
+            state.integrator = integrator
+            state.sequencer = sequencer
+            state.recorder = recorder
             state.audit_proofs = AuditProofs(pool, kms, settings.audit_origin)
-            publisher = CheckpointPublisher(
-                pool, kms, settings.audit_origin, settings.checkpoint_interval_seconds
-            )
-            await publisher.start()
             state.checkpoints = publisher
             log.info("service_started", version=__version__)
             yield
-        finally:
-            if "publisher" in locals():
-                await publisher.stop()
-            if "access_log" in locals():
-                await access_log.stop()
-            if "refresher" in locals():
-                refresher.cancel()
-            await gate.stop()
-            await pool.close()
-            kms.close()
 
     cors = (
         CORSConfig(
@@ -207,7 +220,14 @@ def create_app(settings: Settings) -> Litestar:
                 "X-Purpose-Detail",
                 "X-Request-Id",
             ],
-            expose_headers=["ETag", "Location", "X-Request-Id", "Retry-After"],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "X-Request-Id",
+                "Retry-After",
+                "RateLimit",
+                "RateLimit-Policy",
+            ],
             allow_credentials=False,
             max_age=600,
         )
@@ -217,12 +237,9 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[RecordsController, AuditController, jwks, live, ready],
         lifespan=[lifespan],
-        middleware=[
-            DefineMiddleware(TelemetryMiddleware),
-            DefineMiddleware(RefusalRecorder),
-            DefineMiddleware(BearerAuthMiddleware, exclude_from_auth_key="exclude_from_auth"),
-        ],
-        guards=[permission_guard],
+        # One ASGI layer: request id, authentication, authorization, refusal entries,
+        # span and metrics (vault_service/gate.py).
+        middleware=[RequestGate],
         cors_config=cors,
         exception_handlers={
             VaultServiceError: _on_service_error,

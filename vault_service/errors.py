@@ -26,6 +26,10 @@ class VaultServiceError(Exception):
         super().__init__(self.detail)
 
 
+class InternalError(VaultServiceError):
+    """Something that cannot happen did: 500, with nothing of it in the answer."""
+
+
 class ConfigurationError(VaultServiceError):
     code = "configuration_error"
     title = "The service is not configured correctly"

@@ -38,9 +38,16 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         last = (now, await kms.healthy())
         state.vault_health = last
     checks["vault"] = bool(last[1])
-    # The access-log writer: without it no data route can answer (fail closed).
+    # The access log's sequencer (requests' entries) and tree writer: without them no
+    # data route can answer (fail closed).
+    sequencer = getattr(state, "sequencer", None)
     access_log = getattr(state, "access_log", None)
-    checks["access_log"] = bool(access_log is not None and access_log.running)
+    checks["access_log"] = bool(
+        sequencer is not None
+        and sequencer.running
+        and access_log is not None
+        and access_log.running
+    )
     ok = all(checks.values())
     return Response(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503

@@ -1,7 +1,7 @@
 """Logs, traces and metrics that carry ids and codes, never personal values.
 
 - structlog renders JSON lines with the request id bound from a contextvar.
-- Traces: our own small ASGI middleware names each server span `METHOD /route/{template}`
+- Traces: the request gate (vault_service/gate.py) names each server span `METHOD /route/{template}`
   and records method, route template and status only. The generic ASGI
   instrumentation is not used on purpose: it records the raw path and the query
   string (`url.query`), and search query strings are names and birth dates.
@@ -16,20 +16,15 @@ import logging
 import os
 import re
 import sys
-import time
-import uuid
 from typing import Any, Final, TextIO
 
 import structlog
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 # Only a UUID from the proxy is kept: free text here would reach every log line and
@@ -42,6 +37,7 @@ _duration = _meter.create_histogram(
     "vault_service.http.duration", unit="s", description="HTTP request duration"
 )
 _configured = False
+_tracing = False
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -79,7 +75,7 @@ def configure_telemetry(service_name: str = "vault-service", *, always: bool = F
     (or `always`, for tests that capture spans). Without one the API's no-op tracer
     stays: spans nobody exports are pure cost on the hot path. Sampling follows the
     standard OTEL_TRACES_SAMPLER variables, read by the SDK."""
-    global _configured  # noqa: PLW0603 - process-wide providers are set exactly once
+    global _configured, _tracing  # noqa: PLW0603 - process-wide providers are set exactly once
     if _configured:
         return
     traces = bool(
@@ -105,6 +101,7 @@ def configure_telemetry(service_name: str = "vault-service", *, always: bool = F
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     trace.set_tracer_provider(tracer_provider)
+    _tracing = True
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
     if not (traces or always):
         return
@@ -115,83 +112,7 @@ def configure_telemetry(service_name: str = "vault-service", *, always: bool = F
     AsyncPGInstrumentor(capture_parameters=False).instrument()  # type: ignore[no-untyped-call]
 
 
-def _status_of(exc: Exception) -> int:
-    from litestar.exceptions import HTTPException
-
-    from vault_service.errors import VaultServiceError
-
-    if isinstance(exc, VaultServiceError):
-        return exc.status
-    if isinstance(exc, HTTPException):
-        return exc.status_code
-    return 500
-
-
-class TelemetryMiddleware:
-    """Request id, one server span named by route template, a duration metric."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        status = 500
-        start = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
-                message["headers"] = headers
-            await send(message)
-
-        method = str(scope.get("method", ""))
-        # record_exception=False: an exception's text and stack can carry values.
-        with _tracer.start_as_current_span(
-            f"{method} http",
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                await self.app(scope, receive, send_wrapper)
-            except Exception as exc:
-                # Litestar turns it into a response outside this middleware: note the
-                # status it will get, by type only.
-                status = _status_of(exc)
-                span.set_attribute("error.type", type(exc).__name__)
-                raise
-            finally:
-                # Litestar has routed by now: the template, never the raw path.
-                route = scope.get("path_template") or "unmatched"
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.request.method", method)
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
-                span.set_attribute("vault_service.request_id", request_id)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                elapsed = time.perf_counter() - start
-                attrs: dict[str, str | int] = {
-                    "http.route": route,
-                    "http.request.method": method,
-                    "http.response.status_code": status,
-                }
-                _requests.add(1, attrs)
-                _duration.record(elapsed, attrs)
-                structlog.get_logger("vault_service.access").info(
-                    "http_request",
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
-                structlog.contextvars.unbind_contextvars("request_id")
+def tracing_enabled() -> bool:
+    """Whether server spans are worth making: only when an SDK provider is installed
+    (an exporter is configured, or a test captures spans)."""
+    return _tracing

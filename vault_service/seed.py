@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from vault_service.audit.recording import ToolLog
 from vault_service.auth.permissions import Role, scopes_for
 from vault_service.auth.principal import Principal
 from vault_service.records.service import RecordService
@@ -118,5 +119,5 @@ async def seed(
         )
         for _ in range(youth_per_counsellor):
             body = msgspec.json.encode(youth(fake, rng, departments[account.structure_id]))
-            await records.create(principal, body, None)
+            await records.create(principal, body, None, ToolLog(principal, "record.seed"))
     return accounts

@@ -21,6 +21,7 @@ from vault_service.errors import ConfigurationError
 PREFIX = "VAULT_SERVICE_"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Budget = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -88,6 +89,33 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         str, msgspec.Meta(pattern=r"^[a-z0-9.-]{1,100}/[a-z0-9./-]{1,100}$")
     ] = "vault-service.example/access-log"
     checkpoint_interval_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 5.0
+    # Record budgets (limits/budgets.py): distinct records per fixed UTC window. Records
+    # are full views (encrypted fields returned); summaries are masked views (caseload,
+    # search, a supervisor's view). A counsellor with 150 youth reading them all twice a
+    # day counts 150 a day (re-reading a counted record is free). Halved while an
+    # account is restricted. 0 refuses every such read for the role.
+    budget_counsellor_hour: Budget = 200
+    budget_counsellor_day: Budget = 600
+    budget_supervisor_hour: Budget = 100
+    budget_supervisor_day: Budget = 300
+    budget_auditor_hour: Budget = 0
+    budget_auditor_day: Budget = 0
+    budget_analyst_hour: Budget = 0
+    budget_analyst_day: Budget = 0
+    summary_budget_counsellor_hour: Budget = 2000
+    summary_budget_supervisor_hour: Budget = 5000
+    summary_budget_auditor_hour: Budget = 0
+    summary_budget_analyst_hour: Budget = 0
+    # Every account of one structure together (many usurped accounts reading at once).
+    budget_structure_hour: Budget = 3000
+    # Stricter: records read under break-the-glass, and NIR lookups (each one counts).
+    budget_break_glass_day: Budget = 10
+    budget_nir_hour: Budget = 20
+    budget_nir_day: Budget = 60
+    # Which process integrates the access log into its Merkle tree (one leader among
+    # those that may): every replica by default; false on replicas that leave it to a
+    # dedicated `vault-service audit integrate`.
+    audit_integrator: bool = True
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

@@ -84,8 +84,9 @@ async def test_no_entry_no_data(client, stack: Stack, world: World) -> None:
     blocker = await asyncpg.connect(stack.dsn("vault_service_owner"))
     try:
         async with blocker.transaction():
-            # Hold the tree: no append can commit while this lock is held.
-            await blocker.execute("LOCK TABLE audit_tree_state IN ACCESS EXCLUSIVE MODE")
+            # Hold the pending queue, where requests' entries are made durable: no entry
+            # can commit while this lock is held.
+            await blocker.execute("LOCK TABLE audit_pending IN ACCESS EXCLUSIVE MODE")
             r = await client.get(f"/v1/records/{rid}", headers=c.headers())
             assert (r.status_code, r.json()["code"]) == (503, "audit_unavailable")
             assert FULL["birth_name"] not in r.text

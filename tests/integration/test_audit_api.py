@@ -371,7 +371,9 @@ async def test_no_answer_without_a_durable_entry(api, auditor, stack: Stack, acc
     blocker = await asyncpg.connect(stack.dsn(None))
     try:
         async with blocker.transaction():
-            await blocker.execute("LOCK TABLE audit_tree_state IN ACCESS EXCLUSIVE MODE")
+            # Requests' entries go to the pending queue: block it, and no entry can be
+            # made durable.
+            await blocker.execute("LOCK TABLE audit_pending IN ACCESS EXCLUSIVE MODE")
             r = await api.get(
                 "/v1/audit/events", params={"limit": "5"}, headers=audit_headers(auditor)
             )

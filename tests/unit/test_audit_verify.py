@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vault_service.audit import verify
-from vault_service.audit.log import AccessEvent, _prepare, encode_leaf
+from vault_service.audit.entry import AccessEvent, encode_leaf
+from vault_service.audit.entry import prepare as _prepare
 from vault_service.audit.merkle import (
     consistency_proof,
     inclusion_proof,

@@ -1,32 +1,42 @@
 """Recording every access in the access log, allowed or refused.
 
-Allowed accesses are recorded by the route that serves them, with what it returned
-(record ids, field paths, criterion names), and awaited before the response leaves:
-no entry, no data (`AuditUnavailable`, 503). Refusals (401, 403, 404, 4xx on bad
-input, 5xx) are recorded by `RefusalRecorder`, a middleware that sees every error a
-/v1 route raises, including the authentication middleware's and the guards'.
+Allowed accesses are recorded by the route that serves them, with what it returns
+(record ids, field paths, criterion names) and the budgets that it draws on: one
+durable entry and one budget decision, awaited before the response leaves (no entry,
+no data: `AuditUnavailable`, 503; over budget: `BudgetExceeded`, 429, the entry then
+stored as a refusal). Writes record their entry inside their own transaction.
+Refusals (401, 403, 404, 4xx on bad input, 5xx) are recorded by the request gate
+(vault_service/gate.py), which sees every error a /v1 route raises.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
-import msgspec
 import structlog
-from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Scope
 
-from vault_service.audit.log import AccessEvent, AccessLog
+from vault_service.audit.entry import AccessEvent
+from vault_service.audit.sequencer import (
+    NO_BUDGET,
+    Connection,
+    Decision,
+    Sequencer,
+    add_in_transaction,
+)
 from vault_service.auth.principal import Principal
-from vault_service.errors import Unauthenticated, VaultServiceError
+from vault_service.errors import VaultServiceError
+from vault_service.limits.budgets import BudgetExceeded, BudgetPolicy, Charge
 
 log = structlog.get_logger(__name__)
 FINGERPRINT_LABEL: Final = b"vault-service/client-fingerprint/v1"
+REFUSAL_LOGGED: Final = "refusal_logged"
+"""Set in the request state when the refusal's entry is already durable (a budget
+refusal is stored by the same statement that decided it): the gate adds no other."""
 
 
 def _uuid(value: uuid.UUID | None) -> uuid.UUID | None:
@@ -36,34 +46,44 @@ def _uuid(value: uuid.UUID | None) -> uuid.UUID | None:
     return uuid.UUID(bytes=value.bytes)
 
 
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
 class AccessRecorder:
-    def __init__(self, access_log: AccessLog, fingerprint_key: bytes) -> None:
-        self.log = access_log
+    def __init__(self, sequencer: Sequencer, budgets: BudgetPolicy, fingerprint_key: bytes) -> None:
+        self.sequencer = sequencer
+        self.budgets = budgets
         self._key = fingerprint_key
 
-    def fingerprint(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    def fingerprint(self, scope: Scope) -> str:
         """Salted hash of the client (address and user agent): links the requests of
         one client in an investigation, without storing an address."""
-        client = connection.client.host if connection.client else ""
-        agent = connection.headers.get("user-agent", "")[:512]
-        mac = hmac.new(self._key, f"{client}|{agent}".encode(), hashlib.sha256)
+        client = scope.get("client")
+        host = client[0] if client else ""
+        agent = _header(scope, b"user-agent")[:512]
+        mac = hmac.new(self._key, f"{host}|{agent}".encode(), hashlib.sha256)
         return mac.hexdigest()[:32]
 
     def event(
         self,
-        connection: ASGIConnection[Any, Any, Any, Any],
+        scope: Scope,
         action: str,
         outcome: str,
         *,
-        record_ids: tuple[uuid.UUID, ...] = (),
+        record_ids: Sequence[uuid.UUID] = (),
         fields: tuple[str, ...] = (),
         criteria: tuple[str, ...] = (),
         refusal_code: str | None = None,
     ) -> AccessEvent:
-        principal = connection.scope.get("user")
+        principal = scope.get("user")
         if not isinstance(principal, Principal):
             principal = None
-        purpose = connection.scope.get("state", {}).get("purpose")
+        state = scope.get("state", {})
+        purpose = state.get("purpose")
         return AccessEvent(
             action=action,
             outcome="allowed" if outcome == "allowed" else "refused",
@@ -75,102 +95,161 @@ class AccessRecorder:
             purpose=str(purpose[0]) if purpose else None,
             purpose_detail=purpose[1] if purpose else None,
             refusal_code=refusal_code,
-            request_id=connection.scope.get("state", {}).get("request_id"),
+            request_id=state.get("request_id"),
             token_jti=_uuid(principal.jti) if principal else None,
-            client_fingerprint=self.fingerprint(connection),
+            client_fingerprint=self.fingerprint(scope),
             criteria=criteria,
         )
 
     async def allowed(
-        self, connection: ASGIConnection[Any, Any, Any, Any], action: str, **fields: Any
-    ) -> int:
-        """Append and wait for the commit; raises AuditUnavailable (fail closed)."""
-        return await self.log.append(self.event(connection, action, "allowed", **fields))
+        self,
+        scope: Scope,
+        action: str,
+        charge: Charge,
+        *,
+        record_ids: Sequence[uuid.UUID] = (),
+        fields: tuple[str, ...] = (),
+        criteria: tuple[str, ...] = (),
+        break_glass: bool = False,
+    ) -> Decision:
+        """Decide the budgets and make the entry durable, in one statement; returns the
+        decision (for the RateLimit headers). Raises AuditUnavailable (no entry: return
+        nothing) or BudgetExceeded (the entry was stored as a refusal)."""
+        principal: Principal = scope["user"]
+        claims = self.budgets.claims(principal, charge, record_ids, break_glass=break_glass)
+        event = self.event(
+            scope, action, "allowed", record_ids=record_ids, fields=fields, criteria=criteria
+        )
+        decision = await self.sequencer.commit(event, claims)
+        if decision.refused:
+            scope["state"][REFUSAL_LOGGED] = True
+            raise BudgetExceeded(decision, logged=True)
+        return decision
 
+    async def in_transaction(
+        self,
+        conn: Connection,
+        scope: Scope,
+        action: str,
+        charge: Charge = Charge.NONE,
+        *,
+        record_ids: Sequence[uuid.UUID] = (),
+        fields: tuple[str, ...] = (),
+    ) -> Decision:
+        """A write's entry, and its budgets, inside the write's transaction: they
+        commit together or not at all. Over budget, BudgetExceeded is raised with
+        nothing kept (the caller's transaction rolls back); the gate then records the
+        refusal like any other."""
+        principal: Principal = scope["user"]
+        claims = self.budgets.claims(principal, charge, record_ids)
+        event = self.event(scope, action, "allowed", record_ids=record_ids, fields=fields)
+        decision = await add_in_transaction(conn, event, claims)
+        if decision.refused:
+            raise BudgetExceeded(decision, logged=False)
+        return decision
 
-def _refusal_code(exc: Exception) -> str:
-    if isinstance(exc, Unauthenticated):
-        return exc.reason
-    if isinstance(exc, VaultServiceError):
-        return exc.code
-    if isinstance(exc, HTTPException):
-        return f"http_{exc.status_code}"
-    return "internal_error"
-
-
-class RefusalRecorder:
-    """Records every refused /v1 request (a route with an `action` in its opt), then
-    lets the error through unchanged.
-
-    Errors raised before routing completes (the authentication middleware) pass
-    through here as exceptions; errors from guards and handlers come back as our own
-    problem+json responses, whose `code` is read from the body. Either way the entry
-    is appended before the response leaves."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = scope.get("route_handler")
-        action = handler.opt.get("action") if handler is not None else None
-        if not action:
-            await self.app(scope, receive, send)
-            return
-        held: list[Message] = []
-        status = 0
-        body = bytearray()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                status = message["status"]
-                held.append(message)
-                return
-            if held and message["type"] == "http.response.body":
-                held.append(message)
-                body.extend(message.get("body", b""))
-                if message.get("more_body"):
-                    return
-                await self._record(scope, action, _code_of(bytes(body), status))
-                for m in held:
-                    await send(m)
-                held.clear()
-                return
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception as exc:
-            await self._record(scope, action, _refusal_code(exc))
-            raise
-
-    @staticmethod
-    async def _record(scope: Scope, action: str, code: str) -> None:
-        recorder: AccessRecorder | None = getattr(scope["app"].state, "recorder", None)
-        if recorder is None:
-            return
+    async def refused(self, scope: Scope, action: str, code: str) -> None:
+        """The entry of a refused request; the request is refused either way, so a
+        failure here is reported to the operator and not to the client."""
         raw_id = scope.get("path_params", {}).get("record_id")
         try:
             record_ids: tuple[uuid.UUID, ...] = (uuid.UUID(raw_id),) if raw_id else ()
-        except ValueError:
+        except (ValueError, TypeError):
             record_ids = ()
-        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
-        event = recorder.event(
-            connection, action, "refused", record_ids=record_ids, refusal_code=code
-        )
+        event = self.event(scope, action, "refused", record_ids=record_ids, refusal_code=code)
         try:
-            await recorder.log.append(event)
+            await self.sequencer.commit(event)
         except VaultServiceError:
-            # The request is refused either way; the operator is told.
             log.error("refusal_not_logged", action=action, code=code)
 
 
-def _code_of(body: bytes, status: int) -> str:
-    try:
-        code = msgspec.json.decode(body).get("code")
-    except (msgspec.DecodeError, AttributeError):
-        code = None
-    return code if isinstance(code, str) and _CODE.fullmatch(code) else f"http_{status}"
+class RequestLog:
+    """The access-log side of one request. Its action is the one its route declares
+    (`opt["action"]`), named once: allowed and refused entries both use it."""
+
+    __slots__ = ("_recorder", "_scope", "action", "decision")
+
+    def __init__(self, recorder: AccessRecorder, scope: Scope, action: str) -> None:
+        self._recorder = recorder
+        self._scope = scope
+        self.action = action
+        self.decision = NO_BUDGET
+        """The budget decision of the entry made last (the response's RateLimit headers)."""
+
+    async def allowed(
+        self,
+        charge: Charge,
+        *,
+        record_ids: Sequence[uuid.UUID] = (),
+        fields: tuple[str, ...] = (),
+        criteria: tuple[str, ...] = (),
+        break_glass: bool = False,
+    ) -> Decision:
+        self.decision = await self._recorder.allowed(
+            self._scope,
+            self.action,
+            charge,
+            record_ids=record_ids,
+            fields=fields,
+            criteria=criteria,
+            break_glass=break_glass,
+        )
+        return self.decision
+
+    async def within(
+        self,
+        conn: Connection,
+        charge: Charge = Charge.NONE,
+        *,
+        record_ids: Sequence[uuid.UUID] = (),
+        fields: tuple[str, ...] = (),
+    ) -> Decision:
+        self.decision = await self._recorder.in_transaction(
+            conn, self._scope, self.action, charge, record_ids=record_ids, fields=fields
+        )
+        return self.decision
 
 
-_CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+class ToolLog:
+    """The log of a write made by a tool rather than a request (demo data, benchmark
+    seeding): the same entry in the same transaction, naming the principal the tool
+    acts as, with no budget (a tool returns nothing to anyone)."""
+
+    __slots__ = ("action", "decision", "principal")
+
+    def __init__(self, principal: Principal, action: str) -> None:
+        self.principal = principal
+        self.action = action
+        self.decision = NO_BUDGET
+
+    async def within(
+        self,
+        conn: Connection,
+        charge: Charge = Charge.NONE,
+        *,
+        record_ids: Sequence[uuid.UUID] = (),
+        fields: tuple[str, ...] = (),
+    ) -> Decision:
+        del charge  # nothing is returned to anyone: no budget
+        p = self.principal
+        event = AccessEvent(
+            action=self.action,
+            outcome="allowed",
+            actor_id=_uuid(p.account_id),
+            role=str(p.role),
+            structure_id=_uuid(p.structure_id),
+            record_ids=tuple(_uuid(r) for r in record_ids),  # type: ignore[misc]
+            fields=fields,
+        )
+        return await add_in_transaction(conn, event)
+
+
+WriteLog = RequestLog | ToolLog
+"""What a write takes to record itself inside its own transaction."""
+
+
+def request_log(scope: Any) -> RequestLog:
+    """The log of the request whose route declared an action (every data route)."""
+    handler: Any = scope["route_handler"]
+    recorder: AccessRecorder = scope["app"].state.recorder
+    return RequestLog(recorder, scope, handler.opt["action"])

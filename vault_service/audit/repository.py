@@ -41,7 +41,7 @@ JOIN unnest($1::smallint[], $2::bigint[]) AS k (level, idx)
 # latest version), never by the UPDATE's own WHERE, which would see the snapshot's
 # version; the UPDATE re-reads the locked row by id. `at` is read from the body, the
 # one source of truth.
-APPEND_BATCH: Final = """
+_APPEND_WRITES: Final = """
 WITH head AS (
     SELECT size, root FROM audit_tree_state WHERE id = 1 FOR UPDATE
 ), expected AS (
@@ -62,10 +62,46 @@ WITH head AS (
     FROM unnest($6::smallint[], $7::bigint[], $8::bytea[]) AS u (level, idx, hashes)
     WHERE EXISTS (SELECT 1 FROM expected)
     ON CONFLICT (level, idx) DO UPDATE SET hashes = EXCLUDED.hashes
-)
+)"""
+_MOVE_HEAD: Final = """
 UPDATE audit_tree_state s SET size = $9, root = $10, updated_at = now()
 FROM expected
 WHERE s.id = 1
+"""
+APPEND_BATCH: Final = _APPEND_WRITES + _MOVE_HEAD
+# The same, for entries integrated from the pending queue ($13: their queue ids), which
+# leave it in the same statement: an entry is pending or in the tree, never both and
+# never neither. Apart because only the service's role may delete from the queue.
+APPEND_INTEGRATED: Final = (
+    _APPEND_WRITES  # noqa: S608 - constants only
+    + """, integrated AS (
+    DELETE FROM audit_pending p
+    WHERE p.id = ANY ($13::bigint[]) AND EXISTS (SELECT 1 FROM expected)
+)"""
+    + _MOVE_HEAD
+)
+
+# --- the pending queue (sequenced entries, integrated into the tree in the background) ---
+SELECT_PENDING: Final = """
+SELECT id, salt, body FROM audit_pending ORDER BY id LIMIT $1
+"""
+# Pending entries committed up to now: the auditor's routes wait for these to be in
+# the tree, so that a report includes every access that finished before it was asked.
+PENDING_HIGH_WATER: Final = "SELECT max(id) FROM audit_pending"
+PENDING_AT_OR_BELOW: Final = "SELECT EXISTS (SELECT 1 FROM audit_pending WHERE id <= $1)"
+INSERT_PENDING: Final = "INSERT INTO audit_pending (salt, body) VALUES ($1, $2)"
+INTEGRATOR_LOCK_ID: Final = 0x7661756C74_03  # advisory lock of the integration leader
+# Requests: budgets decided and entries made durable in one statement per batch
+# (migration 0004_request_path.sql).
+ACCESS_COMMIT: Final = """
+SELECT req, refused, budget, lim, remaining, reset_s
+FROM vs_access_commit($1::integer[], $2::uuid[], $3::text[], $4::integer[], $5::uuid[],
+                      $6::bytea[], $7::text[])
+"""
+DELETE_OLD_BUDGETS: Final = """
+WITH marks AS (DELETE FROM budget_marks WHERE window_start < now() - interval '2 days'),
+usage AS (DELETE FROM budget_usage WHERE window_start < now() - interval '2 days')
+SELECT 1
 """
 
 # --- checkpoints -----------------------------------------------------------------------

@@ -19,19 +19,21 @@ from litestar import Controller, Request, Response, get
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from vault_service.audit.log import AccessEvent, AccessLog
+from vault_service.audit.integrator import Integrator
 from vault_service.audit.proofs import AuditProofs
+from vault_service.audit.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter
+from vault_service.limits.budgets import Charge
 from vault_service.paging import BIGINT_MAX, query_int
 
 JSON: Final = "application/json"
 
 
 def _opt(action: str) -> dict[str, object]:
-    # `action` names the route in the log, for refusals too (audit.recording's
-    # RefusalRecorder reads it from the handler's opt when a request is refused).
+    # `action` names the route in the log, allowed or refused (the request gate and
+    # `request_log` read it from the handler's opt).
     return {"permission": Permission.AUDIT_READ, "data": True, "action": action}
 
 
@@ -101,35 +103,21 @@ def _json(value: object) -> Response[bytes]:
 # --- logging the auditor's own access ------------------------------------------------------
 async def _log(
     request: Request[Principal, Any, Any],
-    action: str,
     params: Mapping[str, str],
     record_ids: tuple[uuid.UUID, ...] = (),
 ) -> None:
-    recorder = getattr(request.app.state, "recorder", None)
-    criteria = tuple(sorted(params))
-    if recorder is not None:
-        # The service's recorder adds what only it knows (the client fingerprint key).
-        await recorder.allowed(request, action, record_ids=record_ids, criteria=criteria)
-        return
-    principal = request.user
-    purpose = getattr(request.state, "purpose", None)
-    access_log: AccessLog = request.app.state.access_log
-    await access_log.append(
-        AccessEvent(
-            action=action,
-            outcome="allowed",
-            actor_id=principal.account_id,
-            role=str(principal.role),
-            structure_id=principal.structure_id,
-            record_ids=record_ids,
-            purpose=str(purpose[0]) if purpose else None,
-            purpose_detail=purpose[1] if purpose else None,
-            request_id=request.scope.get("state", {}).get("request_id"),
-            token_jti=principal.jti,
-            # Names only: the values (ids, times) are in the request, not worth a copy.
-            criteria=criteria,
-        )
+    """The auditor's own access, under the route's declared action: criterion names
+    only (the values, ids and times, are in the request, not worth a copy)."""
+    await request_log(request.scope).allowed(
+        Charge.NONE, record_ids=record_ids, criteria=tuple(sorted(params))
     )
+
+
+async def _settled(request: Request[Any, Any, Any]) -> None:
+    """Everything logged before this request is in the tree before it is queried: a
+    report must include every access that finished before it was asked for."""
+    integrator: Integrator = request.app.state.integrator
+    await integrator.settle()
 
 
 def _proofs(request: Request[Any, Any, Any]) -> AuditProofs:
@@ -161,6 +149,7 @@ class AuditController(Controller):
         if since is not None and until is not None and until <= since:
             raise InvalidParameter("until must be after since")
         proofs = _proofs(request)
+        await _settled(request)
         page = await proofs.events(
             record_id=record_id,
             actor_id=_uuid(params.get("actor_id"), "actor_id"),
@@ -170,7 +159,7 @@ class AuditController(Controller):
             cursor=params.get("cursor"),
             limit=_limit(params, 100, proofs.events_page_max),
         )
-        await _log(request, "audit.events", params, (record_id,) if record_id else ())
+        await _log(request, params, (record_id,) if record_id else ())
         return _json(page)
 
     @get(
@@ -181,7 +170,7 @@ class AuditController(Controller):
     async def checkpoint(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"size"}))
         _, note = await _proofs(request).checkpoint(_int(params, "size"))
-        await _log(request, "audit.checkpoint", params)
+        await _log(request, params)
         return Response(note.encode("utf-8"), media_type="text/plain; charset=utf-8")
 
     @get(
@@ -192,7 +181,7 @@ class AuditController(Controller):
     async def keys(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset())
         keys = await _proofs(request).keys()
-        await _log(request, "audit.keys", params)
+        await _log(request, params)
         return _json(keys)
 
     @get(
@@ -205,7 +194,7 @@ class AuditController(Controller):
         proof = await _proofs(request).inclusion(
             _required_int(params, "index"), _int(params, "size")
         )
-        await _log(request, "audit.proof", params)
+        await _log(request, params)
         return _json(proof)
 
     @get(
@@ -218,7 +207,7 @@ class AuditController(Controller):
         proof = await _proofs(request).consistency(
             _required_int(params, "from"), _int(params, "to")
         )
-        await _log(request, "audit.proof", params)
+        await _log(request, params)
         return _json(proof)
 
     @get(
@@ -231,7 +220,7 @@ class AuditController(Controller):
         bundle = await _proofs(request).bundle(
             _required_int(params, "start"), _int(params, "end"), _int(params, "size")
         )
-        await _log(request, "audit.bundle", params)
+        await _log(request, params)
         return _json(bundle)
 
     @get(
@@ -256,8 +245,9 @@ class AuditController(Controller):
             if output == "csv"
             else _limit(params, 1000, proofs.report_page_max)
         )
+        await _settled(request)
         page = await proofs.breach_impact(actor_id, since, until, params.get("cursor"), limit)
-        await _log(request, "audit.breach_impact", params)
+        await _log(request, params)
         if output == "json":
             return _json(page)
         return Stream(
@@ -278,8 +268,9 @@ class AuditController(Controller):
         rid = _uuid(record_id, "record_id")
         assert rid is not None
         proofs = _proofs(request)
+        await _settled(request)
         page = await proofs.subject(
             rid, params.get("cursor"), _limit(params, 100, proofs.events_page_max)
         )
-        await _log(request, "audit.subject", params, (rid,))
+        await _log(request, params, (rid,))
         return _json(page)

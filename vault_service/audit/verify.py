@@ -41,7 +41,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from vault_service.audit.log import LEAF_SIZE, canonical_body
+from vault_service.audit.entry import LEAF_SIZE, canonical_body
 from vault_service.audit.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,

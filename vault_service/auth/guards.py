@@ -1,4 +1,4 @@
-"""Authentication middleware and the guards every route goes through.
+"""Authentication and authorization of every request (called by vault_service/gate.py).
 
 Deny by default: a route is public only if its handler says `opt={"public": True}`
 (never through a path regex); every other route must name one `Permission` in
@@ -9,11 +9,10 @@ role. Data routes (`opt["data"]`) also need a valid `X-Purpose` for the role.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import Scope
 
 from vault_service.auth.accounts import AccountGate
 from vault_service.auth.permissions import ROLE_PERMISSIONS, ROLE_PURPOSES, Permission, Purpose
@@ -27,37 +26,39 @@ _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]
 # long digit runs (a NIR, a phone number), plain characters only.
 _DETAIL = re.compile(r"[\w .,;:'()/-]{1,120}")
 _DIGIT_RUN = re.compile(r"\d{6,}")
+_PURPOSE_HEADERS: Final = frozenset({b"x-purpose", b"x-purpose-detail"})
 
 
-class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        state = connection.app.state
-        header = connection.headers.get("authorization")
-        if header is None:
-            raise Unauthenticated(reason="token_missing")
-        if len(header) > 8200:
-            raise Unauthenticated(reason="token_too_large")
-        match = _BEARER.match(header)
-        if match is None:
-            raise Unauthenticated(reason="token_malformed")
-        verifier: TokenVerifier = state.token_verifier
-        gate: AccountGate = state.account_gate
-        claims = await verifier.verify(match[1])
-        principal = await gate.principal(claims)
-        return AuthenticationResult(user=principal, auth=claims)
+async def authenticate(scope: Scope) -> Principal:
+    """The principal of a request's bearer token, or Unauthenticated with its reason."""
+    state = scope["app"].state
+    header = None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            header = value.decode("latin-1")
+            break
+    if header is None:
+        raise Unauthenticated(reason="token_missing")
+    if len(header) > 8200:
+        raise Unauthenticated(reason="token_too_large")
+    match = _BEARER.match(header)
+    if match is None:
+        raise Unauthenticated(reason="token_malformed")
+    verifier: TokenVerifier = state.token_verifier
+    gate: AccountGate = state.account_gate
+    claims = await verifier.verify(match[1])
+    return await gate.principal(claims)
 
 
-async def permission_guard(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
-    if handler.opt.get(PUBLIC_OPT):
+def authorize(scope: Scope, opt: Mapping[str, Any]) -> None:
+    """The route's declared permission, held by both the token's scopes and the
+    account's current role; for data routes, a purpose the role may state."""
+    if opt.get(PUBLIC_OPT):
         return
-    permission = handler.opt.get("permission")
+    permission = opt.get("permission")
     if not isinstance(permission, Permission):
         raise Forbidden()  # a route that forgot to declare a permission serves no one
-    principal = connection.user
+    principal = scope.get("user")
     if not isinstance(principal, Principal):
         raise Unauthenticated(reason="token_missing")
     if (
@@ -65,14 +66,16 @@ async def permission_guard(
         or str(permission) not in principal.scopes
     ):
         raise Forbidden()
-    if handler.opt.get("data"):
-        connection.state.purpose = purpose_of(connection, principal)
+    if opt.get("data"):
+        wanted: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            if key in _PURPOSE_HEADERS and key.decode() not in wanted:
+                wanted[key.decode()] = value.decode("latin-1")
+        scope["state"]["purpose"] = purpose_of(wanted, principal)
 
 
-def purpose_of(
-    connection: ASGIConnection[Any, Any, Any, Any], principal: Principal
-) -> tuple[Purpose, str | None]:
-    raw = connection.headers.get("x-purpose")
+def purpose_of(headers: Mapping[str, str], principal: Principal) -> tuple[Purpose, str | None]:
+    raw = headers.get("x-purpose")
     try:
         purpose = Purpose(raw) if raw is not None else None
     except ValueError:
@@ -81,7 +84,7 @@ def purpose_of(
         raise PurposeRequired()
     if purpose not in ROLE_PURPOSES[principal.role]:
         raise PurposeNotAllowed()
-    detail = connection.headers.get("x-purpose-detail")
+    detail = headers.get("x-purpose-detail")
     if detail is not None and (not _DETAIL.fullmatch(detail) or _DIGIT_RUN.search(detail)):
         raise PurposeRequired("X-Purpose-Detail must be a short reference (120 characters)")
     return purpose, detail

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 import msgspec
 import structlog
 
+from vault_service.audit.recording import WriteLog
 from vault_service.auth.permissions import Role
 from vault_service.auth.principal import Principal
 from vault_service.errors import Forbidden, InvalidBody, NotFound, VaultServiceError
@@ -87,7 +88,7 @@ class CustodyService:
         self._daily_limit = break_glass_daily_limit
 
     async def transfer(
-        self, principal: Principal, record_id: uuid.UUID, request: TransferRequest
+        self, principal: Principal, record_id: uuid.UUID, request: TransferRequest, log: WriteLog
     ) -> Moved:
         if principal.role != Role.SUPERVISOR:
             raise Forbidden()
@@ -119,6 +120,7 @@ class CustodyService:
                 version = await self._repo.set_referent(conn, record_id, request.to_account)
             else:
                 version = await self._move(conn, row, target_structure, request.to_account)
+            await log.within(conn, record_ids=(record_id,))
         alerts.warning(
             "record_transferred",
             alert=True,
@@ -145,7 +147,11 @@ class CustodyService:
         )
 
     async def break_glass(
-        self, principal: Principal, record_id: uuid.UUID, request: BreakGlassRequest
+        self,
+        principal: Principal,
+        record_id: uuid.UUID,
+        request: BreakGlassRequest,
+        log: WriteLog,
     ) -> dict[str, Any]:
         if principal.restricted:
             alerts.warning(
@@ -184,6 +190,7 @@ class CustodyService:
                 request.reason,
                 self._minutes,
             )
+            await log.within(conn, record_ids=(record_id,))
         alerts.warning(
             "break_glass_opened",
             alert=True,
@@ -203,15 +210,17 @@ class CustodyService:
         return [dict(r) for r in rows]
 
     async def review(
-        self, principal: Principal, grant_id: uuid.UUID, request: ReviewRequest
+        self, principal: Principal, grant_id: uuid.UUID, request: ReviewRequest, log: WriteLog
     ) -> None:
         if principal.role != Role.SUPERVISOR or principal.structure_id is None:
             raise Forbidden()
-        row = await self._repo.review_grant(
-            grant_id, principal.structure_id, principal.account_id, request.outcome
-        )
-        if row is None:
-            raise NotFound()
+        async with self._repo.transaction() as conn:
+            row = await self._repo.review_grant(
+                conn, grant_id, principal.structure_id, principal.account_id, request.outcome
+            )
+            if row is None:
+                raise NotFound()
+            await log.within(conn, record_ids=(row["record_id"],))
         alerts.warning(
             "break_glass_reviewed",
             alert=True,

@@ -40,7 +40,8 @@ SELECT_RECORD: Final = (
 )
 SELECT_RECORD_FOR_UPDATE: Final = SELECT_RECORD + " FOR UPDATE OF r"
 
-# One statement, so one round trip and atomic without an explicit transaction: the
+# One statement, so one round trip, run in the transaction that also holds its access-log
+# entry: the
 # record, its blind indexes ($8 names, $9 digests, $10 national flags) and, when the
 # client sent one, its idempotency key ($11 key, $12 request digest).
 INSERT_RECORD: Final = """
@@ -153,6 +154,10 @@ RETURNING record_id, account_id
 """
 
 
+class IdempotencyRace(Exception):
+    """Another request stored the same idempotency key first."""
+
+
 class RecordRepository:
     __slots__ = ("_pool",)
 
@@ -182,6 +187,7 @@ class RecordRepository:
 
     async def insert(
         self,
+        conn: Connection,
         *,
         record_id: uuid.UUID,
         structure_id: uuid.UUID,
@@ -195,35 +201,31 @@ class RecordRepository:
         index_national: Sequence[bool],
         idempotency_key: str | None,
         request_digest: bytes | None,
-    ) -> int | asyncpg.Record:
-        """The new record's version; or, when a concurrent request with the same
-        idempotency key won the race, that key's row (`request_digest`, `record_id`)."""
+    ) -> int:
+        """The new record's version, in the caller's transaction. IdempotencyRace when
+        a concurrent request with the same idempotency key won: the transaction is then
+        aborted, and the caller looks the winner up outside it."""
         try:
-            async with self._pool.acquire() as conn:
-                version = await conn.fetchval(
-                    INSERT_RECORD,
-                    record_id,
-                    structure_id,
-                    referent_id,
-                    branch_key_version,
-                    record_key,
-                    sealed,
-                    clear,
-                    index_names,
-                    index_digests,
-                    index_national,
-                    idempotency_key,
-                    request_digest,
-                )
+            version = await conn.fetchval(
+                INSERT_RECORD,
+                record_id,
+                structure_id,
+                referent_id,
+                branch_key_version,
+                record_key,
+                sealed,
+                clear,
+                index_names,
+                index_digests,
+                index_national,
+                idempotency_key,
+                request_digest,
+            )
         except asyncpg.UniqueViolationError:
-            # Our statement wrote nothing (one statement, all or nothing); whatever
-            # else collided than an idempotency key is not ours to explain.
+            # Whatever else collided than an idempotency key is not ours to explain.
             if idempotency_key is None:
                 raise
-            existing = await self.idempotency(referent_id, idempotency_key)
-            if existing is None:
-                raise
-            return existing
+            raise IdempotencyRace() from None
         return int(version)
 
     async def idempotency(self, account_id: uuid.UUID, key: str) -> asyncpg.Record | None:
@@ -371,9 +373,13 @@ class RecordRepository:
             return await conn.fetch(SELECT_REVIEW_QUEUE, structure_id, after, limit)
 
     async def review_grant(
-        self, grant_id: uuid.UUID, structure_id: uuid.UUID, reviewer_id: uuid.UUID, outcome: str
+        self,
+        conn: Connection,
+        grant_id: uuid.UUID,
+        structure_id: uuid.UUID,
+        reviewer_id: uuid.UUID,
+        outcome: str,
     ) -> asyncpg.Record | None:
         """(`record_id`, `account_id`), or None: no such unreviewed grant in the
         structure, or the reviewer's own (nobody reviews their own grant)."""
-        async with self._pool.acquire() as conn:
-            return await conn.fetchrow(REVIEW_GRANT, grant_id, structure_id, reviewer_id, outcome)
+        return await conn.fetchrow(REVIEW_GRANT, grant_id, structure_id, reviewer_id, outcome)

@@ -10,8 +10,8 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import FromPath
 
-from vault_service.audit.recording import AccessRecorder
-from vault_service.auth.permissions import Permission
+from vault_service.audit.recording import RequestLog, request_log
+from vault_service.auth.permissions import Permission, Purpose
 from vault_service.auth.principal import Principal
 from vault_service.errors import (
     InvalidBody,
@@ -19,7 +19,9 @@ from vault_service.errors import (
     PreconditionRequired,
     invalid_body,
 )
+from vault_service.limits.budgets import Charge, rate_limit_headers
 from vault_service.paging import decode_uuid_cursor, encode_uuid_cursor, query_int
+from vault_service.records.access import View
 from vault_service.records.custody import (
     BreakGlassRequest,
     CustodyService,
@@ -93,36 +95,30 @@ def _after(params: dict[str, str]) -> uuid.UUID | None:
     return None if cursor is None else decode_uuid_cursor(cursor)
 
 
-def _document_response(document: RecordDocument, status: int = 200) -> Response[bytes]:
+def _headers(log: RequestLog, **extra: str) -> dict[str, str]:
+    headers = rate_limit_headers(log.decision)
+    headers.update(extra)
+    return headers
+
+
+def _document_response(log: RequestLog, document: RecordDocument) -> Response[bytes]:
     return Response(
-        document.body, status_code=status, media_type=JSON, headers={"ETag": etag(document.version)}
+        document.body, media_type=JSON, headers=_headers(log, ETag=etag(document.version))
     )
 
 
-async def _record_document(
-    request: Request[Principal, Any, Any], action: str, document: RecordDocument
-) -> None:
-    """Awaited before the response leaves: no durable entry, no data (503)."""
-    recorder: AccessRecorder = request.app.state.recorder
-    await recorder.allowed(
-        request, action, record_ids=(document.record_id,), fields=document.fields
-    )
-
-
-async def _record_page(
-    request: Request[Principal, Any, Any], action: str, page: Page, criteria: tuple[str, ...]
-) -> None:
-    recorder: AccessRecorder = request.app.state.recorder
-    await recorder.allowed(request, action, record_ids=page.record_ids, criteria=criteria)
-
-
-def _page_response(page: Page) -> Response[bytes]:
+def _page_response(log: RequestLog, page: Page) -> Response[bytes]:
     next_cursor = None if page.next_after is None else encode_uuid_cursor(page.next_after)
     body = _encoder.encode({"items": page.items, "next_cursor": next_cursor})
-    return Response(body, media_type=JSON)
+    return Response(body, media_type=JSON, headers=_headers(log))
 
 
 class RecordsController(Controller):
+    """Every route declares its permission and, for the access log, its action; the
+    log of a request (`request_log`) takes the action from there. What a response
+    returns is charged to the caller's budgets in the statement that makes its entry
+    durable, before any of it leaves (audit/recording.py)."""
+
     path = "/v1"
     tags: Final = ["records"]  # type: ignore[misc]
 
@@ -137,10 +133,12 @@ class RecordsController(Controller):
         key = request.headers.get("idempotency-key")
         if key is not None and not _IDEMPOTENCY_KEY.match(key):
             raise InvalidParameter("Idempotency-Key must be 8 to 128 characters [A-Za-z0-9_.:-]")
-        created = await service.create(request.user, await request.body(), key)
-        recorder: AccessRecorder = request.app.state.recorder
-        await recorder.allowed(request, "record.create", record_ids=(created.record_id,))
-        headers = {"Location": f"/v1/records/{created.record_id}"}
+        log = request_log(request.scope)
+        created = await service.create(request.user, await request.body(), key, log)
+        if created.replayed:
+            # Nothing was written this time: the replay is an access of its own.
+            await log.allowed(Charge.NONE, record_ids=(created.record_id,))
+        headers = _headers(log, Location=f"/v1/records/{created.record_id}")
         if created.replayed:
             headers["Idempotent-Replayed"] = "true"
         body = msgspec.json.encode({"id": created.record_id})
@@ -157,8 +155,15 @@ class RecordsController(Controller):
         service: RecordService = request.app.state.records
         purpose = request.state.purpose[0]
         document = await service.read(request.user, parse_record_id(record_id), purpose)
-        await _record_document(request, "record.read", document)
-        return _document_response(document)
+        full = document.view is View.FULL
+        log = request_log(request.scope)
+        await log.allowed(
+            Charge.FULL if full else Charge.SUMMARY,
+            record_ids=(document.record_id,),
+            fields=document.fields,
+            break_glass=full and purpose is Purpose.BREAK_GLASS,
+        )
+        return _document_response(log, document)
 
     @patch(
         "/records/{record_id:str}",
@@ -173,9 +178,9 @@ class RecordsController(Controller):
         expected = parse_if_match(request.headers.get("if-match"))
         if expected is None:
             raise PreconditionRequired()
-        document = await service.update(request.user, rid, expected, await request.body())
-        await _record_document(request, "record.update", document)
-        return _document_response(document)
+        log = request_log(request.scope)
+        document = await service.update(request.user, rid, expected, await request.body(), log)
+        return _document_response(log, document)
 
     @get(
         "/records",
@@ -187,8 +192,11 @@ class RecordsController(Controller):
         params = _single_params(request)
         criteria = {k: v for k, v in params.items() if k not in _PAGING}
         page = await service.search(request.user, criteria, _after(params), _limit(params, 20))
-        await _record_page(request, "record.search", page, tuple(sorted(criteria)))
-        return _page_response(page)
+        log = request_log(request.scope)
+        await log.allowed(
+            Charge.SUMMARY, record_ids=page.record_ids, criteria=tuple(sorted(criteria))
+        )
+        return _page_response(log, page)
 
     @post(
         "/records/search/nir",
@@ -207,8 +215,9 @@ class RecordsController(Controller):
         except (msgspec.ValidationError, msgspec.DecodeError):
             raise InvalidBody('expected {"nir": "<15 characters>"}') from None
         page = await service.search(request.user, {"nir": query.nir}, None, 20, restricted=True)
-        await _record_page(request, "record.search_nir", page, ("nir",))
-        return _page_response(page)
+        log = request_log(request.scope)
+        await log.allowed(Charge.NIR, record_ids=page.record_ids, criteria=("nir",))
+        return _page_response(log, page)
 
     @get(
         "/caseload",
@@ -221,8 +230,9 @@ class RecordsController(Controller):
         if set(params) - _PAGING:
             raise InvalidParameter("unknown query parameter")
         page = await service.caseload(request.user, _after(params), _limit(params, 50))
-        await _record_page(request, "caseload.list", page, ())
-        return _page_response(page)
+        log = request_log(request.scope)
+        await log.allowed(Charge.SUMMARY, record_ids=page.record_ids)
+        return _page_response(log, page)
 
     @post(
         "/records/{record_id:str}/transfer",
@@ -235,11 +245,12 @@ class RecordsController(Controller):
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
         body = _decode(_transfer_decoder, await request.body())
-        moved = await custody.transfer(request.user, parse_record_id(record_id), body)
-        recorder: AccessRecorder = request.app.state.recorder
-        await recorder.allowed(request, "record.transfer", record_ids=(moved.record_id,))
+        log = request_log(request.scope)
+        moved = await custody.transfer(request.user, parse_record_id(record_id), body, log)
         return Response(
-            msgspec.json.encode(moved), media_type=JSON, headers={"ETag": etag(moved.version)}
+            msgspec.json.encode(moved),
+            media_type=JSON,
+            headers=_headers(log, ETag=etag(moved.version)),
         )
 
     @post(
@@ -257,10 +268,11 @@ class RecordsController(Controller):
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
         body = _decode(_break_glass_decoder, await request.body())
-        grant = await custody.break_glass(request.user, parse_record_id(record_id), body)
-        recorder: AccessRecorder = request.app.state.recorder
-        await recorder.allowed(request, "record.break_glass", record_ids=(grant["record_id"],))
-        return Response(msgspec.json.encode(grant), status_code=201, media_type=JSON)
+        log = request_log(request.scope)
+        grant = await custody.break_glass(request.user, parse_record_id(record_id), body, log)
+        return Response(
+            msgspec.json.encode(grant), status_code=201, media_type=JSON, headers=_headers(log)
+        )
 
     @get(
         "/break-glass/reviews",
@@ -280,12 +292,12 @@ class RecordsController(Controller):
             request.user, decode_uuid_cursor(params.get("cursor")), min(_limit(params, 50), 100)
         )
         next_cursor = encode_uuid_cursor(items[-1]["id"]) if items else None
-        recorder: AccessRecorder = request.app.state.recorder
-        await recorder.allowed(
-            request, "break_glass.review_queue", record_ids=tuple(i["record_id"] for i in items)
-        )
+        log = request_log(request.scope)
+        await log.allowed(Charge.NONE, record_ids=tuple(i["record_id"] for i in items))
         return Response(
-            msgspec.json.encode({"items": items, "next_cursor": next_cursor}), media_type=JSON
+            msgspec.json.encode({"items": items, "next_cursor": next_cursor}),
+            media_type=JSON,
+            headers=_headers(log),
         )
 
     @post(
@@ -300,12 +312,12 @@ class RecordsController(Controller):
     )
     async def review_grant(
         self, request: Request[Principal, Any, Any], grant_id: FromPath[str]
-    ) -> None:
+    ) -> Response[None]:
         custody: CustodyService = request.app.state.custody
         body = _decode(_review_decoder, await request.body())
-        await custody.review(request.user, parse_record_id(grant_id), body)
-        recorder: AccessRecorder = request.app.state.recorder
-        await recorder.allowed(request, "break_glass.review")
+        log = request_log(request.scope)
+        await custody.review(request.user, parse_record_id(grant_id), body, log)
+        return Response(None, status_code=204, headers=_headers(log))
 
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)

@@ -15,21 +15,25 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vault_service.audit.recording import WriteLog
 from vault_service.auth.permissions import Purpose
 from vault_service.auth.principal import Principal
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import (
     IdempotencyKeyReused,
+    InternalError,
     InvalidBody,
     InvalidParameter,
     NotFound,
     PreconditionFailed,
     invalid_body,
 )
+from vault_service.limits.budgets import Charge
 from vault_service.records import access
 from vault_service.records.access import View
-from vault_service.records.repository import RecordRepository
+from vault_service.records.repository import IdempotencyRace, RecordRepository
 from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer
 
@@ -49,6 +53,7 @@ class Created:
 class RecordDocument:
     record_id: uuid.UUID
     version: int
+    view: View
     body: bytes
     fields: tuple[str, ...]
 
@@ -115,7 +120,7 @@ class RecordService:
 
     # --- operations -----------------------------------------------------------------------
     async def create(
-        self, principal: Principal, body: bytes, idempotency_key: str | None
+        self, principal: Principal, body: bytes, idempotency_key: str | None, log: WriteLog
     ) -> Created:
         assert principal.structure_id is not None
         values = self._decode_create(body)
@@ -134,25 +139,34 @@ class RecordService:
         sealed, clear = self._sealer.split(values, record_key, record_id)
         names, digests = await self._sealer.index_values(structure_id, values, self._schema.indexed)
         sealed_bytes, clear_text = self._sealer.pack(sealed, clear)
-        outcome = await self._repo.insert(
-            record_id=record_id,
-            structure_id=structure_id,
-            referent_id=principal.account_id,
-            branch_key_version=branch_version,
-            record_key=wrapped,
-            sealed=sealed_bytes,
-            clear=clear_text,
-            index_names=names,
-            index_digests=digests,
-            index_national=self._sealer.national_flags(names),
-            idempotency_key=idempotency_key,
-            request_digest=request_digest,
-        )
-        if isinstance(outcome, int):
-            return Created(record_id, outcome, replayed=False)
-        # A concurrent retry with the same key won the race.
-        assert request_digest is not None
-        return _replay(outcome, request_digest)
+        try:
+            async with self._repo.transaction() as conn:
+                version = await self._repo.insert(
+                    conn,
+                    record_id=record_id,
+                    structure_id=structure_id,
+                    referent_id=principal.account_id,
+                    branch_key_version=branch_version,
+                    record_key=wrapped,
+                    sealed=sealed_bytes,
+                    clear=clear_text,
+                    index_names=names,
+                    index_digests=digests,
+                    index_national=self._sealer.national_flags(names),
+                    idempotency_key=idempotency_key,
+                    request_digest=request_digest,
+                )
+                # The record and its access-log entry commit together or not at all.
+                await log.within(conn, record_ids=(record_id,))
+        except IdempotencyRace:
+            # A concurrent retry with the same key won; nothing of ours was written.
+            assert idempotency_key is not None
+            assert request_digest is not None
+            existing = await self._repo.idempotency(principal.account_id, idempotency_key)
+            if existing is None:
+                raise InternalError() from None
+            return _replay(existing, request_digest)
+        return Created(record_id, version, replayed=False)
 
     async def read(
         self, principal: Principal, record_id: uuid.UUID, purpose: Purpose | None = None
@@ -161,7 +175,9 @@ class RecordService:
         view = None if row is None else access.decide(principal, row, purpose)
         if row is None or view is None:
             raise NotFound()
-        record_key = await self._sealer.record_key(row)
+        return self._document(row, view, await self._sealer.record_key(row))
+
+    def _document(self, row: asyncpg.Record, view: View, record_key: AESGCM) -> RecordDocument:
         if view is View.FULL:
             record = self._sealer.full(row, record_key)
         else:
@@ -169,12 +185,20 @@ class RecordService:
         document = self._meta(row, view)
         document["record"] = record
         return RecordDocument(
-            row["id"], int(row["version"]), _json_encoder.encode(document), tuple(record)
+            row["id"], int(row["version"]), view, _json_encoder.encode(document), tuple(record)
         )
 
     async def update(
-        self, principal: Principal, record_id: uuid.UUID, expected_version: int, body: bytes
+        self,
+        principal: Principal,
+        record_id: uuid.UUID,
+        expected_version: int,
+        body: bytes,
+        log: WriteLog,
     ) -> RecordDocument:
+        """Apply the patch and return the full record as it now is; the write, its
+        access-log entry and the record budget it draws on (the response carries the
+        record) commit together: over budget, nothing is written."""
         changes = self._decode_patch(body)
         async with self._repo.transaction() as conn:
             row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
@@ -210,7 +234,11 @@ class RecordService:
                     digests,
                     self._sealer.national_flags(names),
                 )
-        return await self.read(principal, record_id)
+            fresh = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
+            assert fresh is not None  # locked by this transaction since the first read
+            document = self._document(fresh, View.FULL, record_key)
+            await log.within(conn, Charge.FULL, record_ids=(record_id,), fields=document.fields)
+        return document
 
     async def search(
         self,

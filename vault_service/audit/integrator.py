@@ -1,0 +1,183 @@
+"""Integration: pending entries into the Merkle tree, by one leader, in the background.
+
+Requests make their entries durable in `audit_pending` (audit/sequencer.py). One
+process among the replicas, the holder of an advisory lock on a connection it keeps
+while it leads, moves them into the tree in id order: it gives each its leaf index,
+appends leaves, bodies and tiles with the tree writer (audit/log.py), and deletes the
+rows from the queue in the same statement. A crash at any point leaves every entry
+either pending or in the tree; the next leader carries on.
+
+Other processes wake the leader through no channel: it polls the queue every
+`poll_seconds` when idle, and its own process wakes it after each commit. Auditors'
+routes call `settle()` so that a report includes every access that finished before it
+was asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Final
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from vault_service.audit import repository as sql
+from vault_service.audit.entry import Prepared, prepare_stored
+from vault_service.audit.log import AccessLog
+from vault_service.errors import AuditUnavailable
+
+__all__ = ["Integrator"]
+
+log = structlog.get_logger(__name__)
+_LEAD_RETRY: Final = 1.0
+_BUDGET_SWEEP: Final = 600.0
+
+
+class Integrator:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        access_log: AccessLog,
+        *,
+        batch: int = 2048,
+        poll_seconds: float = 0.05,
+        enabled: bool = True,
+    ) -> None:
+        """`enabled=False`: this process never leads (a replica that leaves integration
+        to a dedicated `vault-service audit integrate` process); `settle` still works."""
+        self._pool = pool
+        self._log = access_log
+        self._batch = batch
+        self._poll = poll_seconds
+        self._enabled = enabled
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._leader: PoolConnectionProxy | None = None
+        self._swept_at = 0.0
+        self.integrated = 0
+        """Entries this process moved into the tree (tests and metrics)."""
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader is not None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        if self._enabled and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="access-log-integrator")
+
+    async def stop(self) -> None:
+        """Integrate what is pending (if leading), then stop and release the lead."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            if self._leader is not None:
+                with contextlib.suppress(Exception):
+                    while await self.integrate_once():
+                        pass
+        await self._resign()
+
+    async def settle(self, within: float = 3.0) -> None:
+        """Wait until every entry pending now is in the tree; AuditUnavailable if that
+        takes longer than `within` seconds (an auditor's report must not look complete when
+        it is not)."""
+        deadline = time.monotonic() + within
+        try:
+            async with self._pool.acquire(timeout=within) as conn:
+                high = await conn.fetchval(sql.PENDING_HIGH_WATER, timeout=within)
+                if high is None:
+                    return
+                while await conn.fetchval(sql.PENDING_AT_OR_BELOW, high, timeout=within):
+                    _check_deadline(deadline)
+                    self.wake()
+                    await asyncio.sleep(0.005)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.error("audit_integration_lagging", error_type=type(exc).__name__)
+            raise AuditUnavailable("the access log is behind; try again shortly") from None
+
+    # --- leadership ----------------------------------------------------------------
+    async def _try_lead(self) -> bool:
+        if self._leader is not None:
+            return True
+        conn = await self._pool.acquire()
+        try:
+            won = await conn.fetchval(sql.TRY_LEADER, sql.INTEGRATOR_LOCK_ID)
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        if not won:
+            await self._pool.release(conn)
+            return False
+        self._leader = conn
+        log.info("integration_leader_elected")
+        return True
+
+    async def _resign(self) -> None:
+        conn, self._leader = self._leader, None
+        if conn is None:
+            return
+        try:
+            await conn.fetchval(sql.RELEASE_LEADER, sql.INTEGRATOR_LOCK_ID)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            conn.terminate()  # the session lock dies with the session
+        finally:
+            await self._pool.release(conn)
+
+    # --- integration ---------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not await self._try_lead():
+                    await asyncio.sleep(_LEAD_RETRY)
+                    continue
+                while await self.integrate_once():
+                    pass
+                await self._sweep_budgets()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the integrator must outlive any failure
+                log.warning("integration_round_failed", error_type=type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await self._resign()
+                await asyncio.sleep(_LEAD_RETRY)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._poll)
+
+    async def integrate_once(self) -> int:
+        """Integrate up to `batch` pending entries; returns how many (0: none pending).
+        Only the leader calls it (the lead is what keeps two integrators from
+        appending the same entry twice)."""
+        leader = self._leader
+        if leader is None:
+            return 0
+        rows = await leader.fetch(sql.SELECT_PENDING, self._batch)
+        if not rows:
+            return 0
+        prepared: list[Prepared] = [
+            prepare_stored(int(r["id"]), bytes(r["salt"]), str(r["body"])) for r in rows
+        ]
+        await self._log.append_prepared(prepared)
+        self.integrated += len(prepared)
+        return len(prepared)
+
+    async def _sweep_budgets(self) -> None:
+        """Budget marks and counts of windows long closed are of no further use."""
+        now = time.monotonic()
+        if now - self._swept_at < _BUDGET_SWEEP or self._leader is None:
+            return
+        self._swept_at = now
+        await self._leader.execute(sql.DELETE_OLD_BUDGETS)
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError
