@@ -5,6 +5,10 @@
 
 Starts its own embedded PostgreSQL (same machine, default settings, fsync on), then:
 
+0. sequencer: the request path. `--writers` coroutines per process call
+   `Sequencer.commit` (entry durable in the pending queue, budget function with no
+   claims), while an integrator in a process of its own moves entries into the tree;
+   entries/s, latency of each commit, and how long the queue took to drain after;
 1. append: `--writers` concurrent coroutines per process (in `--processes` processes,
    each with its own sequencer, as replicas would be) call `AccessLog.append` for
    `--duration` seconds after a short warm-up; entries/s, p50/p99/p99.9 latency of
@@ -50,10 +54,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vault_service import devstack
 from vault_service.audit import verify
-from vault_service.audit.log import AccessEvent, AccessLog, _prepare, encode_leaf
+from vault_service.audit.entry import AccessEvent, encode_leaf
+from vault_service.audit.entry import prepare as _prepare
+from vault_service.audit.integrator import Integrator
+from vault_service.audit.log import AccessLog
 from vault_service.audit.merkle import leaf_hash
 from vault_service.audit.note import format_checkpoint, sign_note, verifier_key_string
 from vault_service.audit.proofs import AuditProofs
+from vault_service.audit.sequencer import Sequencer
 from vault_service.audit.tiles import TileBuilder
 from vault_service.audit.verify import KEYS_FORMAT, KeysFile
 
@@ -151,6 +159,19 @@ async def _drive(writers: int, warmup: float, duration: float, append: Any) -> d
 async def _append_worker(
     dsn: str, mode: str, writers: int, warmup: float, duration: float
 ) -> dict[str, Any]:
+    if mode == "sequencer":
+        # The request path: entries made durable in the pending queue, one statement per
+        # batch (the budget function with no claims); integration runs elsewhere.
+        pool = await asyncpg.create_pool(dsn, min_size=3, max_size=3)
+        sequencer = Sequencer(pool)
+        sequencer.start()
+        try:
+            result = await _drive(writers, warmup, duration, sequencer.commit)
+        finally:
+            await sequencer.stop()
+            await pool.close()
+        result["batches"] = sequencer.batches
+        return result
     if mode == "log":
         pool = await asyncpg.create_pool(dsn, min_size=3, max_size=3)
         log = AccessLog(pool)
@@ -187,9 +208,41 @@ def _process_entry(args: tuple[str, str, int, float, float], queue: Any) -> None
     queue.put(asyncio.run(_append_worker(*args)))
 
 
+async def _integrate(dsn: str, stop: Any, queue: Any) -> None:
+    """The integrator in a process of its own (as `vault-service audit integrate`):
+    integrates while the writers run, then until the queue is empty; reports how many
+    entries it integrated and how long the queue took to drain once writers stopped."""
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=3)
+    tree = AccessLog(pool)
+    await tree.start()
+    integrator = Integrator(pool, tree, poll_seconds=0.01)
+    await integrator.start()
+    while not stop.is_set():  # noqa: ASYNC110 - a multiprocessing event, not an asyncio one
+        await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        while await conn.fetchval("SELECT count(*) FROM audit_pending"):  # noqa: ASYNC110 - polls the database
+            await asyncio.sleep(0.01)
+    drained = time.perf_counter() - started
+    await integrator.stop()
+    await tree.stop()
+    await pool.close()
+    queue.put({"integrated": integrator.integrated, "drain_seconds": round(drained, 3)})
+
+
+def _integrator_entry(dsn: str, stop: Any, queue: Any) -> None:
+    asyncio.run(_integrate(dsn, stop, queue))
+
+
 def run_appends(
     dsn: str, mode: str, processes: int, writers: int, warmup: float, duration: float
 ) -> dict[str, Any]:
+    integration = None
+    if mode == "sequencer":
+        context = multiprocessing.get_context("spawn")
+        stop, done = context.Event(), context.Queue()
+        integration = context.Process(target=_integrator_entry, args=(dsn, stop, done))
+        integration.start()
     if processes == 1:
         results = [asyncio.run(_append_worker(dsn, mode, writers, warmup, duration))]
     else:
@@ -217,7 +270,11 @@ def run_appends(
         "entries_per_second": round(entries / seconds),
         **percentiles(latencies),
     }
-    if mode == "log":
+    if integration is not None:
+        stop.set()
+        summary["integration"] = done.get()
+        integration.join()
+    if mode in ("log", "sequencer"):
         batches = sum(r["batches"] for r in results)
         summary["transactions"] = batches
         summary["mean_batch"] = round(entries / max(1, batches), 1)
@@ -409,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proof-size", type=int, default=1_000_000)
     parser.add_argument("--proof-samples", type=int, default=2000)
     parser.add_argument("--verify-entries", type=int, default=200_000)
-    parser.add_argument("--skip", action="append", default=[], help="append|naive|proofs|verify")
+    parser.add_argument(
+        "--skip", action="append", default=[], help="sequencer|append|naive|proofs|verify"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="vault-service-bench-audit-"))
@@ -435,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                 await conn.close()
 
         asyncio.run(naive_schema())
-        for mode in ("log", "naive"):
-            if ("append" if mode == "log" else "naive") in args.skip:
+        for mode in ("sequencer", "log", "naive"):
+            if {"sequencer": "sequencer", "log": "append", "naive": "naive"}[mode] in args.skip:
                 continue
             result = run_appends(
                 dsn, mode, args.processes, args.writers, args.warmup, args.duration

@@ -232,11 +232,26 @@ def main() -> int:
             "VAULT_SERVICE_JWT_ISSUER": "https://bench.local",
             "VAULT_SERVICE_JWT_AUDIENCE": "vault-service",
             "VAULT_SERVICE_LOG_LEVEL": "WARNING",
+            # Budgets stay on: every read is decided and counted in PostgreSQL. They
+            # are large enough that no read is refused (a refusal counts as non-2xx).
+            "VAULT_SERVICE_BUDGET_COUNSELLOR_HOUR": "10000000",
+            "VAULT_SERVICE_BUDGET_COUNSELLOR_DAY": "10000000",
+            "VAULT_SERVICE_BUDGET_STRUCTURE_HOUR": "10000000",
+            "VAULT_SERVICE_SUMMARY_BUDGET_COUNSELLOR_HOUR": "10000000",
         }
         ids, token = asyncio.run(prepare(pg, env, args.records))
+        # Integration (tree hashes, tiles) runs in a process of its own, as a deployment
+        # would run it beside its replicas; the service only sequences entries.
         procs.append(
             subprocess.Popen(
-                server_cmd(args.server, "vault_service.asgi:app", port), env={**os.environ, **env}
+                [str(Path(sys.executable).parent / "vault-service"), "audit", "integrate"],
+                env={**os.environ, **env},
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                server_cmd(args.server, "vault_service.asgi:app", port),
+                env={**os.environ, **env, "VAULT_SERVICE_AUDIT_INTEGRATOR": "false"},
             )
         )
         procs.append(
@@ -284,7 +299,7 @@ def main() -> int:
                             str(Path(sys.executable).parent / "py-spy"),
                             "record",
                             "-p",
-                            str(procs[0].pid),
+                            str(procs[1].pid),
                             "--subprocesses",
                             "-d",
                             str(args.duration),

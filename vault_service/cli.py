@@ -295,11 +295,42 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "verify", help="offline verification of checkpoints, proofs and bundles", add_help=False
     )
+    audit.add_parser(
+        "integrate",
+        help="integrate the access log's pending entries into its tree until stopped "
+        "(one leader among all that run it; replicas then set VAULT_SERVICE_AUDIT_INTEGRATOR=false)",
+    )
     prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
     prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
     keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
     keys.add_parser("list", help="transit keys, signing key versions, branch keys")
     return parser
+
+
+async def _integrate(settings: Settings) -> int:
+    """Run the integrator (audit/integrator.py) in a process of its own, so that
+    hashing and tiles take nothing from the processes that serve requests."""
+    import signal
+
+    from vault_service.audit.integrator import Integrator
+    from vault_service.audit.log import AccessLog
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=4)
+    try:
+        tree = AccessLog(pool)
+        await tree.start()
+        integrator = Integrator(pool, tree, poll_seconds=0.01)
+        await integrator.start()
+        await stop.wait()
+        await integrator.stop()
+        await tree.stop()
+    finally:
+        await pool.close()
+    return 0
 
 
 async def _prune(days: int) -> int:
@@ -350,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "serve":
             return cmd_serve(settings)
+        if args.command == "audit" and args.action == "integrate":
+            return asyncio.run(_integrate(settings))
         if args.command == "tokens":
             print(asyncio.run(_issue(settings, args.subject, args.ttl)))
             return 0

@@ -121,6 +121,46 @@ BEGIN
        OR coalesce(array_length(p_claim_record, 1), 0) <> n_claims THEN
         RAISE EXCEPTION 'vs_access_commit: arrays of different lengths' USING ERRCODE = 'VS101';
     END IF;
+    -- Fast path, the common case: no request adds a record to any window (re-reads of
+    -- records already counted, state-only claims). Nothing changes then, so every
+    -- request is admitted without a lock or a write, and the binding budget of each is
+    -- read for all at once. A mark that another transaction is adding right now is not
+    -- visible here, which only sends this batch down the exact path below.
+    IF NOT EXISTS (
+        SELECT 1
+        FROM unnest(p_claim_subject, p_claim_budget, p_claim_record) AS u (subject, budget, record_id)
+        WHERE u.record_id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM budget_marks m
+            WHERE m.subject = u.subject AND m.budget = u.budget
+              AND m.window_start = date_trunc(split_part(u.budget, '.', 2), now(), 'UTC')
+              AND m.record_id = u.record_id)
+    ) THEN
+        RETURN QUERY
+        WITH c AS (
+            SELECT DISTINCT u.req, u.subject, u.budget, u.lim,
+                   date_trunc(split_part(u.budget, '.', 2), now(), 'UTC') AS win
+            FROM unnest(p_claim_req, p_claim_subject, p_claim_budget, p_claim_limit)
+                AS u (req, subject, budget, lim)
+        ), best AS (
+            SELECT DISTINCT ON (c.req) c.req, c.budget, c.lim,
+                   greatest(c.lim - coalesce(bu.used, 0), 0) AS remaining,
+                   greatest(ceil(extract(epoch FROM
+                       (c.win + ('1 ' || split_part(c.budget, '.', 2))::interval) - now()))::integer,
+                       1) AS reset_s
+            FROM c
+            LEFT JOIN budget_usage bu
+              ON bu.subject = c.subject AND bu.budget = c.budget AND bu.window_start = c.win
+            ORDER BY c.req, 4, c.subject, c.budget
+        )
+        SELECT g.n::integer, false, best.budget, best.lim, best.remaining, best.reset_s
+        FROM generate_series(1, n_req) AS g (n)
+        LEFT JOIN best ON best.req = g.n
+        ORDER BY g.n;
+        INSERT INTO audit_pending (salt, body)
+        SELECT u.salt, u.body FROM unnest(p_salt, p_body) WITH ORDINALITY AS u (salt, body, ord)
+        ORDER BY u.ord;
+        RETURN;
+    END IF;
     -- Every budget row the batch touches, created if new and locked in one order, so
     -- that concurrent batches (other processes, other replicas) queue instead of
     -- deadlocking; the marks of a subject are only inserted under its row lock.
