@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "integrate",
         help="integrate the access log's pending entries into its tree until stopped "
-        "(one leader among all that run it; replicas then set VAULT_SERVICE_AUDIT_INTEGRATOR=false)",
+        "(one leader among all that run it; replicas then set "
+        "VAULT_SERVICE_AUDIT_INTEGRATOR=false)",
     )
     prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
     prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
