@@ -24,7 +24,7 @@ import msgspec
 import structlog
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send, WebSocketCloseEvent
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -79,6 +79,14 @@ class RequestGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
+            handler = scope.get("route_handler")
+            if scope["type"] == ScopeType.WEBSOCKET and not (
+                handler is not None and handler.opt.get(PUBLIC_OPT)
+            ):
+                # No websocket route is authenticated here: deny by default.
+                close: WebSocketCloseEvent = {"type": "websocket.close", "code": 1008, "reason": ""}
+                await send(close)
+                return
             await self.app(scope, receive, send)
             return
         incoming = ""
@@ -92,6 +100,21 @@ class RequestGate:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         start = time.perf_counter()
         method = str(scope.get("method", ""))
+        status = 500
+        try:
+            status = await self._traced(scope, receive, send, request_id, method)
+        except Exception as exc:
+            # Refused by the gate itself (401, 403, a missing purpose): Litestar answers
+            # outside this layer, with the status the error carries; it is measured and
+            # logged like any other answer.
+            status = _status_of(exc)
+            raise
+        finally:
+            self._account(scope, method, status, start)
+
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, method: str
+    ) -> int:
         if tracing_enabled():
             # record_exception=False: an exception's text and stack can carry values.
             with _tracer.start_as_current_span(
@@ -109,8 +132,11 @@ class RequestGate:
                 span.set_attribute("vault_service.request_id", request_id)
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
-        else:
-            status = await self._serve(scope, receive, send, request_id)
+            return status
+        return await self._serve(scope, receive, send, request_id)
+
+    @staticmethod
+    def _account(scope: Scope, method: str, status: int, start: float) -> None:
         elapsed = time.perf_counter() - start
         # Litestar has routed by now: the template, never the raw path.
         route = scope.get("path_template") or "unmatched"

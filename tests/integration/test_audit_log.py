@@ -440,8 +440,9 @@ async def test_privileges_and_triggers(db: AuditDb, access_log) -> None:
             "SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal "
             "AND tgrelid::regclass::text LIKE 'audit_%'"
         )
-        # Ten on the tree's tables, two on the pending queue (no UPDATE, no TRUNCATE).
-        assert len(enabled) == 12
+        # Ten on the tree's tables, two on the pending queue (no UPDATE, no TRUNCATE),
+        # two on the quarantine (no UPDATE or DELETE, no TRUNCATE).
+        assert len(enabled) == 14
         assert {r["tgenabled"] for r in enabled} == {b"A"}
     finally:
         for conn in (app, auditor, retention, owner, superuser):

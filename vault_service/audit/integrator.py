@@ -27,11 +27,12 @@ from asyncpg.pool import PoolConnectionProxy
 from vault_service.audit import repository as sql
 from vault_service.audit.entry import Prepared, prepare_stored
 from vault_service.audit.log import AccessLog
-from vault_service.errors import AuditUnavailable
+from vault_service.errors import AuditUnavailable, VaultServiceError
 
 __all__ = ["Integrator"]
 
 log = structlog.get_logger(__name__)
+alerts = structlog.get_logger("vault_service.alerts")
 _LEAD_RETRY: Final = 1.0
 _BUDGET_SWEEP: Final = 600.0
 
@@ -162,9 +163,17 @@ class Integrator:
         rows = await leader.fetch(sql.SELECT_PENDING, self._batch)
         if not rows:
             return 0
-        prepared: list[Prepared] = [
-            prepare_stored(int(r["id"]), bytes(r["salt"]), str(r["body"])) for r in rows
-        ]
+        prepared: list[Prepared] = []
+        for r in rows:
+            try:
+                prepared.append(prepare_stored(int(r["id"]), bytes(r["salt"]), str(r["body"])))
+            except (ValueError, VaultServiceError):
+                # Not an entry our code wrote: set it aside (kept, visible to auditors)
+                # rather than let it stop the tree; someone must look at it.
+                await leader.execute(sql.QUARANTINE_PENDING, int(r["id"]))
+                alerts.error("audit_pending_quarantined", alert=True, pending_id=int(r["id"]))
+        if not prepared:
+            return len(rows)
         await self._log.append_prepared(prepared)
         self.integrated += len(prepared)
         return len(prepared)

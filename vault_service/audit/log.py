@@ -340,7 +340,8 @@ class AccessLog:
         self._queue.append(waiting)
         self._queued += len(waiting)
         self._wakeup.set()
-        return [await w.future for w in waiting]
+        # gather: when the batch fails, every future's exception is retrieved.
+        return list(await asyncio.gather(*(w.future for w in waiting)))
 
     def _admit(self, count: int) -> None:
         if not self.running:

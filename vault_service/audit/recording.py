@@ -33,6 +33,7 @@ from vault_service.errors import VaultServiceError
 from vault_service.limits.budgets import BudgetExceeded, BudgetPolicy, Charge
 
 log = structlog.get_logger(__name__)
+alerts = structlog.get_logger("vault_service.alerts")
 FINGERPRINT_LABEL: Final = b"vault-service/client-fingerprint/v1"
 REFUSAL_LOGGED: Final = "refusal_logged"
 """Set in the request state when the refusal's entry is already durable (a budget
@@ -123,6 +124,13 @@ class AccessRecorder:
         decision = await self.sequencer.commit(event, claims)
         if decision.refused:
             scope["state"][REFUSAL_LOGGED] = True
+            alerts.warning(
+                "budget_exceeded",
+                alert=True,
+                budget=decision.budget,
+                action=action,
+                actor_id=str(principal.account_id),
+            )
             raise BudgetExceeded(decision, logged=True)
         return decision
 

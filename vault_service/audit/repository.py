@@ -72,13 +72,23 @@ APPEND_BATCH: Final = _APPEND_WRITES + _MOVE_HEAD
 # The same, for entries integrated from the pending queue ($13: their queue ids), which
 # leave it in the same statement: an entry is pending or in the tree, never both and
 # never neither. Apart because only the service's role may delete from the queue.
+# If any of those ids is no longer pending (another integrator, or a retry of a batch
+# already committed, got there first), the head is set to -1, which its CHECK refuses:
+# the whole statement fails and nothing is appended twice.
 APPEND_INTEGRATED: Final = (
     _APPEND_WRITES  # noqa: S608 - constants only
     + """, integrated AS (
     DELETE FROM audit_pending p
     WHERE p.id = ANY ($13::bigint[]) AND EXISTS (SELECT 1 FROM expected)
-)"""
-    + _MOVE_HEAD
+    RETURNING p.id
+)
+UPDATE audit_tree_state s
+SET size = CASE WHEN (SELECT count(*) FROM integrated) = cardinality($13::bigint[])
+                THEN $9 ELSE -1 END,
+    root = $10, updated_at = now()
+FROM expected
+WHERE s.id = 1
+"""
 )
 
 # --- the pending queue (sequenced entries, integrated into the tree in the background) ---
@@ -90,6 +100,10 @@ SELECT id, salt, body FROM audit_pending ORDER BY id LIMIT $1
 PENDING_HIGH_WATER: Final = "SELECT max(id) FROM audit_pending"
 PENDING_AT_OR_BELOW: Final = "SELECT EXISTS (SELECT 1 FROM audit_pending WHERE id <= $1)"
 INSERT_PENDING: Final = "INSERT INTO audit_pending (salt, body) VALUES ($1, $2)"
+QUARANTINE_PENDING: Final = """
+WITH moved AS (DELETE FROM audit_pending WHERE id = $1 RETURNING id, salt, body)
+INSERT INTO audit_quarantine (pending_id, salt, body) SELECT id, salt, body FROM moved
+"""
 INTEGRATOR_LOCK_ID: Final = 0x7661756C74_03  # advisory lock of the integration leader
 # Requests: budgets decided and entries made durable in one statement per batch
 # (migration 0004_request_path.sql).

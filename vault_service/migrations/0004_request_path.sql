@@ -33,8 +33,25 @@ ALTER TABLE audit_pending ENABLE ALWAYS TRIGGER audit_pending_no_update;
 ALTER TABLE audit_pending ENABLE ALWAYS TRIGGER audit_pending_no_truncate;
 
 GRANT SELECT, INSERT, DELETE ON audit_pending TO vault_service_app;
-GRANT INSERT ON audit_pending TO vault_service_retention;
 GRANT SELECT ON audit_pending TO vault_service_auditor;
+
+-- A pending row the integrator cannot read as an entry (written by something other
+-- than the service's code) is set aside here, with an alert, so that one bad row
+-- cannot stop the tree from growing; auditors see it, nothing deletes it.
+CREATE TABLE audit_quarantine (
+    pending_id     bigint PRIMARY KEY,
+    salt           bytea NOT NULL,
+    body           text NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TRIGGER audit_quarantine_no_change BEFORE UPDATE OR DELETE ON audit_quarantine
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_quarantine_no_truncate BEFORE TRUNCATE ON audit_quarantine
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+ALTER TABLE audit_quarantine ENABLE ALWAYS TRIGGER audit_quarantine_no_change;
+ALTER TABLE audit_quarantine ENABLE ALWAYS TRIGGER audit_quarantine_no_truncate;
+GRANT INSERT ON audit_quarantine TO vault_service_app;
+GRANT SELECT ON audit_quarantine TO vault_service_auditor;
 
 -- --- record budgets ---------------------------------------------------------------------------
 -- Fixed UTC windows (the hour, the day). A budget counts distinct records per subject
