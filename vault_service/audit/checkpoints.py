@@ -27,6 +27,7 @@ from asyncpg.pool import PoolConnectionProxy
 from opentelemetry import metrics
 
 from vault_service.audit import repository as sql
+from vault_service.audit.leadership import Leadership
 from vault_service.audit.merkle import MerkleError, verify_consistency
 from vault_service.audit.note import (
     NoteError,
@@ -86,7 +87,7 @@ class CheckpointPublisher:
         self._origin = origin
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
-        self._leader: PoolConnectionProxy | None = None
+        self._lead = Leadership(pool, sql.CHECKPOINT_LOCK_ID, "checkpoint_leader_elected")
         self._keys: SigningKeySet | None = None
         self._keys_at = 0.0
         # One publication at a time: the leader's connection serves one query at once,
@@ -99,7 +100,7 @@ class CheckpointPublisher:
 
     @property
     def is_leader(self) -> bool:
-        return self._leader is not None
+        return self._lead.leading
 
     async def start(self) -> None:
         if self._task is None:
@@ -129,33 +130,11 @@ class CheckpointPublisher:
     # --- leadership ----------------------------------------------------------------
     async def try_lead(self) -> bool:
         """Take the leader lock if it is free; keep its connection while leading."""
-        if self._leader is not None:
-            return True
-        conn = await self._pool.acquire()
-        try:
-            won = await conn.fetchval(sql.TRY_LEADER, sql.CHECKPOINT_LOCK_ID)
-        except BaseException:
-            await self._pool.release(conn)
-            raise
-        if not won:
-            await self._pool.release(conn)
-            return False
-        self._leader = conn
-        log.info("checkpoint_leader_elected")
-        return True
+        return await self._lead.try_lead()
 
     async def _resign(self) -> None:
         async with self._publishing:
-            conn, self._leader = self._leader, None
-        if conn is None:
-            return
-        try:
-            await conn.fetchval(sql.RELEASE_LEADER, sql.CHECKPOINT_LOCK_ID)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-            # The session lock dies with the session; make sure the session dies.
-            conn.terminate()
-        finally:
-            await self._pool.release(conn)
+            await self._lead.resign()
 
     async def _run(self) -> None:
         while True:
@@ -185,8 +164,9 @@ class CheckpointPublisher:
         schedule; tests and tools may call it directly (the table's key on size keeps
         two concurrent callers from storing two checkpoints of one size)."""
         async with self._publishing:
-            if self._leader is not None:
-                return await self._publish(self._leader)
+            leader = self._lead.connection
+            if leader is not None:
+                return await self._publish(leader)
             async with self._pool.acquire() as conn:
                 return await self._publish(conn)
 

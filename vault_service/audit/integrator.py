@@ -22,10 +22,10 @@ from typing import Final
 
 import asyncpg
 import structlog
-from asyncpg.pool import PoolConnectionProxy
 
 from vault_service.audit import repository as sql
 from vault_service.audit.entry import Prepared, prepare_stored
+from vault_service.audit.leadership import Leadership
 from vault_service.audit.log import AccessLog
 from vault_service.errors import AuditUnavailable, VaultServiceError
 
@@ -56,14 +56,14 @@ class Integrator:
         self._enabled = enabled
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._leader: PoolConnectionProxy | None = None
+        self._lead = Leadership(pool, sql.INTEGRATOR_LOCK_ID, "integration_leader_elected")
         self._swept_at = 0.0
         self.integrated = 0
         """Entries this process moved into the tree (tests and metrics)."""
 
     @property
     def is_leader(self) -> bool:
-        return self._leader is not None
+        return self._lead.leading
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -79,11 +79,11 @@ class Integrator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-            if self._leader is not None:
+            if self._lead.leading:
                 with contextlib.suppress(Exception):
                     while await self.integrate_once():
                         pass
-        await self._resign()
+        await self._lead.resign()
 
     async def settle(self, within: float = 3.0) -> None:
         """Wait until every entry pending now is in the tree; AuditUnavailable if that
@@ -103,39 +103,11 @@ class Integrator:
             log.error("audit_integration_lagging", error_type=type(exc).__name__)
             raise AuditUnavailable("the access log is behind; try again shortly") from None
 
-    # --- leadership ----------------------------------------------------------------
-    async def _try_lead(self) -> bool:
-        if self._leader is not None:
-            return True
-        conn = await self._pool.acquire()
-        try:
-            won = await conn.fetchval(sql.TRY_LEADER, sql.INTEGRATOR_LOCK_ID)
-        except BaseException:
-            await self._pool.release(conn)
-            raise
-        if not won:
-            await self._pool.release(conn)
-            return False
-        self._leader = conn
-        log.info("integration_leader_elected")
-        return True
-
-    async def _resign(self) -> None:
-        conn, self._leader = self._leader, None
-        if conn is None:
-            return
-        try:
-            await conn.fetchval(sql.RELEASE_LEADER, sql.INTEGRATOR_LOCK_ID)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-            conn.terminate()  # the session lock dies with the session
-        finally:
-            await self._pool.release(conn)
-
     # --- integration ---------------------------------------------------------------
     async def _run(self) -> None:
         while True:
             try:
-                if not await self._try_lead():
+                if not await self._lead.try_lead():
                     await asyncio.sleep(_LEAD_RETRY)
                     continue
                 while await self.integrate_once():
@@ -146,7 +118,7 @@ class Integrator:
             except Exception as exc:  # noqa: BLE001 - the integrator must outlive any failure
                 log.warning("integration_round_failed", error_type=type(exc).__name__)
                 with contextlib.suppress(Exception):
-                    await self._resign()
+                    await self._lead.resign()
                 await asyncio.sleep(_LEAD_RETRY)
                 continue
             self._wakeup.clear()
@@ -157,7 +129,7 @@ class Integrator:
         """Integrate up to `batch` pending entries; returns how many (0: none pending).
         Only the leader calls it (the lead is what keeps two integrators from
         appending the same entry twice)."""
-        leader = self._leader
+        leader = self._lead.connection
         if leader is None:
             return 0
         rows = await leader.fetch(sql.SELECT_PENDING, self._batch)
@@ -181,10 +153,11 @@ class Integrator:
     async def _sweep_budgets(self) -> None:
         """Budget marks and counts of windows long closed are of no further use."""
         now = time.monotonic()
-        if now - self._swept_at < _BUDGET_SWEEP or self._leader is None:
+        leader = self._lead.connection
+        if now - self._swept_at < _BUDGET_SWEEP or leader is None:
             return
         self._swept_at = now
-        await self._leader.execute(sql.DELETE_OLD_BUDGETS)
+        await leader.execute(sql.DELETE_OLD_BUDGETS)
 
 
 def _check_deadline(deadline: float) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import structlog
@@ -54,6 +54,44 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
+def principal_of(scope: Scope) -> Principal | None:
+    user: Any = scope.get("user")
+    return user if isinstance(user, Principal) else None
+
+
+def build_event(
+    principal: Principal | None,
+    state: Mapping[str, Any],
+    action: str,
+    outcome: str,
+    *,
+    record_ids: Sequence[uuid.UUID] = (),
+    fields: tuple[str, ...] = (),
+    criteria: tuple[str, ...] = (),
+    refusal_code: str | None = None,
+    fingerprint: str | None = None,
+) -> AccessEvent:
+    """An entry naming `principal` (None: unauthenticated), with the purpose and
+    request id found in the request `state` (empty for a tool)."""
+    purpose = state.get("purpose")
+    return AccessEvent(
+        action=action,
+        outcome="allowed" if outcome == "allowed" else "refused",
+        actor_id=_uuid(principal.account_id) if principal else None,
+        role=str(principal.role) if principal else None,
+        structure_id=_uuid(principal.structure_id) if principal else None,
+        record_ids=tuple(_uuid(r) for r in record_ids),  # type: ignore[misc]
+        fields=fields,
+        purpose=str(purpose[0]) if purpose else None,
+        purpose_detail=purpose[1] if purpose else None,
+        refusal_code=refusal_code,
+        request_id=state.get("request_id"),
+        token_jti=_uuid(principal.jti) if principal else None,
+        client_fingerprint=fingerprint,
+        criteria=criteria,
+    )
+
+
 class AccessRecorder:
     def __init__(self, sequencer: Sequencer, budgets: BudgetPolicy, fingerprint_key: bytes) -> None:
         self.sequencer = sequencer
@@ -80,26 +118,16 @@ class AccessRecorder:
         criteria: tuple[str, ...] = (),
         refusal_code: str | None = None,
     ) -> AccessEvent:
-        principal = scope.get("user")
-        if not isinstance(principal, Principal):
-            principal = None
-        state = scope.get("state", {})
-        purpose = state.get("purpose")
-        return AccessEvent(
-            action=action,
-            outcome="allowed" if outcome == "allowed" else "refused",
-            actor_id=_uuid(principal.account_id) if principal else None,
-            role=str(principal.role) if principal else None,
-            structure_id=_uuid(principal.structure_id) if principal else None,
-            record_ids=tuple(_uuid(r) for r in record_ids),  # type: ignore[misc]
+        return build_event(
+            principal_of(scope),
+            scope.get("state", {}),
+            action,
+            outcome,
+            record_ids=record_ids,
             fields=fields,
-            purpose=str(purpose[0]) if purpose else None,
-            purpose_detail=purpose[1] if purpose else None,
-            refusal_code=refusal_code,
-            request_id=state.get("request_id"),
-            token_jti=_uuid(principal.jti) if principal else None,
-            client_fingerprint=self.fingerprint(scope),
             criteria=criteria,
+            refusal_code=refusal_code,
+            fingerprint=self.fingerprint(scope),
         )
 
     async def allowed(
@@ -239,15 +267,8 @@ class ToolLog:
         fields: tuple[str, ...] = (),
     ) -> Decision:
         del charge  # nothing is returned to anyone: no budget
-        p = self.principal
-        event = AccessEvent(
-            action=self.action,
-            outcome="allowed",
-            actor_id=_uuid(p.account_id),
-            role=str(p.role),
-            structure_id=_uuid(p.structure_id),
-            record_ids=tuple(_uuid(r) for r in record_ids),  # type: ignore[misc]
-            fields=fields,
+        event = build_event(
+            self.principal, {}, self.action, "allowed", record_ids=record_ids, fields=fields
         )
         return await add_in_transaction(conn, event)
 
