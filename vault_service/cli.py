@@ -324,7 +324,7 @@ async def _integrate(settings: Settings) -> int:
     try:
         tree = AccessLog(pool)
         await tree.start()
-        integrator = Integrator(pool, tree, poll_seconds=0.01)
+        integrator = Integrator(pool, tree, poll_seconds=0.1)
         await integrator.start()
         await stop.wait()
         await integrator.stop()
