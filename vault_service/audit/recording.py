@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import asyncpg
 import structlog
 from litestar.types import Scope
 
@@ -27,6 +28,8 @@ from vault_service.audit.sequencer import (
     Decision,
     Sequencer,
     add_in_transaction,
+    decision_of,
+    entry_arguments,
 )
 from vault_service.auth.principal import Principal
 from vault_service.errors import VaultServiceError
@@ -184,6 +187,22 @@ class AccessRecorder:
             raise BudgetExceeded(decision, logged=False)
         return decision
 
+    def statement_entry(
+        self,
+        scope: Scope,
+        action: str,
+        charge: Charge,
+        *,
+        record_ids: Sequence[uuid.UUID] = (),
+        fields: tuple[str, ...] = (),
+    ) -> tuple[object, ...]:
+        """The entry of a write whose own statement makes it durable (a create), as
+        vs_access_commit's arguments; `accepted` reads the decision back."""
+        principal: Principal = scope["user"]
+        claims = self.budgets.claims(principal, charge, record_ids)
+        event = self.event(scope, action, "allowed", record_ids=record_ids, fields=fields)
+        return entry_arguments(event, claims)
+
     async def refused(self, scope: Scope, action: str, code: str) -> None:
         """The entry of a refused request; the request is refused either way, so a
         failure here is reported to the operator and not to the client."""
@@ -245,6 +264,18 @@ class RequestLog:
         )
         return self.decision
 
+    def statement_entry(
+        self, charge: Charge = Charge.NONE, *, record_ids: Sequence[uuid.UUID] = ()
+    ) -> tuple[object, ...]:
+        return self._recorder.statement_entry(
+            self._scope, self.action, charge, record_ids=record_ids
+        )
+
+    def accepted(self, row: asyncpg.Record) -> Decision:
+        """The decision of a write's own statement (over budget: BudgetExceeded, and
+        the statement wrote nothing because the caller rolled it back)."""
+        return _accepted(self, decision_of(row))
+
 
 class ToolLog:
     """The log of a write made by a tool rather than a request (demo data, benchmark
@@ -272,9 +303,27 @@ class ToolLog:
         )
         return await add_in_transaction(conn, event)
 
+    def statement_entry(
+        self, charge: Charge = Charge.NONE, *, record_ids: Sequence[uuid.UUID] = ()
+    ) -> tuple[object, ...]:
+        del charge
+        return entry_arguments(
+            build_event(self.principal, {}, self.action, "allowed", record_ids=record_ids)
+        )
+
+    def accepted(self, row: asyncpg.Record) -> Decision:
+        return _accepted(self, decision_of(row))
+
 
 WriteLog = RequestLog | ToolLog
 """What a write takes to record itself inside its own transaction."""
+
+
+def _accepted(log: RequestLog | ToolLog, decision: Decision) -> Decision:
+    log.decision = decision
+    if decision.refused:
+        raise BudgetExceeded(decision, logged=False)
+    return decision
 
 
 def request_log(scope: Any) -> RequestLog:

@@ -33,7 +33,14 @@ from vault_service.audit.entry import AccessEvent, encode_body, new_salt, wall_c
 from vault_service.batching import Batcher
 from vault_service.errors import AuditUnavailable
 
-__all__ = ["BudgetClaim", "Decision", "Sequencer", "add_in_transaction"]
+__all__ = [
+    "BudgetClaim",
+    "Decision",
+    "Sequencer",
+    "add_in_transaction",
+    "decision_of",
+    "entry_arguments",
+]
 
 log = structlog.get_logger(__name__)
 _meter = metrics.get_meter("vault_service.audit")
@@ -169,11 +176,29 @@ def _arguments(items: Sequence[_Item]) -> tuple[object, ...]:
 def _decisions(rows: Sequence[asyncpg.Record], count: int) -> list[Decision]:
     decisions = [NO_BUDGET] * count
     for row in rows:
-        if row["budget"] is not None:
-            decisions[row["req"] - 1] = Decision(
-                bool(row["refused"]), row["budget"], row["lim"], row["remaining"], row["reset_s"]
-            )
+        decisions[row["req"] - 1] = _decision(row)
     return decisions
+
+
+def entry_arguments(event: AccessEvent, claims: Sequence[BudgetClaim] = ()) -> tuple[object, ...]:
+    """vs_access_commit's arguments for one request, for a write whose own statement
+    makes its entry durable (vs_create_record)."""
+    return _arguments(
+        (_Item(new_salt(), encode_body(event, wall_clock_us()).decode("utf-8"), claims),)
+    )
+
+
+def decision_of(row: asyncpg.Record) -> Decision:
+    """The decision in a row with vs_access_commit's output columns."""
+    return _decision(row)
+
+
+def _decision(row: asyncpg.Record) -> Decision:
+    if row["budget"] is None:
+        return NO_BUDGET
+    return Decision(
+        bool(row["refused"]), row["budget"], row["lim"], row["remaining"], row["reset_s"]
+    )
 
 
 async def add_in_transaction(

@@ -313,3 +313,71 @@ REVOKE ALL ON FUNCTION vs_access_commit(integer[], uuid[], text[], integer[], uu
 GRANT EXECUTE ON FUNCTION
     vs_access_commit(integer[], uuid[], text[], integer[], uuid[], bytea[], text[])
     TO vault_service_app;
+
+-- A create in one statement and one round trip: the record, its blind indexes, its
+-- idempotency key and its access-log entry (through vs_access_commit, with the
+-- caller's one-request arrays) commit together or not at all. A failure of the entry
+-- is re-raised as VS102 so that the service answers 503 audit_unavailable for it and
+-- nothing else; a concurrent retry with the same idempotency key still surfaces as a
+-- unique violation.
+CREATE FUNCTION vs_create_record(
+    p_id            uuid,
+    p_structure     uuid,
+    p_referent      uuid,
+    p_branch_version integer,
+    p_record_key    bytea,
+    p_sealed        bytea,
+    p_clear         text,
+    p_names         text[],
+    p_digests       bytea[],
+    p_national      boolean[],
+    p_idem_key      text,
+    p_idem_digest   bytea,
+    p_claim_req     integer[],
+    p_claim_subject uuid[],
+    p_claim_budget  text[],
+    p_claim_limit   integer[],
+    p_claim_record  uuid[],
+    p_salt          bytea[],
+    p_body          text[],
+    OUT version     integer,
+    OUT refused     boolean,
+    OUT budget      text,
+    OUT lim         integer,
+    OUT remaining   integer,
+    OUT reset_s     integer
+)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO records (id, structure_id, referent_id, branch_key_version, record_key,
+                         key_version, sealed, clear, created_by)
+    VALUES (p_id, p_structure, p_referent, p_branch_version, p_record_key, 1, p_sealed,
+            p_clear::jsonb, p_referent)
+    RETURNING records.version INTO version;
+    INSERT INTO record_index (record_id, structure_id, name, digest)
+    SELECT p_id, CASE WHEN u.national THEN NULL ELSE p_structure END, u.n, u.d
+    FROM unnest(p_names, p_digests, p_national) AS u (n, d, national)
+    ON CONFLICT DO NOTHING;
+    IF p_idem_key IS NOT NULL THEN
+        INSERT INTO idempotency_keys (account_id, key, request_digest, record_id)
+        VALUES (p_referent, p_idem_key, p_idem_digest, p_id);
+    END IF;
+    BEGIN
+        SELECT c.refused, c.budget, c.lim, c.remaining, c.reset_s
+        INTO refused, budget, lim, remaining, reset_s
+        FROM vs_access_commit(p_claim_req, p_claim_subject, p_claim_budget, p_claim_limit,
+                              p_claim_record, p_salt, p_body) AS c;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'the access-log entry of a create could not be made durable'
+            USING ERRCODE = 'VS102';
+    END;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION vs_create_record(uuid, uuid, uuid, integer, bytea, bytea, text, text[],
+    bytea[], boolean[], text, bytea, integer[], uuid[], text[], integer[], uuid[], bytea[], text[])
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vs_create_record(uuid, uuid, uuid, integer, bytea, bytea, text,
+    text[], bytea[], boolean[], text, bytea, integer[], uuid[], text[], integer[], uuid[],
+    bytea[], text[])
+    TO vault_service_app;

@@ -18,7 +18,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from vault_service.batching import Batcher
-from vault_service.errors import InternalError
+from vault_service.errors import AuditUnavailable, InternalError
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -65,27 +65,17 @@ LEFT JOIN records r ON r.id = q.id
 ORDER BY q.n
 """  # noqa: S608 - constants
 
-# One statement, so one round trip, run in the transaction that also holds its access-log
-# entry: the
-# record, its blind indexes ($8 names, $9 digests, $10 national flags) and, when the
-# client sent one, its idempotency key ($11 key, $12 request digest).
-INSERT_RECORD: Final = """
-WITH rec AS (
-    INSERT INTO records (id, structure_id, referent_id, branch_key_version, record_key,
-                         key_version, sealed, clear, created_by)
-    VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $3)
-    RETURNING id, version
-), idx AS (
-    INSERT INTO record_index (record_id, structure_id, name, digest)
-    SELECT rec.id, CASE WHEN u.national THEN NULL ELSE $2::uuid END, u.n, u.d
-    FROM rec, unnest($8::text[], $9::bytea[], $10::bool[]) AS u (n, d, national)
-    ON CONFLICT DO NOTHING
-), idem AS (
-    INSERT INTO idempotency_keys (account_id, key, request_digest, record_id)
-    SELECT $3, $11, $12, rec.id FROM rec WHERE $11::text IS NOT NULL
-)
-SELECT version FROM rec
+# A create in one statement (migration 0004): the record ($1-$7), its blind indexes ($8
+# names, $9 digests, $10 national flags), its idempotency key ($11 key, $12 request
+# digest) and its access-log entry ($13-$19, vs_access_commit's arrays for one request).
+CREATE_RECORD: Final = """
+SELECT version, refused, budget, lim, remaining, reset_s
+FROM vs_create_record($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::bytea[], $10::boolean[],
+                      $11, $12, $13::integer[], $14::uuid[], $15::text[], $16::integer[],
+                      $17::uuid[], $18::bytea[], $19::text[])
 """
+# Raised by vs_create_record when the entry, not the record, failed.
+_ENTRY_FAILED: Final = "VS102"
 
 UPDATE_RECORD: Final = """
 UPDATE records SET sealed = $2, clear = $3, version = version + 1, updated_at = now()
@@ -221,9 +211,8 @@ class RecordRepository:
         """As `fetch`, the row locked until the caller's transaction ends."""
         return await conn.fetchrow(SELECT_RECORD_FOR_UPDATE, record_id, account_id)
 
-    async def insert(
+    async def create(
         self,
-        conn: Connection,
         *,
         record_id: uuid.UUID,
         structure_id: uuid.UUID,
@@ -237,32 +226,42 @@ class RecordRepository:
         index_national: Sequence[bool],
         idempotency_key: str | None,
         request_digest: bytes | None,
-    ) -> int:
-        """The new record's version, in the caller's transaction. IdempotencyRace when
-        a concurrent request with the same idempotency key won: the transaction is then
-        aborted, and the caller looks the winner up outside it."""
+        entry: Sequence[object],
+    ) -> asyncpg.Record:
+        """The record, its indexes, its idempotency key and its access-log entry
+        (`entry`: vs_access_commit's arguments) in one statement: the new version and
+        the entry's budget decision. AuditUnavailable when the entry could not be made
+        durable (nothing was written); IdempotencyRace when a concurrent request with
+        the same key won (nothing of ours was written; look the winner up)."""
         try:
-            version = await conn.fetchval(
-                INSERT_RECORD,
-                record_id,
-                structure_id,
-                referent_id,
-                branch_key_version,
-                record_key,
-                sealed,
-                clear,
-                index_names,
-                index_digests,
-                index_national,
-                idempotency_key,
-                request_digest,
-            )
+            async with self._pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    CREATE_RECORD,
+                    record_id,
+                    structure_id,
+                    referent_id,
+                    branch_key_version,
+                    record_key,
+                    sealed,
+                    clear,
+                    index_names,
+                    index_digests,
+                    index_national,
+                    idempotency_key,
+                    request_digest,
+                    *entry,
+                )
         except asyncpg.UniqueViolationError:
             # Whatever else collided than an idempotency key is not ours to explain.
             if idempotency_key is None:
                 raise
             raise IdempotencyRace() from None
-        return int(version)
+        except (asyncpg.QueryCanceledError, asyncpg.PostgresError) as exc:
+            if isinstance(exc, asyncpg.QueryCanceledError) or exc.sqlstate == _ENTRY_FAILED:
+                raise AuditUnavailable() from None
+            raise
+        assert row is not None  # the function always returns its one row
+        return row
 
     async def idempotency(self, account_id: uuid.UUID, key: str) -> asyncpg.Record | None:
         """(`request_digest`, `record_id`) stored under an account's idempotency key."""

@@ -140,24 +140,22 @@ class RecordService:
         names, digests = await self._sealer.index_values(structure_id, values, self._schema.indexed)
         sealed_bytes, clear_text = self._sealer.pack(sealed, clear)
         try:
-            async with self._repo.transaction() as conn:
-                version = await self._repo.insert(
-                    conn,
-                    record_id=record_id,
-                    structure_id=structure_id,
-                    referent_id=principal.account_id,
-                    branch_key_version=branch_version,
-                    record_key=wrapped,
-                    sealed=sealed_bytes,
-                    clear=clear_text,
-                    index_names=names,
-                    index_digests=digests,
-                    index_national=self._sealer.national_flags(names),
-                    idempotency_key=idempotency_key,
-                    request_digest=request_digest,
-                )
-                # The record and its access-log entry commit together or not at all.
-                await log.within(conn, record_ids=(record_id,))
+            # The record and its access-log entry commit together or not at all.
+            row = await self._repo.create(
+                record_id=record_id,
+                structure_id=structure_id,
+                referent_id=principal.account_id,
+                branch_key_version=branch_version,
+                record_key=wrapped,
+                sealed=sealed_bytes,
+                clear=clear_text,
+                index_names=names,
+                index_digests=digests,
+                index_national=self._sealer.national_flags(names),
+                idempotency_key=idempotency_key,
+                request_digest=request_digest,
+                entry=log.statement_entry(record_ids=(record_id,)),
+            )
         except IdempotencyRace:
             # A concurrent retry with the same key won; nothing of ours was written.
             assert idempotency_key is not None
@@ -166,7 +164,8 @@ class RecordService:
             if existing is None:
                 raise InternalError() from None
             return _replay(existing, request_digest)
-        return Created(record_id, version, replayed=False)
+        log.accepted(row)
+        return Created(record_id, int(row["version"]), replayed=False)
 
     async def read(
         self, principal: Principal, record_id: uuid.UUID, purpose: Purpose | None = None
