@@ -3,8 +3,9 @@
     python -m bench.profile_split bench/results/profile.txt
 
 Each sample (one stack) is counted once, in the layer of its deepest frame that belongs
-to one of these (reading from the leaf up), so the shares add up to 100%; samples
-idle in the selector are left out:
+to one of these (reading from the leaf up), so the shares add up to 100%. Every thread
+of the worker process counts (granian's own threads, which have no Python frame, go to
+the server); samples idle in the selector or waiting on a condition are left out:
 
 - access log and budgets: `vault_service/audit/` or `vault_service/limits/`
 - record read: `vault_service/records/` or `vault_service/crypto/`
@@ -28,6 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Our ASGI layers wrap every request: they are framework cost, whichever package holds them.
 FRAMEWORK_FRAMES = ("RefusalRecorder", "TelemetryMiddleware", "BearerAuthMiddleware", "RequestGate")
 OTHER = "server and event loop"
+_IDLE = ("selectors.py", "Condition.wait", "futures/thread.py", "queue.py")
 
 
 def _layer(frames: list[str]) -> str:
@@ -46,11 +48,12 @@ def split(lines: list[str]) -> Counter[str]:
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        # Only the worker that serves requests: its frames sit under granian's worker.
-        if "_spawn_asgi" not in stack and "serve" not in stack:
-            continue
         frames = stack.split(";")
-        if "selectors.py" in frames[-1]:
+        # Only the worker process that serves requests (granian's child: the second
+        # frame names it), with its native threads; idle waits are not work.
+        if len(frames) < 2 or not frames[1].startswith("process "):
+            continue
+        if any(idle in frames[-1] for idle in _IDLE):
             continue
         shares[_layer(frames)] += int(count)
     return shares

@@ -301,11 +301,15 @@ _AT = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.(\d{6})Z")
 
 def parse_time(text: str) -> int:
     """Microseconds since the epoch of a body's `at` (the format of `format_time`)."""
-    match = _AT.fullmatch(text)
-    if match is None:
+    if _AT.fullmatch(text) is None:
         raise ValueError("not an access-log time")
-    moment = datetime.datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    return (int((moment - _EPOCH).total_seconds()) * 1_000_000) + int(match[2])
+    # fromisoformat is C code (strptime was a fifth of the integrator's time); the
+    # pattern above already holds the text to the one format we write.
+    moment = datetime.datetime.fromisoformat(text)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_MICROSECOND: Final = datetime.timedelta(microseconds=1)
 
 
 def prepare_stored(pending_id: int, salt: bytes, body: str) -> Prepared:
