@@ -210,6 +210,11 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     parser.add_argument("--profile", action="store_true", help="py-spy the service during reads")
+    parser.add_argument(
+        "--budget-cost",
+        action="store_true",
+        help="also read through a benchmark-only build without budgets (bench/budgets_off.py)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -260,6 +265,16 @@ def main() -> int:
                 env={**os.environ, "BENCH_REFERENCE_DSN": env["VAULT_SERVICE_DATABASE_URL"]},
             )
         )
+        off_port = None
+        if args.budget_cost:
+            off_port = devstack.free_port()
+            procs.append(
+                subprocess.Popen(
+                    server_cmd(args.server, "bench.budgets_off:app", off_port),
+                    env={**os.environ, **env, "VAULT_SERVICE_AUDIT_INTEGRATOR": "false"},
+                )
+            )
+            wait_http(f"http://127.0.0.1:{off_port}/health/live")
         wait_http(f"http://127.0.0.1:{port}/health/live")
         wait_http(f"http://127.0.0.1:{ref_port}/ref/records/{ids[0]}")
         id_list = ", ".join(f'"{i}"' for i in ids)
@@ -286,9 +301,12 @@ def main() -> int:
             load = f'local f = io.open("{body_file}", "rb")\nBODY = f:read("*a")\nf:close()\n'
             scripts[name].write_text(lua_headers(h) + load + CREATE_LUA % path)
         base = {"svc": f"http://127.0.0.1:{port}", "ref": f"http://127.0.0.1:{ref_port}"}
+        if off_port is not None:
+            base["off"] = f"http://127.0.0.1:{off_port}"
+            scripts["off_read"] = scripts["svc_read"]
         results: dict[str, dict[str, float]] = {}
         for phase in ("read", "create"):
-            for side in ("ref", "svc"):
+            for side in ("ref", "svc", "off") if phase == "read" and off_port else ("ref", "svc"):
                 name = f"{side}_{phase}"
                 wrk(scripts[name], base[side], 3, args.connections)  # warm-up
                 before = len(vault_requests(audit_log))
@@ -337,6 +355,10 @@ def main() -> int:
             )
             / results["svc_read"]["requests"],
         }
+        if "off_read" in results:
+            report["budget_cost_p50_share"] = (
+                results["svc_read"]["p50_ms"] - results["off_read"]["p50_ms"]
+            ) / results["svc_read"]["p50_ms"]
         (RESULTS / f"records-{args.server}.json").write_text(json.dumps(report, indent=2))
         print(f"{'':12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")
         for name, r in results.items():
@@ -344,6 +366,8 @@ def main() -> int:
                 f"{name:12}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9.0f}"
             )
         print(f"read ratio (service / reference):   {report['read_ratio']:.2f}")
+        if "budget_cost_p50_share" in report:
+            print(f"budgets' share of the read p50:     {report['budget_cost_p50_share']:.1%}")
         print(f"create ratio (service / reference): {report['create_ratio']:.2f}")
         print(
             f"Vault calls per 1,000 reads:        {report['vault_calls_per_1000_reads']:.2f} "
