@@ -450,6 +450,31 @@ async def test_nir_lookups_each_count(stack: Stack, world: World) -> None:
         _assert_refused(r, "nir_budget_exceeded", "nir-hour", 2, 3600)
 
 
+async def test_a_nir_lookup_answers_alike_whether_it_finds_someone(
+    stack: Stack, world: World
+) -> None:
+    """With the summary budget spent, a lookup that finds a youth and one that finds
+    no one are both served and both charged to the NIR budget: no existence oracle."""
+    async with _service(stack, budget_nir_hour=5, summary_budget_counsellor_hour=1) as client:
+        c = await world.counsellor()
+        rid = await _create(client, c)
+        await _create(client, c, MINIMAL)
+        page = await client.get("/v1/caseload", headers=c.headers())
+        assert page.json()["code"] == "summary_budget_exceeded"  # two summaries, one allowed
+        found = await client.post(
+            "/v1/records/search/nir", json={"nir": FULL["nir"]}, headers=c.headers()
+        )
+        assert found.status_code == 200, found.text
+        assert [i["id"] for i in found.json()["items"]] == [rid]
+        assert (_policy(found), _left(found)[1]) == (("nir-hour", 5, 3600), 4)
+        missing = await client.post(
+            "/v1/records/search/nir", json={"nir": "185027512345625"}, headers=c.headers()
+        )
+        assert missing.status_code == 200, missing.text
+        assert missing.json()["items"] == []
+        assert (_policy(missing), _left(missing)[1]) == (("nir-hour", 5, 3600), 3)
+
+
 async def test_restricted_accounts_have_half_the_budget(stack: Stack, world: World) -> None:
     async with _service(
         stack, budget_counsellor_hour=4, summary_budget_counsellor_hour=10

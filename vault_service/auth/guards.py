@@ -35,8 +35,10 @@ async def authenticate(scope: Scope) -> Principal:
     header = None
     for key, value in scope["headers"]:
         if key == b"authorization":
+            if header is not None:
+                # Two credentials: a proxy may have checked the other one.
+                raise Unauthenticated(reason="token_malformed")
             header = value.decode("latin-1")
-            break
     if header is None:
         raise Unauthenticated(reason="token_missing")
     if len(header) > 8200:
@@ -69,7 +71,9 @@ def authorize(scope: Scope, opt: Mapping[str, Any]) -> None:
     if opt.get("data"):
         wanted: dict[str, str] = {}
         for key, value in scope["headers"]:
-            if key in _PURPOSE_HEADERS and key.decode() not in wanted:
+            if key in _PURPOSE_HEADERS:
+                if key.decode() in wanted:
+                    raise PurposeRequired("X-Purpose and X-Purpose-Detail may appear once")
                 wanted[key.decode()] = value.decode("latin-1")
         scope["state"]["purpose"] = purpose_of(wanted, principal)
 

@@ -8,7 +8,7 @@ record already counted in the window is free. Kinds, per account unless stated:
 - `structure.hour`: full views by all accounts of one structure together;
 - `summary.hour`: masked views (caseload, search, a supervisor's view of a record);
 - `break_glass.day`: full views read under break-the-glass (on top of the above);
-- `nir.hour`, `nir.day`: NIR lookups, each lookup counted.
+- `nir.hour`, `nir.day`: NIR lookups, each lookup counted, whatever it finds.
 
 Limits come from the settings per role and are halved while an account is restricted
 (newly activated). The decision itself is made in PostgreSQL, atomically with the
@@ -123,11 +123,14 @@ class BudgetPolicy:
             ]
         if charge is Charge.NIR:
             # Every lookup counts, whatever it finds: a fresh id stands for the lookup.
+            # Its results (a few masked summaries) draw on no other budget: were they
+            # charged to the summary budget, a spent summary budget would refuse (and
+            # not charge) exactly the lookups that found someone, and the difference
+            # between 200 and 429 would tell whether a NIR is known.
             lookup = (uuid.uuid4(),)
             return [
                 BudgetClaim(account, "nir.hour", self._nir_hour // half, lookup),
                 BudgetClaim(account, "nir.day", self._nir_day // half, lookup),
-                BudgetClaim(account, "summary.hour", self._summary_hour[role] // half, record_ids),
             ]
         # Nothing returned: the record budget's state, for the headers.
         return [BudgetClaim(account, "record.hour", self._record_hour[role] // half, ())]
