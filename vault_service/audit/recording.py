@@ -43,13 +43,6 @@ REFUSAL_LOGGED: Final = "refusal_logged"
 refusal is stored by the same statement that decided it): the gate adds no other."""
 
 
-def _uuid(value: uuid.UUID | None) -> uuid.UUID | None:
-    """asyncpg hands out its own UUID subclass; the log stores plain uuid.UUID."""
-    if value is None or type(value) is uuid.UUID:
-        return value
-    return uuid.UUID(bytes=value.bytes)
-
-
 def _header(scope: Scope, name: bytes) -> str:
     for key, value in scope["headers"]:
         if key == name:
@@ -80,16 +73,16 @@ def build_event(
     return AccessEvent(
         action=action,
         outcome="allowed" if outcome == "allowed" else "refused",
-        actor_id=_uuid(principal.account_id) if principal else None,
+        actor_id=principal.account_id if principal else None,
         role=str(principal.role) if principal else None,
-        structure_id=_uuid(principal.structure_id) if principal else None,
-        record_ids=tuple(_uuid(r) for r in record_ids),  # type: ignore[misc]
+        structure_id=principal.structure_id if principal else None,
+        record_ids=tuple(record_ids),
         fields=fields,
         purpose=str(purpose[0]) if purpose else None,
         purpose_detail=purpose[1] if purpose else None,
         refusal_code=refusal_code,
         request_id=state.get("request_id"),
-        token_jti=_uuid(principal.jti) if principal else None,
+        token_jti=principal.jti if principal else None,
         client_fingerprint=fingerprint,
         criteria=criteria,
     )

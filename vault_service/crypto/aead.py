@@ -69,6 +69,9 @@ def open_(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:
         raise DecryptionFailed() from None
 
 
+_ENCODED_NAMES: dict[str, bytes] = {}
+
+
 def open_fields(
     aead: AESGCM, prefix: bytes, blobs: Mapping[str, bytes], names: Iterable[str]
 ) -> dict[str, bytes]:
@@ -76,12 +79,18 @@ def open_fields(
     of the shared AAD prefix). Any failure fails the whole record."""
     out = {}
     decrypt = aead.decrypt
+    encoded = _ENCODED_NAMES
     try:
         for name in names:
             blob = blobs[name]
             if blob[0] != FORMAT_V1:
                 raise DecryptionFailed()
-            out[name] = decrypt(blob[1:13], blob[13:], prefix + name.encode("utf-8"))
+            path = encoded.get(name)
+            if path is None:
+                path = name.encode("utf-8")
+                if len(encoded) < 4096:  # field paths: a small, fixed vocabulary
+                    encoded[name] = path
+            out[name] = decrypt(blob[1:13], blob[13:], prefix + path)
     except (InvalidTag, IndexError, KeyError):
         raise DecryptionFailed() from None
     return out
