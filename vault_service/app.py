@@ -22,7 +22,7 @@ from vault_service.audit.integrator import Integrator
 from vault_service.audit.log import AccessLog
 from vault_service.audit.proofs import AuditProofs
 from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder
-from vault_service.audit.routes import AuditController
+from vault_service.audit.routes import AlertsController, AuditController
 from vault_service.audit.sequencer import Sequencer
 from vault_service.auth.accounts import AccountGate
 from vault_service.auth.routes import jwks
@@ -33,6 +33,7 @@ from vault_service.gate import RequestGate
 from vault_service.health import live, ready
 from vault_service.kms import VaultKms
 from vault_service.limits.budgets import BudgetPolicy
+from vault_service.limits.defence import Alerts, BulkReadDefence
 from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
@@ -115,6 +116,16 @@ async def keep_session(_conn: asyncpg.Connection[Any]) -> None:
     is closed by its context manager. One query less per request on the hot path."""
 
 
+def _recorder(
+    settings: Settings, sequencer: Sequencer, alerts: Alerts, fingerprint_key: bytes
+) -> AccessRecorder:
+    """Access-log entries, budgets and the bulk-read defence behind them."""
+    defence = BulkReadDefence(
+        sequencer.pool, alerts, suspend_after=settings.suspend_after_refusals_hour
+    )
+    return AccessRecorder(sequencer, BudgetPolicy(settings), fingerprint_key, defence)
+
+
 def create_app(settings: Settings) -> Litestar:
     configure_telemetry()
     schema = record_schema.load()
@@ -168,8 +179,12 @@ def create_app(settings: Settings) -> Litestar:
             sequencer = Sequencer(pool, on_commit=integrator.wake)
             sequencer.start()
             stack.push_async_callback(sequencer.stop)
+            alerts = Alerts(pool)
             recorder = AccessRecorder(
-                sequencer, BudgetPolicy(settings), await keys.derived_key(False, FINGERPRINT_LABEL)
+                sequencer,
+                BudgetPolicy(settings),
+                await keys.derived_key(False, FINGERPRINT_LABEL),
+                BulkReadDefence(pool, alerts, suspend_after=settings.suspend_after_refusals_hour),
             )
             records = RecordService(
                 pool,
@@ -198,12 +213,18 @@ def create_app(settings: Settings) -> Litestar:
                 break_glass_minutes=settings.break_glass_minutes,
                 break_glass_daily_limit=settings.break_glass_daily_limit,
             )
-            state.access_log = tree
-            state.integrator = integrator
-            state.sequencer = sequencer
-            state.recorder = recorder
-            state.audit_proofs = AuditProofs(pool, kms, settings.audit_origin)
-            state.checkpoints = publisher
+            # The access log's collaborators.
+            state.update(
+                {
+                    "access_log": tree,
+                    "integrator": integrator,
+                    "sequencer": sequencer,
+                    "recorder": recorder,
+                    "alerts": alerts,
+                    "audit_proofs": AuditProofs(pool, kms, settings.audit_origin),
+                    "checkpoints": publisher,
+                }
+            )
             log.info("service_started", version=__version__)
             yield
 
@@ -235,7 +256,7 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     return Litestar(
-        route_handlers=[RecordsController, AuditController, jwks, live, ready],
+        route_handlers=[RecordsController, AuditController, AlertsController, jwks, live, ready],
         lifespan=[lifespan],
         # One ASGI layer: request id, authentication, authorization, refusal entries,
         # span and metrics (vault_service/gate.py).

@@ -112,6 +112,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_break_glass_day: Budget = 10
     budget_nir_hour: Budget = 20
     budget_nir_day: Budget = 60
+    # Budget refusals (429) of one account in an hour after which the service suspends
+    # it by itself (limits/defence.py); the first refusal of an hour raises an alert.
+    suspend_after_refusals_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
     # Which process integrates the access log into its Merkle tree (one leader among
     # those that may): every replica by default; false on replicas that leave it to a
     # dedicated `vault-service audit integrate`.

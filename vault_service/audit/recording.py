@@ -34,9 +34,9 @@ from vault_service.audit.sequencer import (
 from vault_service.auth.principal import Principal
 from vault_service.errors import VaultServiceError
 from vault_service.limits.budgets import BudgetExceeded, BudgetPolicy, Charge
+from vault_service.limits.defence import BulkReadDefence
 
 log = structlog.get_logger(__name__)
-alerts = structlog.get_logger("vault_service.alerts")
 FINGERPRINT_LABEL: Final = b"vault-service/client-fingerprint/v1"
 REFUSAL_LOGGED: Final = "refusal_logged"
 """Set in the request state when the refusal's entry is already durable (a budget
@@ -89,10 +89,17 @@ def build_event(
 
 
 class AccessRecorder:
-    def __init__(self, sequencer: Sequencer, budgets: BudgetPolicy, fingerprint_key: bytes) -> None:
+    def __init__(
+        self,
+        sequencer: Sequencer,
+        budgets: BudgetPolicy,
+        fingerprint_key: bytes,
+        defence: BulkReadDefence,
+    ) -> None:
         self.sequencer = sequencer
         self.budgets = budgets
         self._key = fingerprint_key
+        self._defence = defence
 
     def fingerprint(self, scope: Scope) -> str:
         """Salted hash of the client (address and user agent): links the requests of
@@ -148,13 +155,7 @@ class AccessRecorder:
         decision = await self.sequencer.commit(event, claims)
         if decision.refused:
             scope["state"][REFUSAL_LOGGED] = True
-            alerts.warning(
-                "budget_exceeded",
-                alert=True,
-                budget=decision.budget,
-                action=action,
-                actor_id=str(principal.account_id),
-            )
+            await self._defence.refused(principal, decision)
             raise BudgetExceeded(decision, logged=True)
         return decision
 

@@ -108,7 +108,7 @@ INTEGRATOR_LOCK_ID: Final = 0x7661756C74_03  # advisory lock of the integration 
 # Requests: budgets decided and entries made durable in one statement per batch
 # (migration 0004_request_path.sql).
 ACCESS_COMMIT: Final = """
-SELECT req, refused, budget, lim, remaining, reset_s
+SELECT req, refused, budget, lim, remaining, reset_s, refusals
 FROM vs_access_commit($1::integer[], $2::uuid[], $3::text[], $4::integer[], $5::uuid[],
                       $6::bytea[], $7::text[])
 """

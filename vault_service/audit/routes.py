@@ -26,7 +26,8 @@ from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter
 from vault_service.limits.budgets import Charge
-from vault_service.paging import BIGINT_MAX, query_int
+from vault_service.limits.defence import Alerts
+from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
 
 JSON: Final = "application/json"
 
@@ -274,3 +275,47 @@ class AuditController(Controller):
         )
         await _log(request, params, (rid,))
         return _json(page)
+
+
+_ALERTS: Final = frozenset({"state", "since", "cursor", "limit"})
+
+
+class AlertsController(Controller):
+    """Auditors: the alerts of the bulk-read defence (ids, codes and counts only)."""
+
+    path = "/v1"
+    tags: Final = ["audit"]  # type: ignore[misc]
+
+    @get(
+        "/alerts",
+        opt=_opt("audit.alerts"),
+        summary="Alerts raised by budgets and the bulk-read defence",
+    )
+    async def alerts(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, _ALERTS)
+        state = params.get("state")
+        if state is not None and state not in ("open", "acknowledged"):
+            raise InvalidParameter("state must be open or acknowledged")
+        cursor = params.get("cursor")
+        after = None if cursor is None else decode_uuid_cursor(cursor)
+        limit = _limit(params, 100, 500)
+        source: Alerts = request.app.state.alerts
+        rows = await source.page(state, _time(params.get("since"), "since"), after, limit)
+        items = [
+            {
+                "id": r["id"],
+                "raised_at": r["raised_at"],
+                "severity": r["severity"],
+                "kind": r["kind"],
+                "account_id": r["account_id"],
+                "structure_id": r["structure_id"],
+                "details": msgspec.Raw(r["details"].encode()),
+                "state": r["state"],
+                "acked_by": r["acked_by"],
+                "acked_at": r["acked_at"],
+            }
+            for r in rows
+        ]
+        await _log(request, params)
+        next_cursor = encode_uuid_cursor(rows[-1]["id"]) if len(rows) == limit else None
+        return _json({"items": items, "next_cursor": next_cursor})

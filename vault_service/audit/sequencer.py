@@ -72,6 +72,8 @@ class Decision:
     limit: int | None
     remaining: int | None
     reset_seconds: int | None
+    # On a refusal: the account's refusals in the current hour, this one included.
+    refusals: int | None = None
 
 
 NO_BUDGET: Final = Decision(False, None, None, None, None)
@@ -122,6 +124,10 @@ class Sequencer:
     @property
     def running(self) -> bool:
         return self._batcher.open
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     @property
     def batches(self) -> int:
@@ -197,7 +203,12 @@ def _decision(row: asyncpg.Record) -> Decision:
     if row["budget"] is None:
         return NO_BUDGET
     return Decision(
-        bool(row["refused"]), row["budget"], row["lim"], row["remaining"], row["reset_s"]
+        bool(row["refused"]),
+        row["budget"],
+        row["lim"],
+        row["remaining"],
+        row["reset_s"],
+        row["refusals"],
     )
 
 

@@ -98,7 +98,9 @@ GRANT SELECT ON budget_usage TO vault_service_auditor;
 --
 -- Per request the answer also gives the budget that binds it most (the refused one,
 -- or the one with the fewest records left), its limit, what is left and the seconds
--- until its window ends: the RateLimit headers of the response.
+-- until its window ends: the RateLimit headers of the response; and, for a refusal,
+-- how many refusals its account has had this hour (the first claim of a request is
+-- always its account's).
 CREATE FUNCTION vs_access_commit(
     p_claim_req     integer[],
     p_claim_subject uuid[],
@@ -112,7 +114,8 @@ CREATE FUNCTION vs_access_commit(
     OUT budget      text,
     OUT lim         integer,
     OUT remaining   integer,
-    OUT reset_s     integer
+    OUT reset_s     integer,
+    OUT refusals    integer
 ) RETURNS SETOF record
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -169,7 +172,8 @@ BEGIN
               ON bu.subject = c.subject AND bu.budget = c.budget AND bu.window_start = c.win
             ORDER BY c.req, 4, c.subject, c.budget
         )
-        SELECT g.n::integer, false, best.budget, best.lim, best.remaining, best.reset_s
+        SELECT g.n::integer, false, best.budget, best.lim, best.remaining, best.reset_s,
+               NULL::integer
         FROM generate_series(1, n_req) AS g (n)
         LEFT JOIN best ON best.req = g.n
         ORDER BY g.n;
@@ -202,6 +206,7 @@ BEGIN
         lim := NULL;
         remaining := NULL;
         reset_s := NULL;
+        refusals := NULL;
         hi := lo;
         WHILE hi <= n_claims AND p_claim_req[hi] = r LOOP
             hi := hi + 1;
@@ -290,6 +295,13 @@ BEGIN
                       AND bu.window_start = date_trunc(
                           split_part(split_part(charged[i], ' ', 2), '.', 2), now(), 'UTC');
                 END LOOP;
+                -- Refusals of the request's account (its first claim's subject) this
+                -- hour: repeated refusals are what the service suspends an account for.
+                INSERT INTO budget_usage AS bu (subject, budget, window_start, used, lim)
+                VALUES (p_claim_subject[lo], 'refusals.hour',
+                        date_trunc('hour', now(), 'UTC'), 1, 0)
+                ON CONFLICT ON CONSTRAINT budget_usage_pkey DO UPDATE SET used = bu.used + 1
+                RETURNING bu.used INTO refusals;
                 bodies[r] := (p_body[r]::jsonb || jsonb_build_object(
                     'outcome', 'refused',
                     'refusal_code', split_part(budget, '.', 1) || '_budget_exceeded',
@@ -345,7 +357,8 @@ CREATE FUNCTION vs_create_record(
     OUT budget      text,
     OUT lim         integer,
     OUT remaining   integer,
-    OUT reset_s     integer
+    OUT reset_s     integer,
+    OUT refusals    integer
 )
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -363,8 +376,8 @@ BEGIN
         VALUES (p_referent, p_idem_key, p_idem_digest, p_id);
     END IF;
     BEGIN
-        SELECT c.refused, c.budget, c.lim, c.remaining, c.reset_s
-        INTO refused, budget, lim, remaining, reset_s
+        SELECT c.refused, c.budget, c.lim, c.remaining, c.reset_s, c.refusals
+        INTO refused, budget, lim, remaining, reset_s, refusals
         FROM vs_access_commit(p_claim_req, p_claim_subject, p_claim_budget, p_claim_limit,
                               p_claim_record, p_salt, p_body) AS c;
     EXCEPTION WHEN OTHERS THEN

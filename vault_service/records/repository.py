@@ -69,7 +69,7 @@ ORDER BY q.n
 # names, $9 digests, $10 national flags), its idempotency key ($11 key, $12 request
 # digest) and its access-log entry ($13-$19, vs_access_commit's arrays for one request).
 CREATE_RECORD: Final = """
-SELECT version, refused, budget, lim, remaining, reset_s
+SELECT version, refused, budget, lim, remaining, reset_s, refusals
 FROM vs_create_record($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::bytea[], $10::boolean[],
                       $11, $12, $13::integer[], $14::uuid[], $15::text[], $16::integer[],
                       $17::uuid[], $18::bytea[], $19::text[])

@@ -1,0 +1,90 @@
+"""The bulk-read defence through the running service: an account that keeps hitting its
+budget is suspended by the service on its own, alerts say so (ids and counts only),
+and the suspension is in the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.conftest import Stack, World, load_fixture
+from vault_service.app import create_app
+from vault_service.auth.permissions import Role
+
+pytestmark = pytest.mark.integration
+FULL = json.loads(load_fixture("full_record.json"))
+
+
+@contextlib.asynccontextmanager
+async def _service(stack: Stack, **overrides: Any) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    app = create_app(stack.settings(**overrides))
+    async with AsyncTestClient(app, base_url="http://testserver.local") as client:
+        yield client
+
+
+async def test_repeated_refusals_suspend_the_account_and_raise_alerts(
+    stack: Stack, world: World
+) -> None:
+    async with _service(stack, budget_counsellor_hour=1, suspend_after_refusals_hour=3) as api:
+        c = await world.counsellor()
+        auditor = await world.account(Role.AUDITOR, None)
+        ids = []
+        for _ in range(2):
+            r = await api.post("/v1/records", json=FULL, headers=c.headers())
+            assert r.status_code == 201
+            ids.append(r.json()["id"])
+        assert (await api.get(f"/v1/records/{ids[0]}", headers=c.headers())).status_code == 200
+        for _ in range(3):
+            r = await api.get(f"/v1/records/{ids[1]}", headers=c.headers())
+            assert (r.status_code, r.json()["code"]) == (429, "record_budget_exceeded")
+        # Suspended on every replica from the next request on (NOTIFY; allow its delivery).
+        for _ in range(40):
+            r = await api.get(f"/v1/records/{ids[0]}", headers=c.headers())
+            if r.status_code == 401:
+                break
+            await asyncio.sleep(0.05)
+        assert (r.status_code, r.json()["code"]) == (401, "account_inactive")
+
+        r = await api.get("/v1/alerts", headers=auditor.headers(purpose="audit"))
+        assert r.status_code == 200, r.text
+        mine = [a for a in r.json()["items"] if a["account_id"] == str(c.id)]
+        assert [(a["kind"], a["severity"]) for a in mine] == [
+            ("budget.exceeded", "warning"),
+            ("account.suspended", "critical"),
+        ]
+        assert mine[1]["details"] == {
+            "budget": "record.hour",
+            "refusals_this_hour": 3,
+            "threshold": 3,
+        }
+        assert FULL["birth_name"] not in r.text
+        # Open alerts only, and a counsellor may not read them.
+        r = await api.get(
+            "/v1/alerts", params={"state": "open"}, headers=auditor.headers(purpose="audit")
+        )
+        assert all(a["state"] == "open" for a in r.json()["items"])
+        assert (await api.get("/v1/alerts", headers=c.headers())).status_code in (401, 403)
+        # The suspension is an access-log entry of its own.
+        r = await api.get(
+            "/v1/audit/events",
+            params={"actor_id": str(c.id), "action": "account.suspended"},
+            headers=auditor.headers(purpose="audit"),
+        )
+        entries = r.json()["items"]
+        assert [(e["outcome"], e["refusal_code"]) for e in entries] == [
+            ("refused", "bulk_read_suspended")
+        ]
+
+
+async def test_alert_parameters_are_checked(client, world: World) -> None:
+    auditor = await world.account(Role.AUDITOR, None)
+    for params in ({"state": "closed"}, {"limit": "0"}, {"cursor": "x"}, {"since": "yesterday"}):
+        r = await client.get("/v1/alerts", params=params, headers=auditor.headers(purpose="audit"))
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter"), params

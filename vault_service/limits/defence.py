@@ -1,0 +1,164 @@
+"""The bulk-read defence: alerts, and suspension of an account far over its budgets.
+
+Budgets slow a scraper; this makes a human know and stops the account by itself. The
+budget statement counts each account's refusals per hour (vs_access_commit). The
+first refusal of an hour raises a warning alert; at `suspend_after` refusals the
+account is suspended through the service's one account act (`vs_service_suspend`:
+every replica refuses its tokens from the next request on), a critical alert is
+raised, and the suspension is an access-log entry, all in one transaction.
+
+Alerts hold ids, codes and counts, never a personal value (migration 0005).
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+import structlog
+
+from vault_service.audit.entry import AccessEvent
+from vault_service.audit.sequencer import Decision, add_in_transaction
+from vault_service.auth.principal import Principal
+
+__all__ = ["Alerts", "BulkReadDefence"]
+
+alerts_log = structlog.get_logger("vault_service.alerts")
+
+INSERT_ALERT: Final = """
+INSERT INTO alerts (id, severity, kind, account_id, structure_id, details)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+"""
+SERVICE_SUSPEND: Final = "SELECT vs_service_suspend($1)"
+SELECT_ALERTS: Final = """
+SELECT id, raised_at, severity, kind, account_id, structure_id, details::text AS details,
+       state, acked_by, acked_at
+FROM alerts
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::timestamptz IS NULL OR raised_at >= $2)
+  AND ($3::uuid IS NULL
+       OR (raised_at, id) > (SELECT a.raised_at, a.id FROM alerts a WHERE a.id = $3))
+ORDER BY raised_at, id
+LIMIT $4
+"""
+_details = msgspec.json.Encoder()
+
+
+class Alerts:
+    """Alerts in PostgreSQL, and as alert-level log lines for the operator's pipeline."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def raise_on(
+        self,
+        conn: asyncpg.Connection[Any] | Any,
+        severity: str,
+        kind: str,
+        *,
+        account_id: uuid.UUID | None,
+        structure_id: uuid.UUID | None,
+        details: Mapping[str, int | str],
+    ) -> uuid.UUID:
+        alert_id = uuid.uuid4()
+        await conn.execute(
+            INSERT_ALERT,
+            alert_id,
+            severity,
+            kind,
+            account_id,
+            structure_id,
+            _details.encode(dict(details)).decode(),
+        )
+        alerts_log.warning(
+            kind,
+            alert=True,
+            severity=severity,
+            alert_id=str(alert_id),
+            account_id=str(account_id) if account_id else None,
+            **details,
+        )
+        return alert_id
+
+    async def page(
+        self,
+        state: str | None,
+        since: datetime.datetime | None,
+        after: uuid.UUID | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        """Alerts in the order they were raised, after the alert `after` (None: from
+        the first)."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(SELECT_ALERTS, state, since, after, limit)
+
+
+class BulkReadDefence:
+    def __init__(self, pool: asyncpg.Pool, alerts: Alerts, *, suspend_after: int) -> None:
+        self._pool = pool
+        self._alerts = alerts
+        self._suspend_after = suspend_after
+
+    async def refused(self, principal: Principal, decision: Decision) -> None:
+        """After a budget refusal (its entry is already durable). Raises nothing the
+        client should see: the request is refused either way; a failure here is the
+        operator's to see in the logs."""
+        refusals = decision.refusals or 0
+        details: dict[str, int | str] = {
+            "budget": decision.budget or "",
+            "refusals_this_hour": refusals,
+        }
+        try:
+            if refusals >= self._suspend_after:
+                await self._suspend(principal, details, first=refusals == self._suspend_after)
+            elif refusals == 1:
+                async with self._pool.acquire() as conn:
+                    await self._alerts.raise_on(
+                        conn,
+                        "warning",
+                        "budget.exceeded",
+                        account_id=principal.account_id,
+                        structure_id=principal.structure_id,
+                        details=details,
+                    )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            alerts_log.error(
+                "bulk_read_defence_failed",
+                alert=True,
+                error_type=type(exc).__name__,
+                account_id=str(principal.account_id),
+            )
+
+    async def _suspend(
+        self, principal: Principal, details: Mapping[str, int | str], *, first: bool
+    ) -> None:
+        # The suspension, its alert and its access-log entry commit together. Past the
+        # threshold (requests already in flight) the suspension is only made sure of.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(SERVICE_SUSPEND, principal.account_id)
+            if not first:
+                return
+            await self._alerts.raise_on(
+                conn,
+                "critical",
+                "account.suspended",
+                account_id=principal.account_id,
+                structure_id=principal.structure_id,
+                details={**details, "threshold": self._suspend_after},
+            )
+            await add_in_transaction(
+                conn,
+                AccessEvent(
+                    action="account.suspended",
+                    outcome="refused",
+                    actor_id=principal.account_id,
+                    role=str(principal.role),
+                    structure_id=principal.structure_id,
+                    refusal_code="bulk_read_suspended",
+                    token_jti=principal.jti,
+                ),
+            )
