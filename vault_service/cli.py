@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from vault_service.errors import VaultServiceError
+from vault_service.errors import InvalidParameter, VaultServiceError
 from vault_service.settings import Settings
 
 _TTL = re.compile(r"^(\d+)([smh]?)$")
@@ -196,6 +196,9 @@ async def _account_command(args: argparse.Namespace) -> Any:
         admin = AccountAdmin(pool)
         if args.action == "requests":
             return await admin.requests(None if args.all else "pending")
+        if args.action == "revoke-tokens":
+            await admin.revoke_account_tokens(args.account)
+            return {"account_id": str(args.account), "tokens": "revoked"}
         if args.action == "create":
             ref = await admin.request_create(Role(args.role), args.structure)
             return {
@@ -222,6 +225,32 @@ async def _account_command(args: argparse.Namespace) -> Any:
         state = {"suspend": "suspended", "disable": "disabled"}[args.action]
         await admin.set_state(args.account, state)
         return {"account_id": str(args.account), "state": state}
+    finally:
+        await pool.close()
+
+
+async def _admin_command(args: argparse.Namespace) -> Any:
+    """Tokens revocation and alerts, on the admin's own login (as account commands)."""
+    from vault_service.auth.admin import AccountAdmin
+    from vault_service.auth.guards import plain_reference
+
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    if args.command == "alerts" and args.action == "ack" and not plain_reference(args.comment):
+        # The comment is kept with the alert: like a purpose detail, it is no place
+        # for a name or a number.
+        raise InvalidParameter("the comment must be a short plain note (120 characters)")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        admin = AccountAdmin(pool)
+        if args.command == "tokens":
+            await admin.revoke_token(args.jti)
+            return {"jti": str(args.jti), "state": "revoked"}
+        if args.action == "list":
+            return await admin.alerts(None if args.all else "open")
+        await admin.ack_alert(args.alert, args.comment)
+        return {"alert_id": str(args.alert), "state": "acknowledged"}
     finally:
         await pool.close()
 
@@ -258,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = sub.add_parser("tokens", help="service tokens").add_subparsers(
         dest="action", required=True
     )
+    revoke = tokens.add_parser(
+        "revoke", help="refuse one token from the next request on, every replica (admin login)"
+    )
+    revoke.add_argument("jti", type=_uuid)
     issue = tokens.add_parser("issue", help="print a signed token for an active account")
     issue.add_argument("--subject", type=_uuid, required=True)
     issue.add_argument("--ttl", type=parse_ttl, default=900)
@@ -284,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         state = accounts.add_parser(name, help=text)
         state.add_argument("account", type=_uuid)
+    revoke_all = accounts.add_parser(
+        "revoke-tokens", help="refuse every token of an account issued until now (admin login)"
+    )
+    revoke_all.add_argument("account", type=_uuid)
+    alert_cmd = sub.add_parser("alerts", help="alerts (admin login)").add_subparsers(
+        dest="action", required=True
+    )
+    alert_list = alert_cmd.add_parser("list", help="open (or --all) alerts, as JSON")
+    alert_list.add_argument("--all", action="store_true")
+    ack = alert_cmd.add_parser("ack", help="acknowledge an open alert")
+    ack.add_argument("alert", type=_uuid)
+    ack.add_argument("--comment", required=True, help="a short note: no name, no number")
     requests = accounts.add_parser("requests", help="pending (or --all) account requests")
     requests.add_argument("--all", action="store_true")
     boot = accounts.add_parser("bootstrap-admins", help="the first two admins (owner role, once)")
@@ -373,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "accounts" and args.action == "bootstrap-admins":
             result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
             print(json.dumps(result, indent=2))
+            return 0
+        if (args.command == "tokens" and args.action == "revoke") or args.command == "alerts":
+            print(json.dumps(asyncio.run(_admin_command(args)), indent=2, default=str))
             return 0
         if args.command == "accounts" and args.action not in ("list",):
             print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))

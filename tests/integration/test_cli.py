@@ -106,3 +106,85 @@ def test_audit_verify_needs_no_database() -> None:
     )
     assert done.returncode == 0
     assert "--checkpoint" in done.stdout
+
+
+async def _admin_env(stack: Stack, world: World) -> dict[str, str]:
+    login = f"vs_cli_admin_{uuid.uuid4().hex[:8]}"
+    await devstack.create_admin_login(stack.admin_dsn, login)
+    account = await world.account(Role.ADMIN, None)
+    await world.owner.execute(
+        "INSERT INTO admin_logins (rolname, account_id) VALUES ($1, $2)", login, account.id
+    )
+    return _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=stack.dsn(login))
+
+
+async def _refused_within(client, headers: dict[str, str], code: str) -> None:
+    """Every replica refuses from the next request on (NOTIFY: allow its delivery)."""
+    import asyncio
+
+    for _ in range(40):
+        r = await client.get("/v1/caseload", headers=headers)
+        if r.status_code == 401:
+            break
+        await asyncio.sleep(0.05)
+    assert (r.status_code, r.json()["code"]) == (401, code)
+
+
+async def test_stolen_tokens_are_revoked_through_the_cli(
+    client, stack: Stack, world: World
+) -> None:
+    import jwt
+
+    admin = await _admin_env(stack, world)
+    c = await world.counsellor()
+    first = _cli(_env(stack), "tokens", "issue", "--subject", str(c.id)).stdout.strip()
+    second = _cli(_env(stack), "tokens", "issue", "--subject", str(c.id)).stdout.strip()
+    h1 = {"Authorization": f"Bearer {first}", "X-Purpose": "follow_up"}
+    h2 = {"Authorization": f"Bearer {second}", "X-Purpose": "follow_up"}
+    assert (await client.get("/v1/caseload", headers=h1)).status_code == 200
+    jti = jwt.decode(first, options={"verify_signature": False})["jti"]
+    # The service's own credentials cannot revoke: only an admin's login.
+    assert (
+        _cli(
+            _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=stack.dsn()), "tokens", "revoke", jti
+        ).returncode
+        != 0
+    )
+    done = _cli(admin, "tokens", "revoke", jti)
+    assert done.returncode == 0, done.stderr
+    await _refused_within(client, h1, "token_revoked")
+    assert (await client.get("/v1/caseload", headers=h2)).status_code == 200  # only that one
+    done = _cli(admin, "accounts", "revoke-tokens", str(c.id))
+    assert done.returncode == 0, done.stderr
+    await _refused_within(client, h2, "token_revoked")
+    assert _cli(admin, "accounts", "revoke-tokens", str(uuid.uuid4())).returncode == 1
+
+
+async def test_alerts_are_listed_and_acknowledged_through_the_cli(
+    stack: Stack, world: World
+) -> None:
+    admin = await _admin_env(stack, world)
+    c = await world.counsellor()
+    alert_id = uuid.uuid4()
+    await world.owner.execute(
+        "INSERT INTO alerts (id, severity, kind, account_id, details) "
+        "VALUES ($1, 'warning', 'budget.exceeded', $2, '{\"refusals_this_hour\": 1}')",
+        alert_id,
+        c.id,
+    )
+    listed = _cli(admin, "alerts", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert str(alert_id) in {a["id"] for a in json.loads(listed.stdout)}
+    # A note is no place for a number (a NIR, a phone): refused before anything is kept.
+    bad = _cli(admin, "alerts", "ack", str(alert_id), "--comment", "appel 0612345678")
+    assert bad.returncode == 1
+    assert "invalid_parameter" in bad.stderr
+    done = _cli(admin, "alerts", "ack", str(alert_id), "--comment", "vu, faux positif")
+    assert done.returncode == 0, done.stderr
+    row = await world.owner.fetchrow("SELECT state, acked_by FROM alerts WHERE id = $1", alert_id)
+    assert row["state"] == "acknowledged"
+    assert row["acked_by"] is not None
+    again = _cli(admin, "alerts", "ack", str(alert_id), "--comment", "encore")
+    assert again.returncode == 1
+    assert "no_open_alert" in again.stderr
+    assert str(alert_id) not in {a["id"] for a in json.loads(_cli(admin, "alerts", "list").stdout)}

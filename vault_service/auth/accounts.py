@@ -90,8 +90,19 @@ class AccountGate:
             await asyncio.sleep(1)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        text = str(payload)
+        if text.startswith("jti:"):
+            # One token revoked, its account perhaps unknown: drop its cached states.
+            try:
+                jti = uuid.UUID(text[4:])
+            except ValueError:
+                return
+            for key in [k for k in self._cache if k[1] == jti]:
+                self._generation[key[0]] = self._generation.get(key[0], 0) + 1
+                del self._cache[key]
+            return
         try:
-            account = uuid.UUID(str(payload))
+            account = uuid.UUID(text)
         except ValueError:
             return
         self._generation[account] = self._generation.get(account, 0) + 1

@@ -63,6 +63,11 @@ class NotAllowed(Forbidden):
     title = "This state change is not allowed here"
 
 
+class NoOpenAlert(NotFound):
+    code = "no_open_alert"
+    title = "No open alert with this id"
+
+
 _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS001": ActorNotAdmin,
     "VS002": RoleAboveActor,
@@ -72,6 +77,7 @@ _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS007": SelfApproval,
     "VS008": NotAllowed,
     "VS010": StillReferent,
+    "VS011": NoOpenAlert,
 }
 
 SELECT_REQUESTS: Final = """
@@ -80,6 +86,11 @@ SELECT id, kind, account_id, role, structure_id, requested_by, requested_at, sta
 FROM account_requests WHERE ($1::text IS NULL OR state = $1) ORDER BY requested_at, id
 """
 SELECT_ACTOR: Final = "SELECT account_id FROM admin_logins WHERE rolname = session_user"
+SELECT_ALERTS: Final = """
+SELECT id, raised_at, severity, kind, account_id, structure_id, details::text AS details,
+       state, acked_by, acked_at, ack_comment
+FROM alerts WHERE ($1::text IS NULL OR state = $1) ORDER BY raised_at, id
+"""
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,26 @@ class AccountAdmin:
             {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in dict(r).items()}
             for r in rows
         ]
+
+    async def revoke_token(self, jti: uuid.UUID) -> None:
+        await _call(self._pool, "revoke_token", "SELECT vs_revoke_token($1)", jti)
+        await self._alert("token_revoked", jti=str(jti))
+
+    async def revoke_account_tokens(self, account_id: uuid.UUID) -> None:
+        await _call(self._pool, "revoke_tokens", "SELECT vs_revoke_account_tokens($1)", account_id)
+        await self._alert("account_tokens_revoked", account_id=str(account_id))
+
+    async def alerts(self, state: str | None = "open") -> list[dict[str, Any]]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_ALERTS, state)
+        return [
+            {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in dict(r).items()}
+            for r in rows
+        ]
+
+    async def ack_alert(self, alert_id: uuid.UUID, comment: str) -> None:
+        await _call(self._pool, "ack_alert", "SELECT vs_ack_alert($1, $2)", alert_id, comment)
+        await self._alert("alert_acknowledged", alert_id=str(alert_id))
 
 
 async def service_suspend(pool: asyncpg.Pool, account_id: uuid.UUID, reason: str) -> None:

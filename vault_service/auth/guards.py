@@ -78,6 +78,12 @@ def authorize(scope: Scope, opt: Mapping[str, Any]) -> None:
         scope["state"]["purpose"] = purpose_of(wanted, principal)
 
 
+def plain_reference(text: str) -> bool:
+    """Short plain text that a person states (a purpose detail, an alert comment): no
+    long digit run (a NIR, a phone number), plain characters only."""
+    return _DETAIL.fullmatch(text) is not None and _DIGIT_RUN.search(text) is None
+
+
 def purpose_of(headers: Mapping[str, str], principal: Principal) -> tuple[Purpose, str | None]:
     raw = headers.get("x-purpose")
     try:
@@ -89,6 +95,6 @@ def purpose_of(headers: Mapping[str, str], principal: Principal) -> tuple[Purpos
     if purpose not in ROLE_PURPOSES[principal.role]:
         raise PurposeNotAllowed()
     detail = headers.get("x-purpose-detail")
-    if detail is not None and (not _DETAIL.fullmatch(detail) or _DIGIT_RUN.search(detail)):
+    if detail is not None and not plain_reference(detail):
         raise PurposeRequired("X-Purpose-Detail must be a short reference (120 characters)")
     return purpose, detail

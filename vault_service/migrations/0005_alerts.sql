@@ -41,3 +41,39 @@ END
 $$;
 REVOKE ALL ON FUNCTION vs_ack_alert(uuid, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vs_ack_alert(uuid, text) TO vault_service_admin;
+
+-- Stolen tokens. An admin revokes one token by its id (the id alone is what an incident
+-- report or a proxy log gives: its account may be unknown) or every token of an
+-- account; every replica drops what it cached on the NOTIFY, and refuses from the next
+-- request on. A revoked id is kept past any token's lifetime (an hour at most).
+ALTER TABLE revoked_tokens ALTER COLUMN account_id DROP NOT NULL;
+ALTER TABLE revoked_tokens ADD COLUMN revoked_by uuid REFERENCES accounts (id);
+
+CREATE FUNCTION vs_revoke_token(p_jti uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE actor accounts;
+BEGIN
+    actor := vs_actor();
+    INSERT INTO revoked_tokens (jti, account_id, expires_at, revoked_by)
+    VALUES (p_jti, NULL, now() + interval '1 hour', actor.id)
+    ON CONFLICT (jti) DO NOTHING;
+    PERFORM pg_notify('vault_service_accounts', 'jti:' || p_jti::text);
+END
+$$;
+
+CREATE FUNCTION vs_revoke_account_tokens(p_account uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE actor accounts;
+BEGIN
+    actor := vs_actor();
+    UPDATE accounts SET tokens_valid_after = now(), updated_at = now() WHERE id = p_account;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no such account' USING ERRCODE = 'VS003';
+    END IF;
+    PERFORM pg_notify('vault_service_accounts', p_account::text);
+END
+$$;
+
+REVOKE ALL ON FUNCTION vs_revoke_token(uuid), vs_revoke_account_tokens(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vs_revoke_token(uuid), vs_revoke_account_tokens(uuid)
+    TO vault_service_admin;
