@@ -212,6 +212,7 @@ def create_app(settings: Settings) -> Litestar:
                 records,
                 break_glass_minutes=settings.break_glass_minutes,
                 break_glass_daily_limit=settings.break_glass_daily_limit,
+                restriction_seconds=settings.new_account_restriction_hours * 3600,
             )
             # The access log's collaborators.
             state.update(

@@ -112,6 +112,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_break_glass_day: Budget = 10
     budget_nir_hour: Budget = 20
     budget_nir_day: Budget = 60
+    # Distinct records one supervisor may transfer or assign in an hour.
+    budget_transfer_hour: Budget = 20
     # Budget refusals (429) of one account in an hour after which the service suspends
     # it by itself (limits/defence.py); the first refusal of an hour raises an alert.
     suspend_after_refusals_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10

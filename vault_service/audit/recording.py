@@ -178,6 +178,9 @@ class AccessRecorder:
         event = self.event(scope, action, "allowed", record_ids=record_ids, fields=fields)
         decision = await add_in_transaction(conn, event, claims)
         if decision.refused:
+            # The caller's transaction rolls back (the refusal count with it); the
+            # alert is raised on a connection of its own and stays.
+            await self._defence.refused(principal, decision)
             raise BudgetExceeded(decision, logged=False)
         return decision
 

@@ -8,7 +8,8 @@ record already counted in the window is free. Kinds, per account unless stated:
 - `structure.hour`: full views by all accounts of one structure together;
 - `summary.hour`: masked views (caseload, search, a supervisor's view of a record);
 - `break_glass.day`: full views read under break-the-glass (on top of the above);
-- `nir.hour`, `nir.day`: NIR lookups, each lookup counted, whatever it finds.
+- `nir.hour`, `nir.day`: NIR lookups, each lookup counted, whatever it finds;
+- `transfer.hour`: distinct records a supervisor transfers or assigns.
 
 Limits come from the settings per role and are halved while an account is restricted
 (newly activated). The decision itself is made in PostgreSQL, atomically with the
@@ -38,6 +39,7 @@ class Charge(enum.Enum):
     FULL = "full"
     SUMMARY = "summary"
     NIR = "nir"
+    TRANSFER = "transfer"  # a record handed to another account (transfer, assignment)
 
 
 class BudgetExceeded(VaultServiceError):
@@ -86,6 +88,7 @@ class BudgetPolicy:
         self._break_glass_day = settings.budget_break_glass_day
         self._nir_hour = settings.budget_nir_hour
         self._nir_day = settings.budget_nir_day
+        self._transfer_hour = settings.budget_transfer_hour
 
     def claims(
         self,
@@ -132,6 +135,10 @@ class BudgetPolicy:
                 BudgetClaim(account, "nir.hour", self._nir_hour // half, lookup),
                 BudgetClaim(account, "nir.day", self._nir_day // half, lookup),
             ]
+        if charge is Charge.TRANSFER:
+            # Custody moves: one supervisor handing a structure to one counsellor is the
+            # bulk read of tomorrow.
+            return [BudgetClaim(account, "transfer.hour", self._transfer_hour // half, record_ids)]
         # Nothing returned: the record budget's state, for the headers.
         return [BudgetClaim(account, "record.hour", self._record_hour[role] // half, ())]
 

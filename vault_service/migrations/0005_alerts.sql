@@ -77,3 +77,7 @@ $$;
 REVOKE ALL ON FUNCTION vs_revoke_token(uuid), vs_revoke_account_tokens(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vs_revoke_token(uuid), vs_revoke_account_tokens(uuid)
     TO vault_service_admin;
+
+-- Custody: a break-the-glass grant ends when its record leaves the structure it was
+-- opened in (the service shortens it; nothing else of a grant changes).
+GRANT UPDATE (expires_at) ON break_glass_grants TO vault_service_app;

@@ -20,6 +20,7 @@ from vault_service.audit.recording import WriteLog
 from vault_service.auth.permissions import Role
 from vault_service.auth.principal import Principal
 from vault_service.errors import Forbidden, InvalidBody, NotFound, VaultServiceError
+from vault_service.limits.budgets import Charge
 from vault_service.records import access
 from vault_service.records.repository import Connection, RecordRepository
 from vault_service.records.sealing import Sealer
@@ -79,19 +80,34 @@ class Moved:
 
 class CustodyService:
     def __init__(
-        self, records: RecordService, *, break_glass_minutes: int, break_glass_daily_limit: int
+        self,
+        records: RecordService,
+        *,
+        break_glass_minutes: int,
+        break_glass_daily_limit: int,
+        restriction_seconds: float = 0.0,
     ) -> None:
         # The record service's repository and sealer, shared: one pool, one key cache.
         self._repo: RecordRepository = records.repository
         self._sealer: Sealer = records.sealer
         self._minutes = break_glass_minutes
         self._daily_limit = break_glass_daily_limit
+        self._restriction = datetime.timedelta(seconds=restriction_seconds)
+
+    def _restricted(self, activated_at: datetime.datetime | None) -> bool:
+        """Whether an account activated then is still in its restricted period."""
+        if activated_at is None:
+            return False  # as the account gate: never activated through a request
+        return datetime.datetime.now(datetime.UTC) < activated_at + self._restriction
 
     async def transfer(
         self, principal: Principal, record_id: uuid.UUID, request: TransferRequest, log: WriteLog
     ) -> Moved:
         if principal.role != Role.SUPERVISOR:
             raise Forbidden()
+        if principal.restricted:
+            # A newly activated account gives no youth away (nor receives any, below).
+            raise AccountRestricted()
         async with self._repo.transaction() as conn:
             row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
             if row is None or not access.supervises(principal, row["structure_id"]):
@@ -99,6 +115,8 @@ class CustodyService:
             target = await self._repo.transfer_target(conn, request.to_account)
             if target is None or target["state"] != "active" or target["role"] != "counsellor":
                 raise InvalidTransferTarget()
+            if self._restricted(target["activated_at"]):
+                raise InvalidTransferTarget("the target account is in its restricted period")
             source_structure: uuid.UUID = row["structure_id"]
             target_structure: uuid.UUID = target["structure_id"]
             if request.kind == "temporary":
@@ -120,7 +138,7 @@ class CustodyService:
                 version = await self._repo.set_referent(conn, record_id, request.to_account)
             else:
                 version = await self._move(conn, row, target_structure, request.to_account)
-            await log.within(conn, record_ids=(record_id,))
+            await log.within(conn, Charge.TRANSFER, record_ids=(record_id,))
         alerts.warning(
             "record_transferred",
             alert=True,

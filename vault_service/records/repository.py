@@ -121,7 +121,13 @@ LIMIT $4
 """  # noqa: S608 - constant
 
 SELECT_TRANSFER_TARGET: Final = """
-SELECT id, role, structure_id, state FROM accounts WHERE id = $1
+SELECT id, role, structure_id, state, activated_at FROM accounts WHERE id = $1
+"""
+# Grants on a record that moves to another structure end now: they were opened for a
+# reason in the old structure.
+END_GRANTS: Final = """
+UPDATE break_glass_grants SET expires_at = greatest(now(), opened_at + interval '1 millisecond')
+WHERE record_id = $1 AND expires_at > now()
 """
 MOVE_RECORD: Final = """
 UPDATE records SET structure_id = $2, referent_id = $3, branch_key_version = $4, record_key = $5,
@@ -361,12 +367,14 @@ class RecordRepository:
         digests: Sequence[bytes],
     ) -> int:
         """Another structure: the rewrapped record key, the structure-scoped indexes
-        recomputed under that structure's keys, no assignment left. The new version."""
+        recomputed under that structure's keys, no assignment and no live break-the-glass
+        grant left. The new version."""
         await conn.execute(DELETE_STRUCTURE_INDEX, record_id)
         await conn.execute(
             INSERT_INDEX, record_id, structure_id, names, digests, [False] * len(names)
         )
         await conn.execute(DELETE_ASSIGNMENTS, record_id)
+        await conn.execute(END_GRANTS, record_id)
         version = await conn.fetchval(
             MOVE_RECORD, record_id, structure_id, referent_id, branch_key_version, record_key
         )
