@@ -123,7 +123,9 @@ def _recorder(
     defence = BulkReadDefence(
         sequencer.pool, alerts, suspend_after=settings.suspend_after_refusals_hour
     )
-    return AccessRecorder(sequencer, BudgetPolicy(settings), fingerprint_key, defence)
+    return AccessRecorder(
+        sequencer, BudgetPolicy(settings), fingerprint_key, defence, settings.trusted_proxies
+    )
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -180,11 +182,8 @@ def create_app(settings: Settings) -> Litestar:
             sequencer.start()
             stack.push_async_callback(sequencer.stop)
             alerts = Alerts(pool)
-            recorder = AccessRecorder(
-                sequencer,
-                BudgetPolicy(settings),
-                await keys.derived_key(False, FINGERPRINT_LABEL),
-                BulkReadDefence(pool, alerts, suspend_after=settings.suspend_after_refusals_hour),
+            recorder = _recorder(
+                settings, sequencer, alerts, await keys.derived_key(False, FINGERPRINT_LABEL)
             )
             records = RecordService(
                 pool,

@@ -7,6 +7,7 @@ than one that refuses to start.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     token_cache_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
     account_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 2.0
     cors_origins: tuple[str, ...] = ()
+    # Proxies (addresses or networks) whose X-Forwarded-For is believed: the client
+    # fingerprint in the access log then uses the address they saw, not their own.
+    trusted_proxies: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
@@ -147,6 +151,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.db_pool_min > self.db_pool_max:
             raise ConfigurationError("db_pool_min is larger than db_pool_max")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigurationError("VAULT_SERVICE_TRUSTED_PROXIES: not an address") from None
         for origin in self.cors_origins:
             if origin == "*" or not _tls_or_loopback(origin):
                 raise ConfigurationError("CORS origins must be explicit https origins")
@@ -159,7 +168,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             value = env.get(PREFIX + field.name.upper())
             if value is None or value == "":
                 continue
-            if field.name == "cors_origins":
+            if field.name in ("cors_origins", "trusted_proxies"):
                 raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
             elif field.name == "oidc_issuers":
                 raw[field.name] = parse_issuers(value)

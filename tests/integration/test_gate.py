@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.conftest import Captured, World
+from tests.conftest import Captured, Stack, World
+from vault_service.auth.permissions import Role
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +50,35 @@ async def test_refusals_by_the_gate_are_measured_and_logged(
         if line.startswith("{") and '"http_request"' in line
     ]
     assert any(line["route"] == "/v1/caseload" and line["status"] == 401 for line in lines), lines
+
+
+async def test_client_fingerprint_believes_only_trusted_proxies(
+    client, stack: Stack, world: World
+) -> None:
+    """Behind the proxy every request comes from the proxy's address: the fingerprint
+    must name the client it saw, but only a configured proxy is believed."""
+    from tests.integration.test_budgets import _processes
+
+    c = await world.counsellor()
+    auditor = await world.account(Role.AUDITOR, None)
+
+    async def fingerprints(**overrides: str) -> set[str]:
+        async with _processes(stack, 1, **overrides) as (http, bases):
+            for forwarded in ("198.51.100.7", "203.0.113.9"):
+                r = await http.get(
+                    f"{bases[0]}/v1/caseload",
+                    headers={**c.headers(), "X-Forwarded-For": f"192.0.2.1, {forwarded}"},
+                )
+                assert r.status_code == 200, r.text
+        r = await client.get(
+            "/v1/audit/events",
+            params={"actor_id": str(c.id), "action": "caseload.list"},
+            headers=auditor.headers(purpose="audit"),
+        )
+        items = r.json()["items"][-2:]
+        return {e["client_fingerprint"] for e in items}
+
+    # Not trusted: both requests come from 127.0.0.1 and one user agent: one client.
+    assert len(await fingerprints()) == 1
+    # The peer is a trusted proxy: the address it appended tells the clients apart.
+    assert len(await fingerprints(trusted_proxies="127.0.0.1/32")) == 2

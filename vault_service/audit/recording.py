@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -95,17 +96,40 @@ class AccessRecorder:
         budgets: BudgetPolicy,
         fingerprint_key: bytes,
         defence: BulkReadDefence,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.sequencer = sequencer
         self.budgets = budgets
         self._key = fingerprint_key
         self._defence = defence
+        self._proxies = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+        self._trusted: dict[str, bool] = {}
+
+    def _client_host(self, scope: Scope) -> str:
+        """The client's address: the peer's, or, when the peer is a trusted proxy, the
+        last address of X-Forwarded-For (the one that proxy appended)."""
+        client = scope.get("client")
+        host = client[0] if client else ""
+        if not self._proxies or not host:
+            return host
+        trusted = self._trusted.get(host)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(host)
+                trusted = any(address in network for network in self._proxies)
+            except ValueError:
+                trusted = False
+            if len(self._trusted) < 1024:
+                self._trusted[host] = trusted
+        if not trusted:
+            return host
+        forwarded = _header(scope, b"x-forwarded-for").rpartition(",")[2].strip()
+        return forwarded[:64] or host
 
     def fingerprint(self, scope: Scope) -> str:
         """Salted hash of the client (address and user agent): links the requests of
         one client in an investigation, without storing an address."""
-        client = scope.get("client")
-        host = client[0] if client else ""
+        host = self._client_host(scope)
         agent = _header(scope, b"user-agent")[:512]
         mac = hmac.new(self._key, f"{host}|{agent}".encode(), hashlib.sha256)
         return mac.hexdigest()[:32]
