@@ -93,6 +93,21 @@ class Stack:
     def dsn(self, user: str | None = "vault_service_app") -> str:
         return devstack.dsn_for(self.admin_dsn, user=user, database=self.database)
 
+    def service_env(self, **overrides: Any) -> dict[str, str]:
+        """The environment of a service or CLI process on this stack (`VAULT_SERVICE_*`
+        from `overrides`, by setting name)."""
+        s = self.settings()
+        env = {
+            **os.environ,
+            "VAULT_SERVICE_DATABASE_URL": s.database_url,
+            "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
+            "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
+            "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
+            "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
+        }
+        env.update({"VAULT_SERVICE_" + k.upper(): str(v) for k, v in overrides.items()})
+        return env
+
     def settings(self, **overrides: Any) -> Settings:
         env = {
             "VAULT_SERVICE_DATABASE_URL": self.dsn(),

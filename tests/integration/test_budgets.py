@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -260,18 +259,7 @@ async def test_an_update_over_budget_writes_nothing(stack: Stack, world: World) 
 
 # --- exact across processes, restarts and concurrent requests -------------------------------------
 def _serve(stack: Stack, port: int, **overrides: Any) -> subprocess.Popen[bytes]:
-    s = stack.settings()
-    env = {
-        **os.environ,
-        "VAULT_SERVICE_DATABASE_URL": s.database_url,
-        "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
-        "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
-        "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
-        "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
-        "VAULT_SERVICE_PORT": str(port),
-        "VAULT_SERVICE_LOG_LEVEL": "WARNING",
-        **{"VAULT_SERVICE_" + k.upper(): str(v) for k, v in overrides.items()},
-    }
+    env = stack.service_env(port=port, log_level="WARNING", **overrides)
     return subprocess.Popen(
         [sys.executable, "-m", "vault_service.cli", "serve"],
         env=env,

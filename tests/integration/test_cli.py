@@ -19,15 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def _env(stack: Stack, **extra: str) -> dict[str, str]:
-    s = stack.settings()
-    env = {
-        **os.environ,
-        "VAULT_SERVICE_DATABASE_URL": s.database_url,
-        "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
-        "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
-        "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
-        "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
-    }
+    env = stack.service_env()
     env.update(extra)
     return env
 

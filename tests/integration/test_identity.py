@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import sys
 import time
@@ -188,17 +187,7 @@ async def test_moving_a_referent_to_another_structure_needs_a_transfer_first(
 
 
 def _serve(stack: Stack, port: int) -> subprocess.Popen[bytes]:
-    s = stack.settings()
-    env = {
-        **os.environ,
-        "VAULT_SERVICE_DATABASE_URL": s.database_url,
-        "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
-        "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
-        "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
-        "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
-        "VAULT_SERVICE_PORT": str(port),
-        "VAULT_SERVICE_LOG_LEVEL": "WARNING",
-    }
+    env = stack.service_env(port=port, log_level="WARNING")
     return subprocess.Popen(
         [sys.executable, "-m", "vault_service.cli", "serve"],
         env=env,

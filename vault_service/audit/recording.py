@@ -25,6 +25,7 @@ from litestar.types import Scope
 from vault_service.audit.entry import AccessEvent
 from vault_service.audit.sequencer import (
     NO_BUDGET,
+    BudgetClaim,
     Connection,
     Decision,
     Sequencer,
@@ -157,6 +158,24 @@ class AccessRecorder:
             fingerprint=self.fingerprint(scope),
         )
 
+    def _allowed_entry(
+        self,
+        scope: Scope,
+        action: str,
+        charge: Charge,
+        record_ids: Sequence[uuid.UUID],
+        fields: tuple[str, ...],
+        criteria: tuple[str, ...] = (),
+        break_glass: bool = False,
+    ) -> tuple[Principal, AccessEvent, list[BudgetClaim]]:
+        """The caller, its allowed entry and the budgets that entry draws on."""
+        principal: Principal = scope["user"]
+        claims = self.budgets.claims(principal, charge, record_ids, break_glass=break_glass)
+        event = self.event(
+            scope, action, "allowed", record_ids=record_ids, fields=fields, criteria=criteria
+        )
+        return principal, event, claims
+
     async def allowed(
         self,
         scope: Scope,
@@ -171,10 +190,8 @@ class AccessRecorder:
         """Decide the budgets and make the entry durable, in one statement; returns the
         decision (for the RateLimit headers). Raises AuditUnavailable (no entry: return
         nothing) or BudgetExceeded (the entry was stored as a refusal)."""
-        principal: Principal = scope["user"]
-        claims = self.budgets.claims(principal, charge, record_ids, break_glass=break_glass)
-        event = self.event(
-            scope, action, "allowed", record_ids=record_ids, fields=fields, criteria=criteria
+        principal, event, claims = self._allowed_entry(
+            scope, action, charge, record_ids, fields, criteria, break_glass
         )
         decision = await self.sequencer.commit(event, claims)
         if decision.refused:
@@ -197,9 +214,7 @@ class AccessRecorder:
         commit together or not at all. Over budget, BudgetExceeded is raised with
         nothing kept (the caller's transaction rolls back); the gate then records the
         refusal like any other."""
-        principal: Principal = scope["user"]
-        claims = self.budgets.claims(principal, charge, record_ids)
-        event = self.event(scope, action, "allowed", record_ids=record_ids, fields=fields)
+        principal, event, claims = self._allowed_entry(scope, action, charge, record_ids, fields)
         decision = await add_in_transaction(conn, event, claims)
         if decision.refused:
             # The caller's transaction rolls back (the refusal count with it); the
@@ -219,9 +234,7 @@ class AccessRecorder:
     ) -> tuple[object, ...]:
         """The entry of a write whose own statement makes it durable (a create), as
         vs_access_commit's arguments; `accepted` reads the decision back."""
-        principal: Principal = scope["user"]
-        claims = self.budgets.claims(principal, charge, record_ids)
-        event = self.event(scope, action, "allowed", record_ids=record_ids, fields=fields)
+        _, event, claims = self._allowed_entry(scope, action, charge, record_ids, fields)
         return entry_arguments(event, claims)
 
     async def refused(self, scope: Scope, action: str, code: str) -> None:
