@@ -117,12 +117,9 @@ async def keep_session(_conn: asyncpg.Connection[Any]) -> None:
 
 
 def _recorder(
-    settings: Settings, sequencer: Sequencer, alerts: Alerts, fingerprint_key: bytes
+    settings: Settings, sequencer: Sequencer, defence: BulkReadDefence, fingerprint_key: bytes
 ) -> AccessRecorder:
     """Access-log entries, budgets and the bulk-read defence behind them."""
-    defence = BulkReadDefence(
-        sequencer.pool, alerts, suspend_after=settings.suspend_after_refusals_hour
-    )
     return AccessRecorder(
         sequencer, BudgetPolicy(settings), fingerprint_key, defence, settings.trusted_proxies
     )
@@ -182,8 +179,11 @@ def create_app(settings: Settings) -> Litestar:
             sequencer.start()
             stack.push_async_callback(sequencer.stop)
             alerts = Alerts(pool)
+            defence = BulkReadDefence(
+                pool, alerts, suspend_after=settings.suspend_after_refusals_hour
+            )
             recorder = _recorder(
-                settings, sequencer, alerts, await keys.derived_key(False, FINGERPRINT_LABEL)
+                settings, sequencer, defence, await keys.derived_key(False, FINGERPRINT_LABEL)
             )
             records = RecordService(
                 pool,
@@ -191,6 +191,7 @@ def create_app(settings: Settings) -> Litestar:
                 schema,
                 search_page_max=settings.search_page_max,
                 caseload_page_max=settings.caseload_page_max,
+                on_honeytoken=defence.honeytoken,
             )
             publisher = CheckpointPublisher(
                 pool, kms, settings.audit_origin, settings.checkpoint_interval_seconds

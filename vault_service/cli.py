@@ -255,6 +255,42 @@ async def _admin_command(args: argparse.Namespace) -> Any:
         await pool.close()
 
 
+async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
+    """Canary records: made with the service's configuration (its role, its keys), their
+    canary accounts on the admin's own login."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.kms import VaultKms
+    from vault_service.limits.honeytokens import HoneytokenPlanter
+    from vault_service.records import schema
+    from vault_service.records.service import RecordService
+
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    admin = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    kms = VaultKms(settings)
+    try:
+        keys = KeyHierarchy(
+            kms, service, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
+        )
+        records = RecordService(
+            service,
+            keys,
+            schema.load(),
+            search_page_max=settings.search_page_max,
+            caseload_page_max=settings.caseload_page_max,
+        )
+        planter = HoneytokenPlanter(admin, service, records)
+        if args.action == "list":
+            return await planter.list()
+        return await planter.plant(args.structure, args.count, rotate=args.action == "rotate")
+    finally:
+        kms.close()
+        await service.close()
+        await admin.close()
+
+
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
@@ -272,6 +308,29 @@ async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, st
         await conn.close()
     assert row is not None
     return {first_login: str(row["first_admin"]), second_login: str(row["second_admin"])}
+
+
+def _defence_parsers(sub: Any) -> None:
+    """Honeytokens and alerts: the bulk-read defence's admin commands."""
+    honey = sub.add_parser("honeytokens", help="canary records (admin login)").add_subparsers(
+        dest="action", required=True
+    )
+    for name, text in (
+        ("plant", "plant canary records in one structure, or in every one"),
+        ("rotate", "plant new canaries, then retire the structure's earlier ones"),
+    ):
+        planting = honey.add_parser(name, help=text)
+        planting.add_argument("--structure", type=_uuid, help="default: every structure")
+        planting.add_argument("--count", type=int, choices=range(1, 21), default=2)
+    honey.add_parser("list", help="canaries, planted and retired, as JSON")
+    alert_cmd = sub.add_parser("alerts", help="alerts (admin login)").add_subparsers(
+        dest="action", required=True
+    )
+    alert_list = alert_cmd.add_parser("list", help="open (or --all) alerts, as JSON")
+    alert_list.add_argument("--all", action="store_true")
+    ack = alert_cmd.add_parser("ack", help="acknowledge an open alert")
+    ack.add_argument("alert", type=_uuid)
+    ack.add_argument("--comment", required=True, help="a short note: no name, no number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,14 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke-tokens", help="refuse every token of an account issued until now (admin login)"
     )
     revoke_all.add_argument("account", type=_uuid)
-    alert_cmd = sub.add_parser("alerts", help="alerts (admin login)").add_subparsers(
-        dest="action", required=True
-    )
-    alert_list = alert_cmd.add_parser("list", help="open (or --all) alerts, as JSON")
-    alert_list.add_argument("--all", action="store_true")
-    ack = alert_cmd.add_parser("ack", help="acknowledge an open alert")
-    ack.add_argument("alert", type=_uuid)
-    ack.add_argument("--comment", required=True, help="a short note: no name, no number")
+    _defence_parsers(sub)
     requests = accounts.add_parser("requests", help="pending (or --all) account requests")
     requests.add_argument("--all", action="store_true")
     boot = accounts.add_parser("bootstrap-admins", help="the first two admins (owner role, once)")
@@ -430,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "serve":
             return cmd_serve(settings)
+        if args.command == "honeytokens":
+            print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
+            return 0
         if args.command == "audit" and args.action == "integrate":
             return asyncio.run(_integrate(settings))
         if args.command == "tokens":

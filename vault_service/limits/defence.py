@@ -24,6 +24,7 @@ import structlog
 from vault_service.audit.entry import AccessEvent
 from vault_service.audit.sequencer import Decision, add_in_transaction
 from vault_service.auth.principal import Principal
+from vault_service.errors import AuditUnavailable
 
 __all__ = ["Alerts", "BulkReadDefence"]
 
@@ -133,8 +134,34 @@ class BulkReadDefence:
                 account_id=str(principal.account_id),
             )
 
+    async def honeytoken(self, principal: Principal, record_id: uuid.UUID) -> None:
+        """A request named a honeytoken: suspend on that request. Unlike a budget
+        refusal this one must hold: if it cannot be done, the request fails (503)."""
+        try:
+            await self._suspend(
+                principal,
+                {"honeytoken": str(record_id)},
+                first=True,
+                kind="honeytoken.touched",
+                record_id=record_id,
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            alerts_log.error(
+                "bulk_read_defence_failed",
+                alert=True,
+                error_type=type(exc).__name__,
+                account_id=str(principal.account_id),
+            )
+            raise AuditUnavailable() from None
+
     async def _suspend(
-        self, principal: Principal, details: Mapping[str, int | str], *, first: bool
+        self,
+        principal: Principal,
+        details: Mapping[str, int | str],
+        *,
+        first: bool,
+        kind: str = "account.suspended",
+        record_id: uuid.UUID | None = None,
     ) -> None:
         # The suspension, its alert and its access-log entry commit together. Past the
         # threshold (requests already in flight) the suspension is only made sure of.
@@ -145,10 +172,12 @@ class BulkReadDefence:
             await self._alerts.raise_on(
                 conn,
                 "critical",
-                "account.suspended",
+                kind,
                 account_id=principal.account_id,
                 structure_id=principal.structure_id,
-                details={**details, "threshold": self._suspend_after},
+                details=details
+                if record_id is not None
+                else {**details, "threshold": self._suspend_after},
             )
             await add_in_transaction(
                 conn,
@@ -158,7 +187,8 @@ class BulkReadDefence:
                     actor_id=principal.account_id,
                     role=str(principal.role),
                     structure_id=principal.structure_id,
-                    refusal_code="bulk_read_suspended",
+                    record_ids=() if record_id is None else (record_id,),
+                    refusal_code="bulk_read_suspended" if record_id is None else "honeytoken",
                     token_jti=principal.jti,
                 ),
             )

@@ -88,6 +88,7 @@ class CustodyService:
         restriction_seconds: float = 0.0,
     ) -> None:
         # The record service's repository and sealer, shared: one pool, one key cache.
+        self._records = records
         self._repo: RecordRepository = records.repository
         self._sealer: Sealer = records.sealer
         self._minutes = break_glass_minutes
@@ -110,6 +111,9 @@ class CustodyService:
             raise AccountRestricted()
         async with self._repo.transaction() as conn:
             row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
+            if row is not None and row["honeytoken"]:
+                await self._records.honeytoken_touched(principal, record_id)
+                raise NotFound()
             if row is None or not access.supervises(principal, row["structure_id"]):
                 raise NotFound()
             target = await self._repo.transfer_target(conn, request.to_account)
@@ -196,7 +200,10 @@ class CustodyService:
                 raise BreakGlassLimit()
             # Only within the caller's own structure, checked after the limit so the
             # answer is never an existence oracle: a record elsewhere is "not found".
-            structure_id = await self._repo.record_structure(conn, record_id)
+            structure_id, honeytoken = await self._repo.record_structure(conn, record_id)
+            if honeytoken:
+                await self._records.honeytoken_touched(principal, record_id)
+                raise NotFound()
             if not access.may_break_glass_on(principal, structure_id):
                 raise NotFound()
             row = await self._repo.insert_grant(

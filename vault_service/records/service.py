@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,10 @@ class Page:
     record_ids: tuple[uuid.UUID, ...]
 
 
+HoneytokenHook = Callable[[Principal, uuid.UUID], Awaitable[None]]
+"""Called when a request names a honeytoken (the bulk-read defence suspends)."""
+
+
 class RecordService:
     def __init__(
         self,
@@ -77,6 +81,7 @@ class RecordService:
         *,
         search_page_max: int,
         caseload_page_max: int,
+        on_honeytoken: HoneytokenHook | None = None,
     ) -> None:
         # Built here so every caller keeps constructing the service as before; the
         # custody service shares these two rather than anything of this class.
@@ -85,6 +90,7 @@ class RecordService:
         self._schema = schema
         self._create = msgspec.json.Decoder(schema.create_type)
         self._patch = msgspec.json.Decoder(schema.patch_type)
+        self._on_honeytoken = on_honeytoken
         self._search_page_max = search_page_max
         self._caseload_page_max = caseload_page_max
 
@@ -117,6 +123,12 @@ class RecordService:
             "updated_at": row["updated_at"],
             "view": view,
         }
+
+    async def honeytoken_touched(self, principal: Principal, record_id: uuid.UUID) -> None:
+        """A request named a honeytoken: the defence acts, then the caller answers as
+        for a record it may not see (the canary stays indistinguishable)."""
+        if self._on_honeytoken is not None:
+            await self._on_honeytoken(principal, record_id)
 
     # --- operations -----------------------------------------------------------------------
     async def create(
@@ -171,6 +183,9 @@ class RecordService:
         self, principal: Principal, record_id: uuid.UUID, purpose: Purpose | None = None
     ) -> RecordDocument:
         row = await self._repo.fetch(record_id, principal.account_id)
+        if row is not None and row["honeytoken"]:
+            await self.honeytoken_touched(principal, record_id)
+            raise NotFound()
         view = None if row is None else access.decide(principal, row, purpose)
         if row is None or view is None:
             raise NotFound()
@@ -201,6 +216,9 @@ class RecordService:
         changes = self._decode_patch(body)
         async with self._repo.transaction() as conn:
             row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
+            if row is not None and row["honeytoken"]:
+                await self.honeytoken_touched(principal, record_id)
+                raise NotFound()
             if row is None or not access.may_write(principal, row):
                 raise NotFound()
             if row["version"] != expected_version:
@@ -260,7 +278,7 @@ class RecordService:
         rows = await self._repo.search_page(
             names, digests, structure_id, referent, after or _BEFORE_ALL, limit + 1
         )
-        return await self._page(rows, limit)
+        return await self._page(principal, rows, limit)
 
     async def caseload(self, principal: Principal, after: uuid.UUID | None, limit: int) -> Page:
         structure_id, referent = access.list_scope(principal)
@@ -268,13 +286,18 @@ class RecordService:
         rows = await self._repo.caseload_page(
             structure_id, referent, after or _BEFORE_ALL, limit + 1
         )
-        return await self._page(rows, limit)
+        return await self._page(principal, rows, limit)
 
-    async def _page(self, rows: list[asyncpg.Record], limit: int) -> Page:
+    async def _page(self, principal: Principal, rows: list[asyncpg.Record], limit: int) -> Page:
         """Masked summaries of up to `limit` rows; the query asked for one more, whose
         presence alone says that there is a next page."""
         more = len(rows) > limit
         rows = rows[:limit]
+        # A search that finds a honeytoken (a caseload never lists one) is a sign: the
+        # defence acts, and the canary is left out of the answer.
+        for row in [r for r in rows if r["honeytoken"]]:
+            await self.honeytoken_touched(principal, row["id"])
+        rows = [r for r in rows if not r["honeytoken"]]
         items = []
         for row in rows:
             record_key = await self._sealer.record_key(row)

@@ -1,0 +1,47 @@
+-- Honeytokens: canary youth records, real records in every way the API can see, in
+-- nobody's caseload. Their referent is the structure's canary account, which is
+-- disabled: it can never sign in. Only someone holding a copy of the database or an
+-- export knows their ids; any request naming one suspends the account that made it.
+
+CREATE TABLE canary_accounts (
+    structure_id  uuid PRIMARY KEY REFERENCES structures (id),
+    account_id    uuid NOT NULL UNIQUE REFERENCES accounts (id)
+);
+
+CREATE TABLE honeytokens (
+    record_id     uuid PRIMARY KEY REFERENCES records (id),
+    structure_id  uuid NOT NULL REFERENCES structures (id),
+    planted_at    timestamptz NOT NULL DEFAULT now(),
+    retired_at    timestamptz
+);
+CREATE INDEX honeytokens_structure_idx ON honeytokens (structure_id) WHERE retired_at IS NULL;
+
+GRANT SELECT ON canary_accounts TO vault_service_app;
+GRANT SELECT, INSERT, UPDATE (retired_at) ON honeytokens TO vault_service_app;
+GRANT SELECT ON canary_accounts, honeytokens TO vault_service_auditor, vault_service_admin;
+
+-- The canary account of a structure, made on first use by an admin's own login (no
+-- four-eyes: it can do nothing, being disabled). The service's role cannot make one.
+CREATE FUNCTION vs_canary_account(p_structure uuid) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    actor accounts;
+    found uuid;
+BEGIN
+    actor := vs_actor();
+    SELECT account_id INTO found FROM canary_accounts WHERE structure_id = p_structure;
+    IF FOUND THEN
+        RETURN found;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM structures WHERE id = p_structure) THEN
+        RAISE EXCEPTION 'no such structure' USING ERRCODE = 'VS003';
+    END IF;
+    found := gen_random_uuid();
+    INSERT INTO accounts (id, role, structure_id, state)
+    VALUES (found, 'counsellor', p_structure, 'disabled');
+    INSERT INTO canary_accounts (structure_id, account_id) VALUES (p_structure, found);
+    RETURN found;
+END
+$$;
+REVOKE ALL ON FUNCTION vs_canary_account(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vs_canary_account(uuid) TO vault_service_admin;
