@@ -166,6 +166,31 @@ async def test_role_change_and_reactivation_are_four_eyes(
     assert r.status_code == 200
 
 
+async def test_a_role_change_ends_the_accounts_live_grants(
+    client, world: World, admins: Admins
+) -> None:
+    sid = await world.structure()
+    referent, outsider = await world.counsellor(sid), await world.counsellor(sid)
+    rid = await _create(client, referent)
+    r = await client.post(
+        f"/v1/records/{rid}/break-glass",
+        json={"reason": "safety_emergency"},
+        headers=outsider.headers(purpose="break_glass"),
+    )
+    assert r.status_code == 201, r.text
+    ref = await admins.a.request_change("role_change", outsider.id, Role.SUPERVISOR, sid)
+    live = "SELECT count(*) FROM break_glass_grants WHERE account_id = $1 AND expires_at > now()"
+    assert await world.owner.fetchval(live, outsider.id) == 1  # not before approval
+    await admins.b.decide(ref.request_id, approve=True)
+    assert await world.owner.fetchval(live, outsider.id) == 0
+    assert (
+        await world.owner.fetchval(
+            "SELECT count(*) FROM break_glass_grants WHERE account_id = $1", outsider.id
+        )
+        == 1
+    )  # ended, not erased: its review is still due
+
+
 async def test_moving_a_referent_to_another_structure_needs_a_transfer_first(
     client, world: World, admins: Admins
 ) -> None:

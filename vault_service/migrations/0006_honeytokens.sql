@@ -45,3 +45,21 @@ END
 $$;
 REVOKE ALL ON FUNCTION vs_canary_account(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vs_canary_account(uuid) TO vault_service_admin;
+
+-- A break-the-glass grant was opened for a reason by an account in a role and a
+-- structure: when either changes (an approved role change, by any path), its live
+-- grants end.
+CREATE FUNCTION vs_end_grants_of_account() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    UPDATE break_glass_grants
+    SET expires_at = greatest(now(), opened_at + interval '1 millisecond')
+    WHERE account_id = NEW.id AND expires_at > now();
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION vs_end_grants_of_account() FROM PUBLIC;
+CREATE TRIGGER accounts_end_grants AFTER UPDATE OF role, structure_id ON accounts
+    FOR EACH ROW
+    WHEN (OLD.role IS DISTINCT FROM NEW.role OR OLD.structure_id IS DISTINCT FROM NEW.structure_id)
+    EXECUTE FUNCTION vs_end_grants_of_account();
