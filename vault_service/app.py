@@ -34,6 +34,7 @@ from vault_service.health import live, ready
 from vault_service.kms import VaultKms
 from vault_service.limits.budgets import BudgetPolicy
 from vault_service.limits.defence import Alerts, BulkReadDefence
+from vault_service.limits.rules import RuleRunner
 from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
@@ -182,6 +183,16 @@ def create_app(settings: Settings) -> Litestar:
             defence = BulkReadDefence(
                 pool, alerts, suspend_after=settings.suspend_after_refusals_hour
             )
+            rules = RuleRunner(
+                pool,
+                alerts,
+                interval=settings.anomaly_interval_seconds,
+                not_found_5min=settings.anomaly_not_found_5min,
+                new_account_records_hour=settings.anomaly_new_account_records_hour,
+                restriction_seconds=settings.new_account_restriction_hours * 3600,
+            )
+            await rules.start()
+            stack.push_async_callback(rules.stop)
             recorder = _recorder(
                 settings, sequencer, defence, await keys.derived_key(False, FINGERPRINT_LABEL)
             )

@@ -121,6 +121,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Budget refusals (429) of one account in an hour after which the service suspends
     # it by itself (limits/defence.py); the first refusal of an hour raises an alert.
     suspend_after_refusals_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    # Anomaly rules (limits/rules.py): how often the leader evaluates them, and their
+    # thresholds.
+    anomaly_interval_seconds: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 30.0
+    anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
+    anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
     # Which process integrates the access log into its Merkle tree (one leader among
     # those that may): every replica by default; false on replicas that leave it to a
     # dedicated `vault-service audit integrate`.

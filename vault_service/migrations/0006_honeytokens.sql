@@ -63,3 +63,14 @@ CREATE TRIGGER accounts_end_grants AFTER UPDATE OF role, structure_id ON account
     FOR EACH ROW
     WHEN (OLD.role IS DISTINCT FROM NEW.role OR OLD.structure_id IS DISTINCT FROM NEW.structure_id)
     EXECUTE FUNCTION vs_end_grants_of_account();
+
+-- Anomaly rules (limits/rules.py): which rule already alerted on which subject in which
+-- window, so that replicas and restarts never alert twice.
+CREATE TABLE rule_hits (
+    rule          text NOT NULL CHECK (rule ~ '^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}$'),
+    subject       uuid NOT NULL,
+    window_start  timestamptz NOT NULL,
+    hit_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rule, subject, window_start)
+);
+GRANT SELECT, INSERT ON rule_hits TO vault_service_app;
