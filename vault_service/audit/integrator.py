@@ -25,7 +25,7 @@ import structlog
 
 from vault_service.audit import repository as sql
 from vault_service.audit.entry import Prepared, prepare_stored
-from vault_service.audit.leadership import Leadership
+from vault_service.audit.leadership import LeaderLoop, Leadership
 from vault_service.audit.log import AccessLog
 from vault_service.errors import AuditUnavailable, VaultServiceError
 
@@ -33,7 +33,6 @@ __all__ = ["Integrator"]
 
 log = structlog.get_logger(__name__)
 alerts = structlog.get_logger("vault_service.alerts")
-_LEAD_RETRY: Final = 1.0
 _BUDGET_SWEEP: Final = 600.0
 
 
@@ -52,11 +51,15 @@ class Integrator:
         self._pool = pool
         self._log = access_log
         self._batch = batch
-        self._poll = poll_seconds
         self._enabled = enabled
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._lead = Leadership(pool, sql.INTEGRATOR_LOCK_ID, "integration_leader_elected")
+        self._loop = LeaderLoop(
+            self._lead,
+            self._round,
+            interval=poll_seconds,
+            name="access-log-integrator",
+            failed_event="integration_round_failed",
+        )
         self._swept_at = 0.0
         self.integrated = 0
         """Entries this process moved into the tree (tests and metrics)."""
@@ -66,23 +69,19 @@ class Integrator:
         return self._lead.leading
 
     def wake(self) -> None:
-        self._wakeup.set()
+        self._loop.wake()
 
     async def start(self) -> None:
-        if self._enabled and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="access-log-integrator")
+        if self._enabled:
+            self._loop.start()
 
     async def stop(self) -> None:
         """Integrate what is pending (if leading), then stop and release the lead."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-            if self._lead.leading:
-                with contextlib.suppress(Exception):
-                    while await self.integrate_once():
-                        pass
+        await self._loop.stop()
+        if self._lead.leading:
+            with contextlib.suppress(Exception):
+                while await self.integrate_once():
+                    pass
         await self._lead.resign()
 
     async def settle(self, within: float = 3.0) -> None:
@@ -104,26 +103,10 @@ class Integrator:
             raise AuditUnavailable("the access log is behind; try again shortly") from None
 
     # --- integration ---------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            try:
-                if not await self._lead.try_lead():
-                    await asyncio.sleep(_LEAD_RETRY)
-                    continue
-                while await self.integrate_once():
-                    pass
-                await self._sweep_budgets()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the integrator must outlive any failure
-                log.warning("integration_round_failed", error_type=type(exc).__name__)
-                with contextlib.suppress(Exception):
-                    await self._lead.resign()
-                await asyncio.sleep(_LEAD_RETRY)
-                continue
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll)
+    async def _round(self) -> None:
+        while await self.integrate_once():
+            pass
+        await self._sweep_budgets()
 
     async def integrate_once(self) -> int:
         """Integrate up to `batch` pending entries; returns how many (0: none pending).

@@ -8,6 +8,10 @@ publisher and the access-log integrator, each with its own lock id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
@@ -56,3 +60,63 @@ class Leadership:
             conn.terminate()  # the session lock dies with the session
         finally:
             await self._pool.release(conn)
+
+
+class LeaderLoop:
+    """A background task that, while this process holds `lead`, runs `work` every
+    `interval` seconds (or sooner when woken), and competes for the lead every
+    `retry` seconds otherwise. A failing round gives the lead up (the connection may
+    be gone) and is logged under `failed_event`; the loop outlives any failure."""
+
+    def __init__(
+        self,
+        lead: Leadership,
+        work: Callable[[], Awaitable[object]],
+        *,
+        interval: float,
+        name: str,
+        failed_event: str,
+        retry: float = 1.0,
+    ) -> None:
+        self._lead = lead
+        self._work = work
+        self._interval = interval
+        self._name = name
+        self._failed_event = failed_event
+        self._retry = retry
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        """Stop the loop (the lead is kept: the owner may finish work first)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not await self._lead.try_lead():
+                    await asyncio.sleep(self._retry)
+                    continue
+                await self._work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a leader's loop must outlive any failure
+                log.warning(self._failed_event, error_type=type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await self._lead.resign()
+                await asyncio.sleep(self._retry)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._interval)

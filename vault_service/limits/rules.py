@@ -16,8 +16,6 @@ replicas and restarts from alerting twice). Rules read ids and counts only.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Final
@@ -25,7 +23,7 @@ from typing import Final
 import asyncpg
 import structlog
 
-from vault_service.audit.leadership import Leadership
+from vault_service.audit.leadership import LeaderLoop, Leadership
 from vault_service.limits.defence import Alerts
 
 __all__ = ["RuleRunner"]
@@ -84,8 +82,14 @@ class RuleRunner:
     ) -> None:
         self._pool = pool
         self._alerts = alerts
-        self._interval = interval
         self._lead = Leadership(pool, RULES_LOCK_ID, "rules_leader_elected")
+        self._loop = LeaderLoop(
+            self._lead,
+            self.evaluate,
+            interval=interval,
+            name="anomaly-rules",
+            failed_event="rules_round_failed",
+        )
         self._rules = (
             _Rule("anomaly.enumeration", ENUMERATION, (not_found_5min,)),
             _Rule(
@@ -94,32 +98,13 @@ class RuleRunner:
                 (new_account_records_hour, restriction_seconds),
             ),
         )
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="anomaly-rules")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         await self._lead.resign()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                if await self._lead.try_lead():
-                    await self.evaluate()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the rules must outlive any failure
-                log.warning("rules_round_failed", error_type=type(exc).__name__)
-                with contextlib.suppress(Exception):
-                    await self._lead.resign()
-            await asyncio.sleep(self._interval)
 
     async def evaluate(self) -> int:
         """Run every rule once; returns the number of alerts raised."""
