@@ -35,6 +35,7 @@ from vault_service.kms import VaultKms
 from vault_service.limits.budgets import BudgetPolicy
 from vault_service.limits.defence import Alerts, BulkReadDefence
 from vault_service.limits.rules import RuleRunner
+from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
@@ -126,6 +127,29 @@ def _recorder(
     )
 
 
+async def _start_watchers(
+    stack: AsyncExitStack, settings: Settings, pool: asyncpg.Pool, alerts: Alerts
+) -> None:
+    """What watches off the request path: the anomaly rules and the alert webhook."""
+    rules = RuleRunner(
+        pool,
+        alerts,
+        interval=settings.anomaly_interval_seconds,
+        not_found_5min=settings.anomaly_not_found_5min,
+        new_account_records_hour=settings.anomaly_new_account_records_hour,
+        restriction_seconds=settings.new_account_restriction_hours * 3600,
+    )
+    await rules.start()
+    stack.push_async_callback(rules.stop)
+    if settings.alert_webhook_url and settings.alert_webhook_secret_file:
+        # Only processes with a webhook compete to send: one of them leads.
+        webhook = WebhookSender(
+            pool, settings.alert_webhook_url, load_secret(settings.alert_webhook_secret_file)
+        )
+        await webhook.start()
+        stack.push_async_callback(webhook.stop)
+
+
 def create_app(settings: Settings) -> Litestar:
     configure_telemetry()
     schema = record_schema.load()
@@ -183,16 +207,7 @@ def create_app(settings: Settings) -> Litestar:
             defence = BulkReadDefence(
                 pool, alerts, suspend_after=settings.suspend_after_refusals_hour
             )
-            rules = RuleRunner(
-                pool,
-                alerts,
-                interval=settings.anomaly_interval_seconds,
-                not_found_5min=settings.anomaly_not_found_5min,
-                new_account_records_hour=settings.anomaly_new_account_records_hour,
-                restriction_seconds=settings.new_account_restriction_hours * 3600,
-            )
-            await rules.start()
-            stack.push_async_callback(rules.stop)
+            await _start_watchers(stack, settings, pool, alerts)
             recorder = _recorder(
                 settings, sequencer, defence, await keys.derived_key(False, FINGERPRINT_LABEL)
             )

@@ -124,6 +124,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Anomaly rules (limits/rules.py): how often the leader evaluates them, and their
     # thresholds.
     anomaly_interval_seconds: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 30.0
+    # Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
+    # (`whsec_...`) read from a file: https, or http to a loopback host only.
+    alert_webhook_url: str | None = None
+    alert_webhook_secret_file: str | None = None
     anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
     anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
     # Which process integrates the access log into its Merkle tree (one leader among
@@ -156,6 +160,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if self.db_pool_min > self.db_pool_max:
             raise ConfigurationError("db_pool_min is larger than db_pool_max")
+        if (self.alert_webhook_url is None) != (self.alert_webhook_secret_file is None):
+            raise ConfigurationError("the alert webhook needs both its URL and its secret file")
+        if self.alert_webhook_url is not None and not _tls_or_loopback(self.alert_webhook_url):
+            raise ConfigurationError("VAULT_SERVICE_ALERT_WEBHOOK_URL must be https")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)

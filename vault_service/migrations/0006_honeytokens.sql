@@ -74,3 +74,17 @@ CREATE TABLE rule_hits (
     PRIMARY KEY (rule, subject, window_start)
 );
 GRANT SELECT, INSERT ON rule_hits TO vault_service_app;
+
+-- Alerts POSTed to a configured webhook (limits/webhook.py), after they commit, by one
+-- leader, with retries and back-off: the state of each alert's delivery.
+CREATE TABLE alert_deliveries (
+    alert_id         uuid PRIMARY KEY REFERENCES alerts (id),
+    attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz,
+    state            text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'delivered', 'failed'))
+);
+GRANT SELECT, INSERT, UPDATE (attempts, next_attempt_at, delivered_at, state)
+    ON alert_deliveries TO vault_service_app;
+GRANT SELECT ON alert_deliveries TO vault_service_auditor, vault_service_admin;
