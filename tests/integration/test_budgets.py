@@ -529,6 +529,11 @@ async def test_a_days_normal_work_never_meets_a_budget(client: Client, world: Wo
     r = await _read(client, c, ids[0])
     assert _left(r)[0] == "record-hour"
     assert _left(r)[1] == client.app.state.settings.budget_counsellor_hour - 150
+    # Nor does it raise an alert: two rounds of the anomaly rules later, none names it.
+    await asyncio.sleep(1.2)
+    auditor = await world.account(Role.AUDITOR, None)
+    r = await client.get("/v1/alerts", headers=auditor.headers(purpose="audit"))
+    assert [a for a in r.json()["items"] if a["account_id"] == str(c.id)] == []
 
 
 async def test_every_data_route_answers_with_rate_limit_headers(

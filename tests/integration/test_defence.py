@@ -88,3 +88,70 @@ async def test_alert_parameters_are_checked(client, world: World) -> None:
     for params in ({"state": "closed"}, {"limit": "0"}, {"cursor": "x"}, {"since": "yesterday"}):
         r = await client.get("/v1/alerts", params=params, headers=auditor.headers(purpose="audit"))
         assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter"), params
+
+
+async def test_a_scraper_gets_its_budget_and_no_more_and_the_report_names_it_all(
+    stack: Stack, world: World
+) -> None:
+    """One valid counsellor token, then one supervisor token, taking everything they can
+    reach: their caseload, every search they can form, random ids. Each obtains no
+    more than its budgets, is suspended, raises alerts, and the breach-impact report
+    names exactly the records it was given."""
+    import datetime
+    import uuid
+
+    async with _service(
+        stack,
+        budget_counsellor_hour=4,
+        summary_budget_counsellor_hour=6,
+        summary_budget_supervisor_hour=6,
+        suspend_after_refusals_hour=3,
+    ) as api:
+        sid = await world.structure()
+        referent = await world.counsellor(sid)
+        supervisor = await world.account(Role.SUPERVISOR, sid)
+        auditor = await world.account(Role.AUDITOR, None)
+        ids = [
+            (await api.post("/v1/records", json=FULL, headers=referent.headers())).json()["id"]
+            for _ in range(10)
+        ]
+        start = datetime.datetime.now(datetime.UTC)
+        for scraper in (referent, supervisor):
+            given: set[str] = set()
+            statuses: list[int] = []
+            attempts = [f"/v1/records/{rid}" for rid in ids]
+            attempts += [f"/v1/records/{uuid.uuid4()}" for _ in range(5)]
+            attempts += ["/v1/caseload", f"/v1/records?birth_name={FULL['birth_name']}"]
+            for path in attempts:
+                r = await api.get(path, headers=scraper.headers())
+                statuses.append(r.status_code)
+                if r.status_code == 401:
+                    break
+                if r.status_code == 200 and path.startswith("/v1/records/"):
+                    given.add(path.rsplit("/", 1)[1])
+                elif r.status_code == 200:
+                    given |= {item["id"] for item in r.json()["items"]}
+            full = [i for i in given if i in ids]
+            limit = 4 if scraper is referent else 6  # records, or the supervisor's summaries
+            assert len(full) <= limit
+            assert 401 in statuses, statuses  # suspended before the end
+            end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+            r = await api.get(
+                "/v1/audit/reports/breach-impact",
+                params={
+                    "actor_id": str(scraper.id),
+                    "since": start.isoformat(),
+                    "until": end.isoformat(),
+                },
+                headers=auditor.headers(purpose="audit"),
+            )
+            assert r.status_code == 200, r.text
+            assert {item["record_id"] for item in r.json()["records"]} == given
+        r = await api.get("/v1/alerts", headers=auditor.headers(purpose="audit"))
+        kinds = {
+            (a["account_id"], a["kind"])
+            for a in r.json()["items"]
+            if a["account_id"] in (str(referent.id), str(supervisor.id))
+        }
+        assert (str(referent.id), "account.suspended") in kinds
+        assert (str(supervisor.id), "account.suspended") in kinds
