@@ -24,6 +24,7 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
 
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
+    from vault_service.limits.honeytokens import HoneytokenPlanter
     from vault_service.records import schema
     from vault_service.records.service import RecordService
     from vault_service.seed import seed
@@ -51,6 +52,17 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
                 login,
                 account.id,
             )
+        # Two canaries in every structure, planted as an admin would (their canary
+        # accounts on the first demo admin's login).
+        admin = await asyncpg.create_pool(
+            devstack.dsn_for(pg.admin_dsn, user=DEMO_ADMIN_LOGINS[0], database=devstack.DATABASE),
+            min_size=1,
+            max_size=1,
+        )
+        try:
+            await HoneytokenPlanter(admin, pool, service).plant(None, 2)
+        finally:
+            await admin.close()
     finally:
         await owner.close()
         await pool.close()
