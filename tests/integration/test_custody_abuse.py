@@ -120,3 +120,33 @@ async def test_a_grant_ends_when_its_record_leaves_the_structure(client, world: 
         uuid.UUID(rid),
     )
     assert live == 0
+
+
+async def test_the_service_role_can_shorten_a_grant_never_extend_it(
+    client, stack: Stack, world: World
+) -> None:
+    import asyncpg
+
+    sid = await world.structure()
+    referent, outsider = await world.counsellor(sid), await world.counsellor(sid)
+    rid = (await client.post("/v1/records", json=MINIMAL, headers=referent.headers())).json()["id"]
+    r = await client.post(
+        f"/v1/records/{rid}/break-glass",
+        json={"reason": "safety_emergency"},
+        headers=outsider.headers(purpose="break_glass"),
+    )
+    assert r.status_code == 201
+    app_role = await asyncpg.connect(stack.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app_role.execute(
+                "UPDATE break_glass_grants SET expires_at = expires_at + interval '1 day' "
+                "WHERE record_id = $1",
+                uuid.UUID(rid),
+            )
+        await app_role.execute(
+            "UPDATE break_glass_grants SET expires_at = now() WHERE record_id = $1",
+            uuid.UUID(rid),
+        )
+    finally:
+        await app_role.close()

@@ -88,16 +88,22 @@ async def test_a_search_hit_and_a_transfer_on_a_canary_suspend(
         "SELECT referent_id FROM records WHERE id = $1", uuid.UUID(canaries[1])
     )
     assert referent != taker.id
-    # What a scraper holding a stolen export would search on: the canary's birth date
-    # (read here with the service's own keys, as only such a copy would show it).
-    birth = await _birth_date(stack, uuid.UUID(canaries[0]))
+    # A common criterion (a birth date) may meet a canary by chance: it is left out of
+    # the page and nobody is suspended.
+    birth = await _value(stack, uuid.UUID(canaries[0]), "birth_date")
     r = await client.get("/v1/records", params={"birth_date": birth}, headers=searcher.headers())
     assert r.status_code == 200
-    assert canaries[0] not in {i["id"] for i in r.json()["items"]}  # left out of the answer
+    assert canaries[0] not in {i["id"] for i in r.json()["items"]}
+    assert (await client.get("/v1/caseload", headers=searcher.headers())).status_code == 200
+    # A value that identifies one person (what a stolen export holds): the search is
+    # answered as finding nothing it may see, and the searcher is suspended.
+    email = await _value(stack, uuid.UUID(canaries[0]), "email")
+    r = await client.get("/v1/records", params={"email": email}, headers=searcher.headers())
+    assert (r.status_code, r.json()["code"]) == (404, "not_found")
     await _suspended(client, searcher)
 
 
-async def _birth_date(stack: Stack, record_id: uuid.UUID) -> str:
+async def _value(stack: Stack, record_id: uuid.UUID, field: str) -> str:
     import asyncpg
 
     from vault_service.crypto.keys import KeyHierarchy
@@ -113,7 +119,7 @@ async def _birth_date(stack: Stack, record_id: uuid.UUID) -> str:
         sealer = Sealer(KeyHierarchy(kms, pool, ttl=60, max_uses=10), schema.load())
         row = await pool.fetchrow(SELECT_RECORD, record_id, uuid.uuid4())
         key = await sealer.record_key(row)
-        return str(sealer.decrypt_values(row, key, ["birth_date"])["birth_date"])
+        return str(sealer.decrypt_values(row, key, [field])[field])
     finally:
         kms.close()
         await pool.close()

@@ -6,7 +6,8 @@ rule's query over the recent window; a subject found above a rule's threshold ra
 one alert per rule, subject and window (the `rule_hits` table is the memory that keeps
 replicas and restarts from alerting twice). Rules read ids and counts only.
 
-- `anomaly.enumeration`: one account asked for records it may not see (404) at least
+- `anomaly.enumeration`: one account named records it may not see (404 on a read, an
+  update, a transfer, a break-the-glass) at least
   `VAULT_SERVICE_ANOMALY_NOT_FOUND_5MIN` times in five minutes: ids guessed or taken
   from an export.
 - `anomaly.new_account_volume`: an account in its restricted period counted at least
@@ -39,7 +40,7 @@ SELECT (b.body ->> 'actor_id')::uuid AS subject,
            AS window_start
 FROM audit_bodies b
 WHERE b.at >= now() - interval '5 minutes'
-  AND b.body ->> 'action' = 'record.read'
+  AND b.body ->> 'action' LIKE 'record.%'
   AND b.body ->> 'refusal_code' = 'not_found'
   AND b.body ->> 'actor_id' IS NOT NULL
 GROUP BY 1, 2
@@ -115,7 +116,10 @@ class RuleRunner:
         for rule in self._rules:
             for hit in await conn.fetch(rule.query, *rule.args):
                 subject: uuid.UUID = hit["subject"]
-                if await conn.fetchval(CLAIM_HIT, rule.kind, subject, hit["window_start"]):
+                # The claim and its alert together: a failed alert leaves no claim.
+                async with conn.transaction():
+                    if not await conn.fetchval(CLAIM_HIT, rule.kind, subject, hit["window_start"]):
+                        continue
                     await self._alerts.raise_on(
                         conn,
                         "warning",
@@ -124,5 +128,5 @@ class RuleRunner:
                         structure_id=hit["structure_id"],
                         details={"count": int(hit["hits"]), "threshold": int(rule.args[0])},
                     )
-                    raised += 1
+                raised += 1
         return raised

@@ -104,11 +104,12 @@ class WebhookSender:
                 await conn.execute(RECORD, alert["id"], attempts, 0.0, _now(), "delivered")
                 delivered += 1
                 continue
-            state = "failed" if attempts >= MAX_ATTEMPTS else "pending"
-            backoff = float(min(2 ** (attempts - 1), 3600))
-            await conn.execute(RECORD, alert["id"], attempts, backoff, None, state)
-            if state == "failed":
-                alerts_log.error("webhook_delivery_failed", alert=True, alert_id=str(alert["id"]))
+            # Never given up (a critical alert must arrive, however late): the wait
+            # grows to an hour, and the operator hears of a delivery that keeps failing.
+            backoff = float(min(2 ** min(attempts - 1, 12), 3600))
+            await conn.execute(RECORD, alert["id"], attempts, backoff, None, "pending")
+            if attempts == MAX_ATTEMPTS:
+                alerts_log.error("webhook_delivery_failing", alert=True, alert_id=str(alert["id"]))
         return delivered
 
     def _post(self, payload: tuple[str, bytes]) -> bool:
@@ -126,11 +127,22 @@ class WebhookSender:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=5) as response:
                 return bool(200 <= response.status < 300)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             log.warning("webhook_post_failed", error_type=type(exc).__name__)
             return False
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect could take the POST elsewhere (another host, plain http): refused."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# No proxy from the environment and no redirect: the configured URL, and only it.
+_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _payload(alert: asyncpg.Record) -> tuple[str, bytes]:

@@ -81,3 +81,16 @@ GRANT EXECUTE ON FUNCTION vs_revoke_token(uuid), vs_revoke_account_tokens(uuid)
 -- Custody: a break-the-glass grant ends when its record leaves the structure it was
 -- opened in (the service shortens it; nothing else of a grant changes).
 GRANT UPDATE (expires_at) ON break_glass_grants TO vault_service_app;
+-- ...and only shortens it: a grant is never made to last longer.
+CREATE FUNCTION vs_grants_only_shorten() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.expires_at > OLD.expires_at THEN
+        RAISE EXCEPTION 'a break-the-glass grant is never extended'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER break_glass_grants_only_shorten BEFORE UPDATE OF expires_at
+    ON break_glass_grants FOR EACH ROW EXECUTE FUNCTION vs_grants_only_shorten();

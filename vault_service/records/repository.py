@@ -45,8 +45,8 @@ _GLASS: Final = """EXISTS (
     SELECT 1 FROM break_glass_grants g
     WHERE g.record_id = r.id AND g.account_id = $2 AND g.expires_at > now())"""
 
-_HONEYTOKEN: Final = """EXISTS (
-    SELECT 1 FROM honeytokens h WHERE h.record_id = {id} AND h.retired_at IS NULL)"""
+# Retired canaries still trip: an older copy of the database holds exactly those.
+_HONEYTOKEN: Final = """EXISTS (SELECT 1 FROM honeytokens h WHERE h.record_id = {id})"""
 
 # The record and, in the same round trip, what the caller ($2) holds on it.
 SELECT_RECORD: Final = (

@@ -278,6 +278,15 @@ class RecordService:
         rows = await self._repo.search_page(
             names, digests, structure_id, referent, after or _BEFORE_ALL, limit + 1
         )
+        canaries = [r["id"] for r in rows if r["honeytoken"]]
+        if canaries and _IDENTIFYING.intersection(criteria):
+            # Found by a value that identifies one person (a NIR, an e-mail, a phone,
+            # a France Travail id): whoever searched holds the canary's data, a copy of
+            # the database or an export. A common name or a birth date can meet a
+            # canary by chance: it is only left out of the page.
+            for canary in canaries:
+                await self.honeytoken_touched(principal, canary)
+            raise NotFound()
         return await self._page(principal, rows, limit)
 
     async def caseload(self, principal: Principal, after: uuid.UUID | None, limit: int) -> Page:
@@ -293,10 +302,7 @@ class RecordService:
         presence alone says that there is a next page."""
         more = len(rows) > limit
         rows = rows[:limit]
-        # A search that finds a honeytoken (a caseload never lists one) is a sign: the
-        # defence acts, and the canary is left out of the answer.
-        for row in [r for r in rows if r["honeytoken"]]:
-            await self.honeytoken_touched(principal, row["id"])
+        # Canaries are never shown (a caseload does not even list them).
         rows = [r for r in rows if not r["honeytoken"]]
         items = []
         for row in rows:
@@ -307,6 +313,10 @@ class RecordService:
         next_after = rows[-1]["id"] if more and rows else None
         return Page(items, next_after, tuple(r["id"] for r in rows))
 
+
+# Search criteria whose values identify one person: a canary found by one of them was
+# looked for with its data in hand.
+_IDENTIFYING = frozenset({"nir", "email", "phone", "ft_id"})
 
 # Before every record id: ids are compared as UUIDs, and none is the nil UUID.
 _BEFORE_ALL = uuid.UUID(int=0)
