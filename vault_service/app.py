@@ -17,6 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from vault_service import __version__
+from vault_service.audit.anonymous import AnonymousRefusals
 from vault_service.audit.checkpoints import CheckpointPublisher
 from vault_service.audit.integrator import Integrator
 from vault_service.audit.log import AccessLog
@@ -119,12 +120,36 @@ async def keep_session(_conn: asyncpg.Connection[Any]) -> None:
 
 
 def _recorder(
-    settings: Settings, sequencer: Sequencer, defence: BulkReadDefence, fingerprint_key: bytes
+    settings: Settings,
+    sequencer: Sequencer,
+    defence: BulkReadDefence,
+    anonymous: AnonymousRefusals,
+    fingerprint_key: bytes,
 ) -> AccessRecorder:
     """Access-log entries, budgets and the bulk-read defence behind them."""
     return AccessRecorder(
-        sequencer, BudgetPolicy(settings), fingerprint_key, defence, settings.trusted_proxies
+        sequencer,
+        BudgetPolicy(settings),
+        fingerprint_key,
+        defence,
+        anonymous,
+        settings.trusted_proxies,
     )
+
+
+def _start_anonymous(
+    stack: AsyncExitStack, settings: Settings, sequencer: Sequencer
+) -> AnonymousRefusals:
+    """The counter of refusals with no verified actor. Stopped before the sequencer
+    (the stack unwinds in reverse): its last counts are logged on the way out."""
+    anonymous = AnonymousRefusals(
+        sequencer,
+        window=settings.anonymous_refusal_window_seconds,
+        max_keys=settings.anonymous_refusal_keys_max,
+    )
+    anonymous.start()
+    stack.push_async_callback(anonymous.stop)
+    return anonymous
 
 
 async def _start_watchers(
@@ -208,8 +233,13 @@ def create_app(settings: Settings) -> Litestar:
                 pool, alerts, suspend_after=settings.suspend_after_refusals_hour
             )
             await _start_watchers(stack, settings, pool, alerts)
+            anonymous = _start_anonymous(stack, settings, sequencer)
             recorder = _recorder(
-                settings, sequencer, defence, await keys.derived_key(False, FINGERPRINT_LABEL)
+                settings,
+                sequencer,
+                defence,
+                anonymous,
+                await keys.derived_key(False, FINGERPRINT_LABEL),
             )
             records = RecordService(
                 pool,
@@ -247,6 +277,7 @@ def create_app(settings: Settings) -> Litestar:
                     "integrator": integrator,
                     "sequencer": sequencer,
                     "recorder": recorder,
+                    "anonymous_refusals": anonymous,
                     "alerts": alerts,
                     "audit_proofs": AuditProofs(pool, kms, settings.audit_origin),
                     "checkpoints": publisher,

@@ -124,12 +124,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Anomaly rules (limits/rules.py): how often the leader evaluates them, and their
     # thresholds.
     anomaly_interval_seconds: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 30.0
+    anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
+    anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
     # Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
     # (`whsec_...`) read from a file: https, or http to a loopback host only.
     alert_webhook_url: str | None = None
     alert_webhook_secret_file: str | None = None
-    anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
-    anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # Refusals of requests with no verified actor (audit/anonymous.py): counted per
+    # client, action and code, one entry per key and window, at most this many keys.
+    anonymous_refusal_window_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
+    anonymous_refusal_keys_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
     # Which process integrates the access log into its Merkle tree (one leader among
     # those that may): every replica by default; false on replicas that leave it to a
     # dedicated `vault-service audit integrate`.

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vault_service.audit import verify
-from vault_service.audit.entry import AccessEvent, encode_leaf
+from vault_service.audit.entry import AccessEvent, canonical_body, encode_leaf
 from vault_service.audit.entry import prepare as _prepare
 from vault_service.audit.merkle import (
     consistency_proof,
@@ -453,7 +453,8 @@ def test_entry_bodies_match_the_published_schema() -> None:
     schema = json.loads(schema_path.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert list(schema["x-member-order"]) == list(EntryBody.__struct_fields__)
-    assert set(schema["required"]) == set(EntryBody.__struct_fields__)
+    # Every member but `count`, which only version 2 bodies carry.
+    assert set(schema["required"]) == set(EntryBody.__struct_fields__) - {"count"}
     validator = jsonschema.Draft202012Validator(schema)
     for event in (
         AccessEvent(action="record.read", outcome="allowed", actor_id=uuid.uuid4(),
@@ -464,11 +465,23 @@ def test_entry_bodies_match_the_published_schema() -> None:
         AccessEvent(action="record.search", outcome="refused", actor_id=None, role=None,
                     structure_id=None, refusal_code="budget_exceeded",
                     criteria=("birth_name", "birth_date")),
+        AccessEvent(action="record.read", outcome="refused", actor_id=None, role=None,
+                    structure_id=None, refusal_code="token_missing",
+                    client_fingerprint="abcdef0123456789", count=4_000),
     ):  # fmt: skip
         body = json.loads(_prepare(event, 1_700_000_000_123_456).body)
         validator.validate(body)
-        assert list(body) == schema["x-member-order"]
+        members = schema["x-member-order"]
+        assert list(body) == (members if event.count > 1 else members[:-1])
+        assert body["v"] == (2 if event.count > 1 else 1)
         assert body["at"] == "2023-11-14T22:13:20.123456Z"
+    # A version 1 body with a count, or a version 2 body without one, is not valid.
+    one = json.loads(_prepare(AccessEvent(action="record.read", outcome="refused",
+                     actor_id=None, role=None, structure_id=None), 1).body)  # fmt: skip
+    assert not validator.is_valid({**one, "count": 3})
+    assert not validator.is_valid({**one, "v": 2})
+    with pytest.raises(msgspec.ValidationError):
+        canonical_body(json.dumps({**one, "count": 3}))
 
 
 def test_parallel_and_serial_checks_agree(log: SyntheticLog) -> None:

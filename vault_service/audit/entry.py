@@ -10,6 +10,11 @@ exactly this and nothing of the server: no asyncpg, no OpenTelemetry.
   || SHA-256(salt || canonical body)`, all big-endian; its Merkle hash is
   SHA-256(0x00 || leaf) (RFC 9162).
 
+Bodies come in two versions under the same leaf: version 2 adds one member, `count`,
+last, for an entry that stands for several identical events (refusals of requests
+that carried no verified actor, counted per client and window: audit/anonymous.py);
+version 1 is every other body and has no `count` (it stands for one event).
+
 The leaf commits to a *salted* hash of the body so that the body (and its salt) can
 be pruned at the end of its retention while the tree stays verifiable, and so that
 the hash left behind cannot be used to confirm a guess ("did account A read record R
@@ -61,6 +66,7 @@ _LEAF_HEAD = struct.Struct(">BQq")
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MAX_RECORD_IDS: Final = 10_000
 _MAX_FIELDS: Final = 500
+_MAX_COUNT: Final = 1 << 40
 
 
 class InvalidAccessEvent(VaultServiceError):
@@ -90,13 +96,18 @@ class AccessEvent(msgspec.Struct, frozen=True, kw_only=True):
     token_jti: uuid.UUID | None = None
     client_fingerprint: str | None = None
     criteria: tuple[str, ...] = ()
+    count: int = 1
+    """How many identical events this entry stands for (an aggregate of refusals)."""
 
 
-class EntryBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The stored and hashed body, format version 1. The declaration order IS the
+class EntryBody(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """The stored and hashed body, format version 1 or 2. The declaration order IS the
     canonical member order: reorder nothing, add members only in a new version.
     UUIDs are kept as their canonical lower-case text so that decoding and encoding
-    again is the identity on canonical bytes."""
+    again is the identity on canonical bytes. Only `count` has a default, so only it
+    is ever omitted: a version 1 body has none, a version 2 body has one above 1."""
 
     v: int
     at: str
@@ -114,6 +125,15 @@ class EntryBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     token_jti: str | None
     client_fingerprint: str | None
     criteria: tuple[str, ...]
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.v != _version_of(self.count):
+            raise ValueError("body version and count disagree")
+
+
+def _version_of(count: int) -> int:
+    return ENTRY_VERSION if count == 1 else 2
 
 
 _body_encoder = msgspec.json.Encoder()
@@ -216,6 +236,8 @@ def _validate(event: AccessEvent) -> None:
     _check_code(_CODE, event.refusal_code, "refusal_code")
     _check(_REQUEST_ID, event.request_id, "request_id")
     _check(_FINGERPRINT, event.client_fingerprint, "client_fingerprint")
+    if type(event.count) is not int or not 1 <= event.count <= _MAX_COUNT:
+        raise InvalidAccessEvent("access-log entry: invalid count")
     if len(event.record_ids) > _MAX_RECORD_IDS or len(event.fields) > _MAX_FIELDS:
         raise InvalidAccessEvent("access-log entry: too many record ids or fields")
     # Field lists repeat (a record's fields, a view's): a list that passed once is known.
@@ -271,7 +293,7 @@ def encode_body(event: AccessEvent, at_us: int) -> bytes:
     _validate(event)
     role, purpose = event.role, event.purpose
     body = EntryBody(
-        v=ENTRY_VERSION,
+        v=_version_of(event.count),
         at=format_time(at_us),
         action=event.action,
         outcome=event.outcome,
@@ -288,6 +310,7 @@ def encode_body(event: AccessEvent, at_us: int) -> bytes:
         token_jti=_str_or_none(event.token_jti),
         client_fingerprint=event.client_fingerprint,
         criteria=event.criteria,
+        count=event.count,
     )
     return _body_encoder.encode(body)
 
@@ -328,9 +351,10 @@ def prepare_stored(pending_id: int, salt: bytes, body: str) -> Prepared:
     try:
         decoded = _body_decoder.decode(body)
     except msgspec.DecodeError:
-        raise InvalidAccessEvent("a pending entry is not a version 1 body") from None
-    if decoded.v != ENTRY_VERSION:
-        raise InvalidAccessEvent("a pending entry is not a version 1 body")
+        # Including a version that disagrees with `count` (EntryBody.__post_init__).
+        raise InvalidAccessEvent("a pending entry is not a version 1 or 2 body") from None
+    if decoded.v not in (1, 2):
+        raise InvalidAccessEvent("a pending entry is not a version 1 or 2 body")
     canonical = _body_encoder.encode(decoded)
     return Prepared(
         at_us=parse_time(decoded.at),

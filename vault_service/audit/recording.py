@@ -19,9 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import asyncpg
+import msgspec
 import structlog
 from litestar.types import Scope
 
+from vault_service.audit.anonymous import AnonymousRefusals
 from vault_service.audit.entry import AccessEvent
 from vault_service.audit.sequencer import (
     NO_BUDGET,
@@ -33,7 +35,9 @@ from vault_service.audit.sequencer import (
     decision_of,
     entry_arguments,
 )
+from vault_service.auth.guards import VERIFIED_CLAIMS
 from vault_service.auth.principal import Principal
+from vault_service.auth.tokens import Claims
 from vault_service.errors import VaultServiceError
 from vault_service.limits.budgets import BudgetExceeded, BudgetPolicy, Charge
 from vault_service.limits.defence import BulkReadDefence
@@ -97,9 +101,11 @@ class AccessRecorder:
         budgets: BudgetPolicy,
         fingerprint_key: bytes,
         defence: BulkReadDefence,
+        anonymous: AnonymousRefusals,
         trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.sequencer = sequencer
+        self._anonymous = anonymous
         self.budgets = budgets
         self._key = fingerprint_key
         self._defence = defence
@@ -239,13 +245,28 @@ class AccessRecorder:
 
     async def refused(self, scope: Scope, action: str, code: str) -> None:
         """The entry of a refused request; the request is refused either way, so a
-        failure here is reported to the operator and not to the client."""
+        failure here is reported to the operator and not to the client. A request
+        that named no verified actor is only counted (audit/anonymous.py)."""
+        state = scope.get("state", {})
+        claims: Claims | None = state.get(VERIFIED_CLAIMS)
+        if claims is None and principal_of(scope) is None:
+            self._anonymous.count(self.fingerprint(scope), action, code)
+            return
         raw_id = scope.get("path_params", {}).get("record_id")
         try:
             record_ids: tuple[uuid.UUID, ...] = (uuid.UUID(raw_id),) if raw_id else ()
         except (ValueError, TypeError):
             record_ids = ()
         event = self.event(scope, action, "refused", record_ids=record_ids, refusal_code=code)
+        if claims is not None:
+            # Verified, then refused by the account's state: the token's own claims.
+            event = msgspec.structs.replace(
+                event,
+                actor_id=claims.sub,
+                role=str(claims.role),
+                structure_id=claims.structure,
+                token_jti=claims.jti,
+            )
         try:
             await self.sequencer.commit(event)
         except VaultServiceError:

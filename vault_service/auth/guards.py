@@ -21,6 +21,8 @@ from vault_service.auth.tokens import TokenVerifier
 from vault_service.errors import Forbidden, PurposeNotAllowed, PurposeRequired, Unauthenticated
 
 PUBLIC_OPT: Final = "public"
+VERIFIED_CLAIMS: Final = "verified_claims"
+"""Request state: the claims of a token that verified and was then refused."""
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
 # A short reference ("rdv 12/03", "courrier CAF"), not a place for personal data: no
 # long digit runs (a NIR, a phone number), plain characters only.
@@ -49,7 +51,13 @@ async def authenticate(scope: Scope) -> Principal:
     verifier: TokenVerifier = state.token_verifier
     gate: AccountGate = state.account_gate
     claims = await verifier.verify(match[1])
-    return await gate.principal(claims)
+    try:
+        return await gate.principal(claims)
+    except Unauthenticated:
+        # The signature verified: the refusal names the account (revoked, suspended,
+        # stale), and is logged as that account's, never counted as anonymous.
+        scope["state"][VERIFIED_CLAIMS] = claims
+        raise
 
 
 def authorize(scope: Scope, opt: Mapping[str, Any]) -> None:
