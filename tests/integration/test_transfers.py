@@ -180,9 +180,19 @@ async def test_a_request_moves_nothing_until_the_receiving_structure_accepts(
         400,
         "invalid_parameter",
     )
+    # An answer names nothing: a body that seems to choose another target is refused.
+    r = await client.post(
+        f"/v1/transfers/{transfer}/accept",
+        json={"to_account": str(sc.sup2.id)},
+        headers=sc.sup2.headers(purpose="transfer"),
+    )
+    assert _code(r) == (400, "invalid_body")
+    assert str(sc.sup2.id) not in r.text
     assert await _record(world, sc.rid) == before
 
-    r = await _answer(client, sc.sup2, transfer, "accept")
+    r = await client.post(
+        f"/v1/transfers/{transfer}/accept", json={}, headers=sc.sup2.headers(purpose="transfer")
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {
         "transfer_id": transfer,

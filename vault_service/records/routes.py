@@ -47,7 +47,7 @@ _nir_decoder = msgspec.json.Decoder(NirQuery)
 _encoder = msgspec.json.Encoder()
 
 
-def parse_record_id(raw: str, what: str = "record id") -> uuid.UUID:
+def parse_id(raw: str, what: str = "record id") -> uuid.UUID:
     try:
         value = uuid.UUID(raw)
     except ValueError:
@@ -156,7 +156,7 @@ class RecordsController(Controller):
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
         purpose = request.state.purpose[0]
-        document = await service.read(request.user, parse_record_id(record_id), purpose)
+        document = await service.read(request.user, parse_id(record_id), purpose)
         full = document.view is View.FULL
         log = request_log(request.scope)
         await log.allowed(
@@ -176,7 +176,7 @@ class RecordsController(Controller):
         self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
-        rid = parse_record_id(record_id)
+        rid = parse_id(record_id)
         expected = parse_if_match(request.headers.get("if-match"))
         if expected is None:
             raise PreconditionRequired()
@@ -249,7 +249,7 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_transfer_decoder, await request.body())
         log = request_log(request.scope)
-        outcome = await custody.transfer(request.user, parse_record_id(record_id), body, log)
+        outcome = await custody.transfer(request.user, parse_id(record_id), body, log)
         if isinstance(outcome, Requested):
             # Nothing moved: the record keeps its version, and its ETag with it.
             return Response(
@@ -280,7 +280,7 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_break_glass_decoder, await request.body())
         log = request_log(request.scope)
-        grant = await custody.break_glass(request.user, parse_record_id(record_id), body, log)
+        grant = await custody.break_glass(request.user, parse_id(record_id), body, log)
         return Response(
             msgspec.json.encode(grant), status_code=201, media_type=JSON, headers=_headers(log)
         )
@@ -327,7 +327,7 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_review_decoder, await request.body())
         log = request_log(request.scope)
-        await custody.review(request.user, parse_record_id(grant_id, "grant id"), body, log)
+        await custody.review(request.user, parse_id(grant_id, "grant id"), body, log)
         return Response(None, status_code=204, headers=_headers(log))
 
 
@@ -381,7 +381,9 @@ class TransfersController(Controller):
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
         log = request_log(request.scope)
-        answered = await custody.accept(request.user, _transfer_id(transfer_id), log)
+        answered = await custody.accept(
+            request.user, _transfer_id(transfer_id, await request.body()), log
+        )
         return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
 
     @post(
@@ -399,7 +401,9 @@ class TransfersController(Controller):
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
         log = request_log(request.scope)
-        answered = await custody.decline(request.user, _transfer_id(transfer_id), log)
+        answered = await custody.decline(
+            request.user, _transfer_id(transfer_id, await request.body()), log
+        )
         return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
 
     @post(
@@ -417,17 +421,29 @@ class TransfersController(Controller):
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
         log = request_log(request.scope)
-        answered = await custody.cancel(request.user, _transfer_id(transfer_id), log)
+        answered = await custody.cancel(
+            request.user, _transfer_id(transfer_id, await request.body()), log
+        )
         return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
 
 
-def _transfer_id(raw: str) -> uuid.UUID:
-    return parse_record_id(raw, "transfer id")
+class NoBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What an answer to a transfer request carries: nothing (an empty body or `{}`)."""
+
+
+def _transfer_id(raw: str, body: bytes) -> uuid.UUID:
+    """The transfer request a route answers. Any property in the body is refused: the
+    request names its target once, when asked, and an answer that seemed to change it
+    would be silently ignored."""
+    if body:
+        _decode(_no_body_decoder, body)
+    return parse_id(raw, "transfer id")
 
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)
 _break_glass_decoder = msgspec.json.Decoder(BreakGlassRequest)
 _review_decoder = msgspec.json.Decoder(ReviewRequest)
+_no_body_decoder = msgspec.json.Decoder(NoBody)
 
 
 def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
