@@ -40,7 +40,7 @@ from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
-from vault_service.records.routes import RecordsController
+from vault_service.records.routes import RecordsController, TransfersController
 from vault_service.records.service import RecordService
 from vault_service.settings import Settings
 
@@ -269,6 +269,7 @@ def create_app(settings: Settings) -> Litestar:
                 break_glass_minutes=settings.break_glass_minutes,
                 break_glass_daily_limit=settings.break_glass_daily_limit,
                 restriction_seconds=settings.new_account_restriction_hours * 3600,
+                transfer_acceptance_days=settings.transfer_acceptance_days,
             )
             # The access log's collaborators.
             state.update(
@@ -314,7 +315,15 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     return Litestar(
-        route_handlers=[RecordsController, AuditController, AlertsController, jwks, live, ready],
+        route_handlers=[
+            RecordsController,
+            TransfersController,
+            AuditController,
+            AlertsController,
+            jwks,
+            live,
+            ready,
+        ],
         lifespan=[lifespan],
         # One ASGI layer: request id, authentication, authorization, refusal entries,
         # span and metrics (vault_service/gate.py).

@@ -118,6 +118,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_nir_day: Budget = 60
     # Distinct records one supervisor may transfer or assign in an hour.
     budget_transfer_hour: Budget = 20
+    # Days a cross-structure transfer request waits for the receiving structure's
+    # acceptance; past them it can only be asked again.
+    transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14
     # Budget refusals (429) of one account in an hour after which the service suspends
     # it by itself (limits/defence.py); the first refusal of an hour raises an alert.
     suspend_after_refusals_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10

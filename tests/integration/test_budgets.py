@@ -542,6 +542,11 @@ async def test_every_data_route_answers_with_rate_limit_headers(
     sid = await world.structure()
     c, other, helper = [await world.counsellor(sid) for _ in range(3)]
     sup, reviewer = [await world.account(Role.SUPERVISOR, sid) for _ in range(2)]
+    elsewhere = await world.structure()
+    far, receiving = (
+        await world.counsellor(elsewhere),
+        await world.account(Role.SUPERVISOR, elsewhere),
+    )
     answers: dict[str, httpx.Response] = {}
     answers["create"] = r = await client.post("/v1/records", json=FULL, headers=c.headers())
     rid = r.json()["id"]
@@ -565,6 +570,24 @@ async def test_every_data_route_answers_with_rate_limit_headers(
         f"/v1/records/{moved}/transfer",
         json={"to_account": str(helper.id), "kind": "definitive"},
         headers=sup.headers(purpose="transfer"),
+    )
+    leaving, staying = await _create(client, c, MINIMAL), await _create(client, c, MINIMAL)
+    asked = []
+    for record in (leaving, staying):
+        answers[f"transfer request {len(asked)}"] = r = await client.post(
+            f"/v1/records/{record}/transfer",
+            json={"to_account": str(far.id), "kind": "definitive"},
+            headers=sup.headers(purpose="transfer"),
+        )
+        asked.append(r.json()["transfer_id"])
+    answers["transfers list"] = await client.get(
+        "/v1/transfers", params={"direction": "incoming"}, headers=receiving.headers("transfer")
+    )
+    answers["transfer accept"] = await client.post(
+        f"/v1/transfers/{asked[0]}/accept", headers=receiving.headers("transfer")
+    )
+    answers["transfer decline"] = await client.post(
+        f"/v1/transfers/{asked[1]}/decline", headers=receiving.headers("transfer")
     )
     answers["break-glass"] = r = await client.post(
         f"/v1/records/{rid}/break-glass",
@@ -593,3 +616,4 @@ async def test_every_data_route_answers_with_rate_limit_headers(
     assert _policy(answers["nir"])[0] == "nir-hour"
     assert _policy(answers["caseload"])[0] == "summary-hour"
     assert _policy(answers["read (masked)"])[0] == "summary-hour"
+    assert _policy(answers["transfer accept"])[0] == "transfer-hour"

@@ -99,6 +99,7 @@ async def test_a_grant_ends_when_its_record_leaves_the_structure(client, world: 
     referent, outsider = await world.counsellor(s1), await world.counsellor(s1)
     receiver = await world.counsellor(s2)
     sup = await world.account(Role.SUPERVISOR, s1)
+    sup2 = await world.account(Role.SUPERVISOR, s2)
     rid = (await client.post("/v1/records", json=MINIMAL, headers=referent.headers())).json()["id"]
     r = await client.post(
         f"/v1/records/{rid}/break-glass",
@@ -112,6 +113,12 @@ async def test_a_grant_ends_when_its_record_leaves_the_structure(client, world: 
         f"/v1/records/{rid}/transfer",
         json={"to_account": str(receiver.id), "kind": "definitive"},
         headers=sup.headers(purpose="transfer"),
+    )
+    assert r.status_code == 202, r.text
+    # Asked is not moved: the grant lives on until the receiving structure accepts.
+    assert (await client.get(f"/v1/records/{rid}", headers=glass)).status_code == 200
+    r = await client.post(
+        f"/v1/transfers/{r.json()['transfer_id']}/accept", headers=sup2.headers(purpose="transfer")
     )
     assert r.status_code == 200, r.text
     assert (await client.get(f"/v1/records/{rid}", headers=glass)).status_code == 404

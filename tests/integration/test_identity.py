@@ -308,6 +308,12 @@ async def test_cross_structure_transfer_rewraps_and_reindexes(client, world: Wor
         json={"to_account": str(new.id), "kind": "definitive"},
         headers=sup1.headers(purpose="transfer"),
     )
+    assert r.status_code == 202, r.text
+    # Nothing moves until a supervisor of the receiving structure accepts.
+    assert (await client.get(f"/v1/records/{rid}", headers=new.headers())).status_code == 404
+    r = await client.post(
+        f"/v1/transfers/{r.json()['transfer_id']}/accept", headers=sup2.headers(purpose="transfer")
+    )
     assert r.status_code == 200, r.text
     after = await world.owner.fetchrow(
         "SELECT record_key, structure_id FROM records WHERE id = $1", uuid.UUID(rid)
@@ -339,17 +345,27 @@ async def test_failed_transfer_leaves_the_record_with_exactly_one_side(
     s1, s2 = await world.structure(), await world.structure()  # s2 has no branch key yet
     old, new = await world.counsellor(s1), await world.counsellor(s2)
     sup1 = await world.account(Role.SUPERVISOR, s1)
+    sup2 = await world.account(Role.SUPERVISOR, s2)
     rid = await _create(client, old, FULL)
-    stack.bao.pause()
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(new.id), "kind": "definitive"},
+        headers=sup1.headers(purpose="transfer"),
+    )
+    assert r.status_code == 202, r.text
+    transfer_id = r.json()["transfer_id"]
+    stack.bao.pause()  # the move, at acceptance, needs s2's branch key from Vault
     try:
         r = await client.post(
-            f"/v1/records/{rid}/transfer",
-            json={"to_account": str(new.id), "kind": "definitive"},
-            headers=sup1.headers(purpose="transfer"),
+            f"/v1/transfers/{transfer_id}/accept", headers=sup2.headers(purpose="transfer")
         )
         assert (r.status_code, r.json()["code"]) == (503, "kms_unavailable")
     finally:
         stack.bao.resume()
+    state = await world.owner.fetchval(
+        "SELECT state FROM transfer_requests WHERE id = $1", uuid.UUID(transfer_id)
+    )
+    assert state == "pending"  # still there to be accepted once Vault answers
     assert (await client.get(f"/v1/records/{rid}", headers=old.headers())).json()["record"] == FULL
     assert (await client.get(f"/v1/records/{rid}", headers=new.headers())).status_code == 404
     assert (

@@ -25,6 +25,10 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/v1/records/search/nir"): {C},
     ("GET", "/v1/caseload"): {C, S},
     ("POST", "/v1/records/{record_id}/transfer"): {S},
+    ("GET", "/v1/transfers"): {S},
+    ("POST", "/v1/transfers/{transfer_id}/accept"): {S},
+    ("POST", "/v1/transfers/{transfer_id}/decline"): {S},
+    ("POST", "/v1/transfers/{transfer_id}/cancel"): {S},
     ("POST", "/v1/records/{record_id}/break-glass"): {C, S},
     ("GET", "/v1/break-glass/reviews"): {S},
     ("POST", "/v1/break-glass/{grant_id}/review"): {S},
@@ -56,9 +60,9 @@ async def test_every_route_and_role(client, world: World) -> None:
     accounts = {role: await world.account(role, sid if role in (C, S) else None) for role in ALL}
     checked = 0
     for method, path in sorted(routes):
-        url = path.replace("{record_id}", str(uuid.uuid4())).replace(
-            "{grant_id}", str(uuid.uuid4())
-        )
+        url = path
+        for name in ("{record_id}", "{grant_id}", "{transfer_id}"):
+            url = url.replace(name, str(uuid.uuid4()))
         for role, account in accounts.items():
             purpose = sorted(ROLE_PURPOSES[role])[0] if ROLE_PURPOSES[role] else "follow_up"
             r = await client.request(

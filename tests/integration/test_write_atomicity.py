@@ -3,9 +3,9 @@
 The failure of the entry is injected in PostgreSQL itself: a trigger on the pending
 queue (audit_pending) that refuses the entries of one account, created for the length
 of one test and dropped in a `finally`, so nothing else of the session is affected.
-Every write (create, update, transfer, break-the-glass, review) must then answer 503
-audit_unavailable and leave nothing behind; once the trigger is gone the same write
-succeeds."""
+Every write (create, update, transfer, a transfer request and its answers,
+break-the-glass, review) must then answer 503 audit_unavailable and leave nothing
+behind; once the trigger is gone the same write succeeds."""
 
 from __future__ import annotations
 
@@ -158,14 +158,17 @@ async def test_failed_transfers_leave_custody_unchanged(client: Client, world: W
     s1, s2 = await world.structure(), await world.structure()
     old, colleague = await world.counsellor(s1), await world.counsellor(s1)
     far = await world.counsellor(s2)
-    sup = await world.account(Role.SUPERVISOR, s1)
+    sup, receiving = (
+        await world.account(Role.SUPERVISOR, s1),
+        await world.account(Role.SUPERVISOR, s2),
+    )
     rid = await _create(client, old)
     before, index_before = await _row(world, rid), await _index(world, rid)
     until = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)).isoformat()
     attempts = [
         {"to_account": str(colleague.id), "kind": "definitive"},
         {"to_account": str(colleague.id), "kind": "temporary", "until": until},
-        {"to_account": str(far.id), "kind": "definitive"},  # rewrap and reindex
+        {"to_account": str(far.id), "kind": "definitive"},  # a request to s2
     ]
     async with _entries_fail_for(world.owner, sup):
         for body in attempts:
@@ -182,6 +185,7 @@ async def test_failed_transfers_leave_custody_unchanged(client: Client, world: W
         "SELECT count(*) FROM record_assignments WHERE record_id = $1", uuid.UUID(rid)
     )
     assert assignments == 0
+    assert await _transfer_requests(world, rid) == 0
     assert (await client.get(f"/v1/records/{rid}", headers=old.headers())).status_code == 200
     for who in (colleague, far):
         assert (await client.get(f"/v1/records/{rid}", headers=who.headers())).status_code == 404
@@ -194,9 +198,64 @@ async def test_failed_transfers_leave_custody_unchanged(client: Client, world: W
     r = await client.post(
         f"/v1/records/{rid}/transfer", json=attempts[2], headers=sup.headers(purpose="transfer")
     )
+    assert r.status_code == 202, r.text
+    r = await client.post(
+        f"/v1/transfers/{r.json()['transfer_id']}/accept",
+        headers=receiving.headers(purpose="transfer"),
+    )
     assert r.status_code == 200, r.text
     after = await _row(world, rid)
     assert (after["structure_id"], after["referent_id"]) == (s2, far.id)
+    got = await client.get(f"/v1/records/{rid}", headers=far.headers())
+    assert (got.status_code, got.json()["record"]) == (200, FULL)
+
+
+async def _transfer_requests(world: World, rid: str) -> int:
+    return await world.owner.fetchval(
+        "SELECT count(*) FROM transfer_requests WHERE record_id = $1", uuid.UUID(rid)
+    )
+
+
+async def test_failed_answers_leave_the_request_pending(client: Client, world: World) -> None:
+    s1, s2 = await world.structure(), await world.structure()
+    old, far = await world.counsellor(s1), await world.counsellor(s2)
+    sup, receiving = (
+        await world.account(Role.SUPERVISOR, s1),
+        await world.account(Role.SUPERVISOR, s2),
+    )
+    rid = await _create(client, old)
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(far.id), "kind": "definitive"},
+        headers=sup.headers(purpose="transfer"),
+    )
+    assert r.status_code == 202, r.text
+    transfer = r.json()["transfer_id"]
+    before, index_before = await _row(world, rid), await _index(world, rid)
+
+    async def state() -> tuple[Any, Any, Any]:
+        row = await world.owner.fetchrow(
+            "SELECT state, decided_by, decided_at FROM transfer_requests WHERE id = $1",
+            uuid.UUID(transfer),
+        )
+        return tuple(row)  # type: ignore[arg-type]
+
+    answers = [(receiving, "accept"), (receiving, "decline"), (sup, "cancel")]
+    for who, verb in answers:
+        async with _entries_fail_for(world.owner, who):
+            _unavailable(
+                await client.post(
+                    f"/v1/transfers/{transfer}/{verb}", headers=who.headers(purpose="transfer")
+                )
+            )
+        assert await state() == ("pending", None, None), verb
+    assert await _row(world, rid) == before  # not moved: key, structure, version as they were
+    assert await _index(world, rid) == index_before
+    assert (await client.get(f"/v1/records/{rid}", headers=far.headers())).status_code == 404
+    r = await client.post(
+        f"/v1/transfers/{transfer}/accept", headers=receiving.headers(purpose="transfer")
+    )
+    assert r.status_code == 200, r.text
     got = await client.get(f"/v1/records/{rid}", headers=far.headers())
     assert (got.status_code, got.json()["record"]) == (200, FULL)
 

@@ -28,6 +28,9 @@ class Permission(StrEnum):
     RECORDS_TRANSFER = "case:records:transfer"
     RECORDS_BREAK_GLASS = "case:records:break_glass"
     BREAK_GLASS_REVIEW = "case:break_glass:review"
+    TRANSFERS_READ = "case:transfers:read"
+    TRANSFERS_DECIDE = "case:transfers:decide"
+    TRANSFERS_CANCEL = "case:transfers:cancel"
     AUDIT_READ = "audit:events:read"
 
 
@@ -58,13 +61,17 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
             Permission.RECORDS_BREAK_GLASS,
         }
     ),
-    # One structure: masked structure-wide view, transfers, break-glass review.
+    # One structure: masked structure-wide view, transfers (asking, and answering
+    # another structure's), break-glass review.
     Role.SUPERVISOR: frozenset(
         {
             Permission.RECORDS_READ,
             Permission.RECORDS_SEARCH,
             Permission.CASELOAD_READ,
             Permission.RECORDS_TRANSFER,
+            Permission.TRANSFERS_READ,
+            Permission.TRANSFERS_DECIDE,
+            Permission.TRANSFERS_CANCEL,
             Permission.RECORDS_BREAK_GLASS,
             Permission.BREAK_GLASS_REVIEW,
         }

@@ -7,6 +7,8 @@ sends (the OWASP API1 failure):
 - a live break-the-glass grant shows the full record, only to a request that states
   `break_glass` as its purpose, so every such read is marked;
 - a supervisor sees a masked view of the youth of their own structure;
+- a cross-structure transfer request is answered by the receiving structure's
+  supervisors and withdrawn by the sending structure's;
 - anything else answers 404 exactly like a record that does not exist.
 
 Pure functions: no I/O, nothing allocated on the read path but the answer.
@@ -84,6 +86,22 @@ def supervises(principal: Principal, structure_id: uuid.UUID | None) -> bool:
         and principal.structure_id is not None
         and structure_id == principal.structure_id
     )
+
+
+def may_answer_transfer(principal: Principal, request: AccessFacts) -> bool:
+    """Accepting or declining a transfer request (`to_structure`, `requested_by`) is
+    for the receiving structure's supervisors, never for the one who asked: an account
+    moved meanwhile from the sending structure would otherwise push a youth alone."""
+    return (
+        supervises(principal, request["to_structure"])
+        and request["requested_by"] != principal.account_id
+    )
+
+
+def may_cancel_transfer(principal: Principal, request: AccessFacts) -> bool:
+    """Withdrawing a transfer request (`from_structure`): the sending structure's
+    supervisors."""
+    return supervises(principal, request["from_structure"])
 
 
 def may_break_glass_on(principal: Principal, structure_id: uuid.UUID | None) -> bool:

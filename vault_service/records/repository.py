@@ -158,6 +158,46 @@ ON CONFLICT (record_id, account_id) DO UPDATE SET kind = EXCLUDED.kind, ends_at 
     starts_at = now(), created_by = EXCLUDED.created_by
 """
 
+# Cross-structure transfer requests. A pending request past its expiry is expired in
+# effect; its row says so once the record is asked for again (the one pending slot per
+# record is then freed in the asking transaction).
+_TRANSFER_COLUMNS: Final = (
+    "id, record_id, from_structure, to_structure, to_account, requested_by, requested_at, "
+    "expires_at, state"
+)
+EXPIRE_TRANSFER_REQUESTS: Final = """
+UPDATE transfer_requests SET state = 'expired', decided_at = expires_at
+WHERE record_id = $1 AND state = 'pending' AND expires_at <= now()
+"""
+# Nothing inserted (no row returned): a request for this record is already pending.
+INSERT_TRANSFER_REQUEST: Final = """
+INSERT INTO transfer_requests (id, record_id, from_structure, to_structure, to_account,
+                               requested_by, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7))
+ON CONFLICT (record_id) WHERE state = 'pending' DO NOTHING
+RETURNING expires_at
+"""
+# `expired` by the database's clock, the one that dated the request.
+SELECT_TRANSFER_REQUEST: Final = (
+    f"SELECT {_TRANSFER_COLUMNS}, expires_at <= now() AS expired "  # noqa: S608 - constants
+    "FROM transfer_requests WHERE id = $1"
+)
+SELECT_TRANSFER_REQUEST_FOR_UPDATE: Final = SELECT_TRANSFER_REQUEST + " FOR UPDATE"
+DECIDE_TRANSFER_REQUEST: Final = """
+UPDATE transfer_requests SET state = $2, decided_by = $3, decided_at = now()
+WHERE id = $1 AND state = 'pending'
+"""
+INCOMING_TRANSFER_REQUESTS: Final = f"""
+SELECT {_TRANSFER_COLUMNS} FROM transfer_requests
+WHERE to_structure = $1 AND state = 'pending' AND expires_at > now() AND id > $2
+ORDER BY id LIMIT $3
+"""  # noqa: S608 - constants
+OUTGOING_TRANSFER_REQUESTS: Final = f"""
+SELECT {_TRANSFER_COLUMNS} FROM transfer_requests
+WHERE from_structure = $1 AND state = 'pending' AND expires_at > now() AND id > $2
+ORDER BY id LIMIT $3
+"""  # noqa: S608 - constants
+
 RECORD_EXISTS: Final = f"""
 SELECT r.structure_id, {_HONEYTOKEN.format(id="r.id")} AS honeytoken FROM records r WHERE r.id = $1
 """  # noqa: S608 - constants
@@ -390,6 +430,58 @@ class RecordRepository:
             MOVE_RECORD, record_id, structure_id, referent_id, branch_key_version, record_key
         )
         return int(version)
+
+    # --- custody: cross-structure transfer requests --------------------------------------------
+    async def request_transfer(
+        self,
+        conn: Connection,
+        transfer_id: uuid.UUID,
+        record_id: uuid.UUID,
+        from_structure: uuid.UUID,
+        to_structure: uuid.UUID,
+        to_account: uuid.UUID,
+        requested_by: uuid.UUID,
+        days: int,
+    ) -> datetime.datetime | None:
+        """A pending request, after expiring the record's lapsed one: its expiry, or
+        None when another request for the record is still pending (nothing written)."""
+        await conn.execute(EXPIRE_TRANSFER_REQUESTS, record_id)
+        expires_at: datetime.datetime | None = await conn.fetchval(
+            INSERT_TRANSFER_REQUEST,
+            transfer_id,
+            record_id,
+            from_structure,
+            to_structure,
+            to_account,
+            requested_by,
+            days,
+        )
+        return expires_at
+
+    async def transfer_request(
+        self, conn: Connection, transfer_id: uuid.UUID, *, lock: bool = False
+    ) -> asyncpg.Record | None:
+        """The request with its `expired` flag; `lock`: the row locked until the
+        caller's transaction ends."""
+        query = SELECT_TRANSFER_REQUEST_FOR_UPDATE if lock else SELECT_TRANSFER_REQUEST
+        return await conn.fetchrow(query, transfer_id)
+
+    async def decide_transfer(
+        self, conn: Connection, transfer_id: uuid.UUID, state: str, decided_by: uuid.UUID
+    ) -> None:
+        """Accepted, declined or cancelled: the caller holds the row's lock and has
+        checked that it is pending."""
+        done = await conn.execute(DECIDE_TRANSFER_REQUEST, transfer_id, state, decided_by)
+        if done != "UPDATE 1":
+            raise InternalError()
+
+    async def transfer_requests(
+        self, structure_id: uuid.UUID, incoming: bool, after: uuid.UUID, limit: int
+    ) -> list[asyncpg.Record]:
+        """Live pending requests into (`incoming`) or out of a structure, by id."""
+        query = INCOMING_TRANSFER_REQUESTS if incoming else OUTGOING_TRANSFER_REQUESTS
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(query, structure_id, after, limit)
 
     # --- custody: break-the-glass ---------------------------------------------------------------
     async def lock_account_grants(self, conn: Connection, account_id: uuid.UUID) -> None:

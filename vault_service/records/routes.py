@@ -25,6 +25,7 @@ from vault_service.records.access import View
 from vault_service.records.custody import (
     BreakGlassRequest,
     CustodyService,
+    Requested,
     ReviewRequest,
     TransferRequest,
 )
@@ -34,6 +35,7 @@ T = TypeVar("T")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
 _PAGING: Final = frozenset({"cursor", "limit"})
+_DIRECTIONS: Final = {"incoming": True, "outgoing": False}
 JSON: Final = "application/json"
 
 
@@ -45,13 +47,13 @@ _nir_decoder = msgspec.json.Decoder(NirQuery)
 _encoder = msgspec.json.Encoder()
 
 
-def parse_record_id(raw: str) -> uuid.UUID:
+def parse_id(raw: str, what: str = "record id") -> uuid.UUID:
     try:
         value = uuid.UUID(raw)
     except ValueError:
-        raise InvalidParameter("record id must be a UUID") from None
+        raise InvalidParameter(f"{what} must be a UUID") from None
     if str(value) != raw.lower():
-        raise InvalidParameter("record id must be a UUID in canonical form")
+        raise InvalidParameter(f"{what} must be a UUID in canonical form")
     return value
 
 
@@ -154,7 +156,7 @@ class RecordsController(Controller):
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
         purpose = request.state.purpose[0]
-        document = await service.read(request.user, parse_record_id(record_id), purpose)
+        document = await service.read(request.user, parse_id(record_id), purpose)
         full = document.view is View.FULL
         log = request_log(request.scope)
         await log.allowed(
@@ -174,7 +176,7 @@ class RecordsController(Controller):
         self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
-        rid = parse_record_id(record_id)
+        rid = parse_id(record_id)
         expected = parse_if_match(request.headers.get("if-match"))
         if expected is None:
             raise PreconditionRequired()
@@ -238,7 +240,8 @@ class RecordsController(Controller):
         "/records/{record_id:str}/transfer",
         opt={"permission": Permission.RECORDS_TRANSFER, "data": True, "action": "record.transfer"},
         status_code=200,
-        summary="Move a youth to another counsellor or structure (definitive or temporary)",
+        summary="Move a youth to another counsellor (definitive or temporary), or ask another "
+        "structure to take them (202: pending its acceptance)",
     )
     async def transfer_record(
         self, request: Request[Principal, Any, Any], record_id: FromPath[str]
@@ -246,11 +249,19 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_transfer_decoder, await request.body())
         log = request_log(request.scope)
-        moved = await custody.transfer(request.user, parse_record_id(record_id), body, log)
+        outcome = await custody.transfer(request.user, parse_id(record_id), body, log)
+        if isinstance(outcome, Requested):
+            # Nothing moved: the record keeps its version, and its ETag with it.
+            return Response(
+                msgspec.json.encode(outcome),
+                status_code=202,
+                media_type=JSON,
+                headers=_headers(log),
+            )
         return Response(
-            msgspec.json.encode(moved),
+            msgspec.json.encode(outcome),
             media_type=JSON,
-            headers=_headers(log, ETag=etag(moved.version)),
+            headers=_headers(log, ETag=etag(outcome.version)),
         )
 
     @post(
@@ -269,7 +280,7 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_break_glass_decoder, await request.body())
         log = request_log(request.scope)
-        grant = await custody.break_glass(request.user, parse_record_id(record_id), body, log)
+        grant = await custody.break_glass(request.user, parse_id(record_id), body, log)
         return Response(
             msgspec.json.encode(grant), status_code=201, media_type=JSON, headers=_headers(log)
         )
@@ -316,13 +327,123 @@ class RecordsController(Controller):
         custody: CustodyService = request.app.state.custody
         body = _decode(_review_decoder, await request.body())
         log = request_log(request.scope)
-        await custody.review(request.user, parse_record_id(grant_id), body, log)
+        await custody.review(request.user, parse_id(grant_id, "grant id"), body, log)
         return Response(None, status_code=204, headers=_headers(log))
+
+
+class TransfersController(Controller):
+    """Cross-structure transfer requests, for supervisors: those waiting for their
+    structure's answer or for another's, and the answers. A request that is not the
+    caller's to see or answer is 404, exactly like one that does not exist."""
+
+    path = "/v1/transfers"
+    tags: Final = ["transfers"]  # type: ignore[misc]
+
+    @get(
+        "/",
+        opt={"permission": Permission.TRANSFERS_READ, "data": True, "action": "transfer.list"},
+        summary="Pending transfer requests into (incoming) or out of (outgoing) the "
+        "supervisor's structure: ids, structures, dates and state",
+    )
+    async def list_transfers(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        params = _single_params(request)
+        if set(params) - _PAGING - {"direction"}:
+            raise InvalidParameter("unknown query parameter")
+        incoming = _DIRECTIONS.get(params.get("direction", ""))
+        if incoming is None:
+            raise InvalidParameter("direction must be incoming or outgoing")
+        limit = min(_limit(params, 50), 100)
+        items = await custody.transfer_requests(
+            request.user, incoming, decode_uuid_cursor(params.get("cursor")), limit
+        )
+        next_cursor = encode_uuid_cursor(items[-1]["id"]) if len(items) == limit else None
+        log = request_log(request.scope)
+        await log.allowed(Charge.NONE, record_ids=tuple(i["record_id"] for i in items))
+        return Response(
+            _encoder.encode({"items": items, "next_cursor": next_cursor}),
+            media_type=JSON,
+            headers=_headers(log),
+        )
+
+    @post(
+        "/{transfer_id:str}/accept",
+        opt={
+            "permission": Permission.TRANSFERS_DECIDE,
+            "data": True,
+            "action": "record.transfer_accept",
+        },
+        status_code=200,
+        summary="Accept a transfer into the supervisor's structure: the record moves now",
+    )
+    async def accept_transfer(
+        self, request: Request[Principal, Any, Any], transfer_id: FromPath[str]
+    ) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        log = request_log(request.scope)
+        answered = await custody.accept(
+            request.user, _transfer_id(transfer_id, await request.body()), log
+        )
+        return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
+
+    @post(
+        "/{transfer_id:str}/decline",
+        opt={
+            "permission": Permission.TRANSFERS_DECIDE,
+            "data": True,
+            "action": "record.transfer_decline",
+        },
+        status_code=200,
+        summary="Decline a transfer into the supervisor's structure: the record stays",
+    )
+    async def decline_transfer(
+        self, request: Request[Principal, Any, Any], transfer_id: FromPath[str]
+    ) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        log = request_log(request.scope)
+        answered = await custody.decline(
+            request.user, _transfer_id(transfer_id, await request.body()), log
+        )
+        return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
+
+    @post(
+        "/{transfer_id:str}/cancel",
+        opt={
+            "permission": Permission.TRANSFERS_CANCEL,
+            "data": True,
+            "action": "record.transfer_cancel",
+        },
+        status_code=200,
+        summary="Withdraw a transfer the supervisor's structure asked for",
+    )
+    async def cancel_transfer(
+        self, request: Request[Principal, Any, Any], transfer_id: FromPath[str]
+    ) -> Response[bytes]:
+        custody: CustodyService = request.app.state.custody
+        log = request_log(request.scope)
+        answered = await custody.cancel(
+            request.user, _transfer_id(transfer_id, await request.body()), log
+        )
+        return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
+
+
+class NoBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What an answer to a transfer request carries: nothing (an empty body or `{}`)."""
+
+
+def _transfer_id(raw: str, body: bytes) -> uuid.UUID:
+    """The transfer request a route answers. Any property in the body is refused: the
+    request names its target once, when asked, and an answer that seemed to change it
+    would be silently ignored."""
+    if body:
+        _decode(_no_body_decoder, body)
+    return parse_id(raw, "transfer id")
 
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)
 _break_glass_decoder = msgspec.json.Decoder(BreakGlassRequest)
 _review_decoder = msgspec.json.Decoder(ReviewRequest)
+_no_body_decoder = msgspec.json.Decoder(NoBody)
 
 
 def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
