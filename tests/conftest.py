@@ -119,6 +119,12 @@ class Stack:
             "VAULT_SERVICE_VAULT_RETRIES": "1",
             # Anomaly rules every half second, so that tests see their alerts at once.
             "VAULT_SERVICE_ANOMALY_INTERVAL_SECONDS": "0.5",
+            # Always working hours, whenever the tests run: the off-hours rule's test
+            # gives its structure its own schedule (structures.working_days).
+            "VAULT_SERVICE_WORKING_HOURS": "mon-sun 00:00-24:00",
+            # Baselines need hours of history that only a test inserts: a structure's
+            # threshold low enough for a test to cross it quickly.
+            "VAULT_SERVICE_ANOMALY_STRUCTURE_BASELINE_MIN_RECORDS": "20",
         }
         env.update({"VAULT_SERVICE_" + k.upper(): str(v) for k, v in overrides.items()})
         return Settings.from_env(env)

@@ -156,14 +156,7 @@ async def _start_watchers(
     stack: AsyncExitStack, settings: Settings, pool: asyncpg.Pool, alerts: Alerts
 ) -> None:
     """What watches off the request path: the anomaly rules and the alert webhook."""
-    rules = RuleRunner(
-        pool,
-        alerts,
-        interval=settings.anomaly_interval_seconds,
-        not_found_5min=settings.anomaly_not_found_5min,
-        new_account_records_hour=settings.anomaly_new_account_records_hour,
-        restriction_seconds=settings.new_account_restriction_hours * 3600,
-    )
+    rules = RuleRunner(pool, alerts, settings)
     await rules.start()
     stack.push_async_callback(rules.stop)
     if settings.alert_webhook_url and settings.alert_webhook_secret_file:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,7 @@ import msgspec
 
 from vault_service.auth.oidc import IssuerConfig, parse_issuers
 from vault_service.errors import ConfigurationError
+from vault_service.limits.schedule import parse_working_hours
 
 PREFIX = "VAULT_SERVICE_"
 
@@ -129,6 +131,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     anomaly_interval_seconds: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 30.0
     anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
     anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # Reads outside working hours: the schedule (vault_service/limits/schedule.py) in
+    # the structure's time zone, or this one when the structure has none.
+    working_hours: str = "mon-fri 07:00-20:00"
+    working_time_zone: str = "Europe/Paris"
+    anomaly_off_hours_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # An account (a structure) reading this many times its own mean over the active
+    # hours of the last 14 days, and at least the minimum, once it has that many
+    # hours of history.
+    anomaly_baseline_factor: Annotated[float, msgspec.Meta(ge=1.0, le=1000)] = 5.0
+    anomaly_baseline_min_records: Annotated[int, msgspec.Meta(ge=1)] = 30
+    anomaly_structure_baseline_min_records: Annotated[int, msgspec.Meta(ge=1)] = 300
+    anomaly_baseline_min_hours: Annotated[int, msgspec.Meta(ge=1, le=336)] = 10
+    # One admin requesting or approving this many account creations, reactivations and
+    # role changes in an hour; this many records given to one account in an hour
+    # (referent changes, temporary assignments, pending transfers to it).
+    anomaly_account_changes_hour: Annotated[int, msgspec.Meta(ge=1)] = 5
+    anomaly_custody_to_account_hour: Annotated[int, msgspec.Meta(ge=1)] = 10
     # Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
     # (`whsec_...`) read from a file: https, or http to a loopback host only.
     alert_webhook_url: str | None = None
@@ -171,6 +190,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigurationError("the alert webhook needs both its URL and its secret file")
         if self.alert_webhook_url is not None and not _tls_or_loopback(self.alert_webhook_url):
             raise ConfigurationError("VAULT_SERVICE_ALERT_WEBHOOK_URL must be https")
+        try:
+            parse_working_hours(self.working_hours)
+            zoneinfo.ZoneInfo(self.working_time_zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+            raise ConfigurationError(
+                f"VAULT_SERVICE_WORKING_HOURS or _WORKING_TIME_ZONE: {exc}"
+            ) from None
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)

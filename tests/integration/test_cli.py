@@ -180,3 +180,34 @@ async def test_alerts_are_listed_and_acknowledged_through_the_cli(
     assert again.returncode == 1
     assert "no_open_alert" in again.stderr
     assert str(alert_id) not in {a["id"] for a in json.loads(_cli(admin, "alerts", "list").stdout)}
+
+
+async def test_an_admin_creating_accounts_in_a_burst_raises_a_critical_alert(
+    stack: Stack, world: World, client
+) -> None:
+    """The 2025 extraction began with one account manager creating accounts: five
+    requests in an hour from one admin (the default threshold) raise an alert."""
+    import asyncio
+
+    env = await _admin_env(stack, world)
+    sid = await world.structure()
+    for _ in range(5):
+        done = _cli(env, "accounts", "create", "--role", "counsellor", "--structure", str(sid))
+        assert done.returncode == 0, done.stderr
+    requester = await world.owner.fetchval(
+        "SELECT requested_by FROM account_requests WHERE structure_id = $1 LIMIT 1", sid
+    )
+    auditor = await world.account(Role.AUDITOR, None)
+    for _ in range(100):
+        r = await client.get("/v1/alerts", headers=auditor.headers(purpose="audit"))
+        found = [
+            a
+            for a in r.json()["items"]
+            if a["kind"] == "anomaly.account_admin_burst" and a["account_id"] == str(requester)
+        ]
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert [(a["severity"], a["details"]) for a in found] == [
+        ("critical", {"count": 5, "threshold": 5})
+    ]

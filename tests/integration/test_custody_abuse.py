@@ -157,3 +157,38 @@ async def test_the_service_role_can_shorten_a_grant_never_extend_it(
         )
     finally:
         await app_role.close()
+
+
+async def test_fifty_transfers_to_one_counsellor_stop_at_the_budget_and_alert(
+    client, world: World
+) -> None:
+    """The review's scenario with the defaults: 20 transfers an hour, and records given
+    to one account flagged from 10."""
+    import asyncio
+
+    sid = await world.structure()
+    referent, taker = await world.counsellor(sid), await world.counsellor(sid)
+    sup = await world.account(Role.SUPERVISOR, sid)
+    auditor = await world.account(Role.AUDITOR, None)
+    statuses = []
+    for _ in range(50):
+        r = await client.post("/v1/records", json=MINIMAL, headers=referent.headers())
+        r = await client.post(
+            f"/v1/records/{r.json()['id']}/transfer",
+            json={"to_account": str(taker.id), "kind": "temporary", "until": _until()},
+            headers=sup.headers(purpose="transfer"),
+        )
+        statuses.append(r.status_code)
+    assert statuses == [200] * 20 + [429] * 30
+    for _ in range(100):
+        r = await client.get("/v1/alerts", headers=auditor.headers(purpose="audit"))
+        found = [
+            a
+            for a in r.json()["items"]
+            if a["kind"] == "anomaly.custody_concentration" and a["account_id"] == str(taker.id)
+        ]
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert len(found) == 1 and found[0]["severity"] == "critical"
+    assert found[0]["details"]["threshold"] == 10 and found[0]["details"]["count"] >= 10

@@ -59,6 +59,13 @@ def test_settings_refuse_to_start_without_secrets_or_urls(missing: str) -> None:
         ("VAULT_SERVICE_JWT_MAX_LIFETIME_SECONDS", "7200"),
         ("VAULT_SERVICE_PORT", "not-a-port"),
         ("VAULT_SERVICE_VAULT_CACERT", "/nonexistent/ca.pem"),
+        ("VAULT_SERVICE_WORKING_HOURS", "fri-mon 07:00-20:00"),
+        ("VAULT_SERVICE_WORKING_HOURS", "mon-fri 20:00-07:00"),
+        ("VAULT_SERVICE_WORKING_HOURS", "lun-ven 07:00-20:00"),
+        ("VAULT_SERVICE_WORKING_HOURS", "mon-fri 07:00-24:30"),
+        ("VAULT_SERVICE_WORKING_TIME_ZONE", "Europe/Atlantis"),
+        ("VAULT_SERVICE_WORKING_TIME_ZONE", "../../etc/passwd"),
+        ("VAULT_SERVICE_ANONYMOUS_REFUSAL_KEYS_MAX", "0"),
     ],
 )
 def test_settings_refuse_unsafe_values(key: str, value: str) -> None:
@@ -121,3 +128,12 @@ def test_schema_slips_refuse_to_load(mutation) -> None:  # type: ignore[no-untyp
     mutation(raw)
     with pytest.raises(ConfigurationError):
         record_schema.build(raw)
+
+
+def test_working_hours_are_read_as_written() -> None:
+    from vault_service.limits.schedule import parse_working_hours
+
+    week = parse_working_hours("mon-fri 07:00-20:00")
+    assert (week.days, week.start, week.end) == ((1, 2, 3, 4, 5), "07:00", "20:00")
+    odd = parse_working_hours(" Mon-Wed,sat 08:30-24:00 ")
+    assert (odd.days, odd.start, odd.end) == ((1, 2, 3, 6), "08:30", "24:00")
