@@ -125,6 +125,8 @@ class Stack:
             # Baselines need hours of history that only a test inserts: a structure's
             # threshold low enough for a test to cross it quickly.
             "VAULT_SERVICE_ANOMALY_STRUCTURE_BASELINE_MIN_RECORDS": "20",
+            # Canaries planted by a test are known to the service at once.
+            "VAULT_SERVICE_HONEYTOKEN_RELOAD_SECONDS": "0.5",
         }
         env.update({"VAULT_SERVICE_" + k.upper(): str(v) for k, v in overrides.items()})
         return Settings.from_env(env)

@@ -35,12 +35,14 @@ from vault_service.health import live, ready
 from vault_service.kms import VaultKms
 from vault_service.limits.budgets import BudgetPolicy
 from vault_service.limits.defence import Alerts, BulkReadDefence
+from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
 from vault_service.limits.rules import RuleRunner
 from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
 from vault_service.records.routes import RecordsController, TransfersController
+from vault_service.records.schema import RecordSchema
 from vault_service.records.service import RecordService
 from vault_service.settings import Settings
 
@@ -134,6 +136,33 @@ def _recorder(
         defence,
         anonymous,
         settings.trusted_proxies,
+    )
+
+
+async def _start_records(
+    stack: AsyncExitStack,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    keys: KeyHierarchy,
+    schema: RecordSchema,
+    defence: BulkReadDefence,
+) -> RecordService:
+    """The record service, watching every id it is asked for against the canaries."""
+    canaries = Canaries(
+        pool,
+        await keys.derived_key(False, HONEYTOKEN_LABEL),
+        refresh=settings.honeytoken_reload_seconds,
+    )
+    await canaries.start()
+    stack.push_async_callback(canaries.stop)
+    return RecordService(
+        pool,
+        keys,
+        schema,
+        search_page_max=settings.search_page_max,
+        caseload_page_max=settings.caseload_page_max,
+        on_honeytoken=defence.honeytoken,
+        is_canary=canaries.named,
     )
 
 
@@ -234,14 +263,7 @@ def create_app(settings: Settings) -> Litestar:
                 anonymous,
                 await keys.derived_key(False, FINGERPRINT_LABEL),
             )
-            records = RecordService(
-                pool,
-                keys,
-                schema,
-                search_page_max=settings.search_page_max,
-                caseload_page_max=settings.caseload_page_max,
-                on_honeytoken=defence.honeytoken,
-            )
+            records = await _start_records(stack, settings, pool, keys, schema, defence)
             publisher = CheckpointPublisher(
                 pool, kms, settings.audit_origin, settings.checkpoint_interval_seconds
             )

@@ -260,7 +260,7 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
     canary accounts on the admin's own login."""
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
-    from vault_service.limits.honeytokens import HoneytokenPlanter
+    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
     from vault_service.records import schema
     from vault_service.records.service import RecordService
 
@@ -281,7 +281,8 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
             search_page_max=settings.search_page_max,
             caseload_page_max=settings.caseload_page_max,
         )
-        planter = HoneytokenPlanter(admin, service, records)
+        key = await keys.derived_key(False, HONEYTOKEN_LABEL)
+        planter = HoneytokenPlanter(admin, service, records, key)
         if args.action == "list":
             return await planter.list()
         return await planter.plant(args.structure, args.count, rotate=args.action == "rotate")

@@ -24,7 +24,7 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
 
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
-    from vault_service.limits.honeytokens import HoneytokenPlanter
+    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
     from vault_service.records import schema
     from vault_service.records.service import RecordService
     from vault_service.seed import seed
@@ -60,7 +60,8 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
             max_size=1,
         )
         try:
-            await HoneytokenPlanter(admin, pool, service).plant(None, 2)
+            key = await keys.derived_key(False, HONEYTOKEN_LABEL)
+            await HoneytokenPlanter(admin, pool, service, key).plant(None, 2)
         finally:
             await admin.close()
     finally:

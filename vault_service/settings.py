@@ -148,6 +148,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (referent changes, temporary assignments, pending transfers to it).
     anomaly_account_changes_hour: Annotated[int, msgspec.Meta(ge=1)] = 5
     anomaly_custody_to_account_hour: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # How often each process reloads the honeytokens' tags (limits/honeytokens.py): a
+    # canary planted since is not recognised before.
+    honeytoken_reload_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 30.0
     # Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
     # (`whsec_...`) read from a file: https, or http to a loopback host only.
     alert_webhook_url: str | None = None

@@ -62,13 +62,17 @@ async def test_client_fingerprint_believes_only_trusted_proxies(
     c = await world.counsellor()
     auditor = await world.account(Role.AUDITOR, None)
 
-    async def fingerprints(**overrides: str) -> set[str]:
+    async def fingerprints(spoofed_line: bool = False, **overrides: str) -> set[str]:
         async with _processes(stack, 1, **overrides) as (http, bases):
             for forwarded in ("198.51.100.7", "203.0.113.9"):
-                r = await http.get(
-                    f"{bases[0]}/v1/caseload",
-                    headers={**c.headers(), "X-Forwarded-For": f"192.0.2.1, {forwarded}"},
-                )
+                headers = [(k, v) for k, v in c.headers().items()]
+                if spoofed_line:
+                    # The client's own line first, the proxy's line after it: only the
+                    # proxy's last line counts, whatever the client wrote before.
+                    headers += [("X-Forwarded-For", forwarded), ("X-Forwarded-For", "192.0.2.1")]
+                else:
+                    headers.append(("X-Forwarded-For", f"192.0.2.1, {forwarded}"))
+                r = await http.get(f"{bases[0]}/v1/caseload", headers=headers)
                 assert r.status_code == 200, r.text
         r = await client.get(
             "/v1/audit/events",
@@ -82,3 +86,4 @@ async def test_client_fingerprint_believes_only_trusted_proxies(
     assert len(await fingerprints()) == 1
     # The peer is a trusted proxy: the address it appended tells the clients apart.
     assert len(await fingerprints(trusted_proxies="127.0.0.1/32")) == 2
+    assert len(await fingerprints(spoofed_line=True, trusted_proxies="127.0.0.1/32")) == 1

@@ -24,7 +24,19 @@ async def _plant(stack: Stack, world: World, sid: uuid.UUID) -> list[str]:
     assert planted["structure_id"] == str(sid)
     listed = json.loads(_cli(env, "honeytokens", "list").stdout)
     assert set(planted["planted"]) <= {h["record_id"] for h in listed}
+    await _recognised(world, planted["planted"])
     return list(planted["planted"])
+
+
+async def _recognised(world: World, canaries: list[str]) -> None:
+    """The service reloads the canaries' tags periodically (every half second in the
+    tests): wait until it knows these."""
+    is_canary = world.app.state.records.is_canary
+    for _ in range(100):
+        if all(is_canary(uuid.UUID(c)) for c in canaries):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the service did not load the canaries' tags")
 
 
 async def _suspended(client, who: Account) -> None:
@@ -65,8 +77,20 @@ async def test_naming_a_canary_suspends_even_when_the_answer_is_404(
         headers=auditor.headers(purpose="audit"),
     )
     actions = {(e["action"], e["outcome"], e["refusal_code"]) for e in r.json()["items"]}
-    assert ("account.suspended", "refused", "honeytoken") in actions
-    assert ("honeytoken.plant", "allowed", None) in actions
+    # Its creation, like any record's, then the suspension that names it; the planting
+    # says who planted how many where, never which.
+    assert actions == {
+        ("record.create", "allowed", None),
+        ("record.read", "refused", "not_found"),
+        ("account.suspended", "refused", "honeytoken"),
+    }
+    r = await client.get(
+        "/v1/audit/events",
+        params={"action": "honeytoken.plant"},
+        headers=auditor.headers(purpose="audit"),
+    )
+    plants = [e for e in r.json()["items"] if e["structure_id"] == str(sid)]
+    assert [(e["record_ids"], e["count"], e["role"]) for e in plants] == [([], 2, "admin")]
 
 
 async def test_a_search_hit_and_a_transfer_on_a_canary_suspend(
@@ -123,3 +147,84 @@ async def _value(stack: Stack, record_id: uuid.UUID, field: str) -> str:
     finally:
         kms.close()
         await pool.close()
+
+
+async def test_a_copy_of_the_database_does_not_tell_a_canary_from_a_youth(
+    client, stack: Stack, world: World
+) -> None:
+    """Review finding: the registry, the canary accounts and the planting entries named
+    the canaries in clear, and their e-mail addresses used a reserved domain."""
+    sid = await world.structure()
+    canaries = [uuid.UUID(c) for c in await _plant(stack, world, sid)]
+    owner = world.owner
+    # No table holds a canary's id but those that hold every record's.
+    holders = set()
+    columns = await owner.fetch(
+        """SELECT table_name, column_name FROM information_schema.columns
+           WHERE table_schema = 'public' AND data_type = 'uuid'"""
+    )
+    for c in columns:
+        found = await owner.fetchval(
+            f'SELECT count(*) FROM "{c["table_name"]}" WHERE "{c["column_name"]}" = ANY($1)',
+            canaries,
+        )
+        if found:
+            holders.add((c["table_name"], c["column_name"]))
+    assert holders <= {("records", "id"), ("record_index", "record_id")}, holders
+    assert not await owner.fetchval(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'canary%'"
+    )
+    # The registry: keyed tags and days only.
+    row = await owner.fetchrow("SELECT * FROM honeytokens WHERE structure_id = $1 LIMIT 1", sid)
+    assert set(row.keys()) == {"tag", "structure_id", "planted_on", "retired_on"}
+    assert all(c.bytes not in bytes(row["tag"]) for c in canaries)
+    # In the log, a canary is named only by its creation, as any record is.
+    bodies = await owner.fetch(
+        "SELECT body ->> 'action' AS action FROM audit_bodies"
+        " WHERE body -> 'record_ids' ?| $1::text[]",
+        [str(c) for c in canaries],
+    )
+    assert {b["action"] for b in bodies} == {"record.create"}
+    # The referent: a counsellor who served and left, like any other.
+    referent = await owner.fetchrow(
+        "SELECT a.state, a.role, a.activated_at < now() - interval '300 days' AS served"
+        " FROM records r JOIN accounts a ON a.id = r.referent_id WHERE r.id = $1",
+        canaries[0],
+    )
+    assert dict(referent) == {"state": "disabled", "role": "counsellor", "served": True}
+    email = await _value(stack, canaries[0], "email")
+    assert email.rpartition("@")[2] in {
+        "gmail.com", "orange.fr", "free.fr", "laposte.net", "hotmail.fr", "sfr.fr"
+    }  # fmt: skip
+
+
+async def test_rotation_retires_the_earlier_canaries_and_they_still_trip(
+    client, stack: Stack, world: World
+) -> None:
+    sid = await world.structure()
+    old = await _plant(stack, world, sid)
+    env = await _admin_env(stack, world)
+    done = _cli(env, "honeytokens", "rotate", "--structure", str(sid), "--count", "1")
+    assert done.returncode == 0, done.stderr
+    [rotated] = json.loads(done.stdout)
+    assert rotated["retired"] == 2 and len(rotated["planted"]) == 1
+    listed = {h["record_id"]: h for h in json.loads(_cli(env, "honeytokens", "list").stdout)}
+    assert all(listed[c]["retired_on"] is not None for c in old)
+    assert listed[rotated["planted"][0]]["retired_on"] is None
+    await _recognised(world, [*old, *rotated["planted"]])
+    # A retired canary still trips: an older copy of the database holds exactly those.
+    reader = await world.counsellor(sid)
+    r = await client.get(f"/v1/records/{old[0]}", headers=reader.headers())
+    assert r.status_code == 404
+    await _suspended(client, reader)
+    # The service's own role cannot unregister a canary.
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM honeytokens WHERE structure_id = $1", sid)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE honeytokens SET retired_on = NULL")
+    finally:
+        await conn.close()

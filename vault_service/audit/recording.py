@@ -130,8 +130,14 @@ class AccessRecorder:
                 self._trusted[host] = trusted
         if not trusted:
             return host
-        forwarded = _header(scope, b"x-forwarded-for").rpartition(",")[2].strip()
-        return forwarded[:64] or host
+        # The last header line, and its last address: what the trusted proxy appended
+        # (a proxy may add a line of its own after the client's rather than append to
+        # it; anything before is the client's say-so).
+        forwarded = ""
+        for key, value in scope["headers"]:
+            if key == b"x-forwarded-for":
+                forwarded = value.decode("latin-1")
+        return forwarded.rpartition(",")[2].strip()[:64] or host
 
     def fingerprint(self, scope: Scope) -> str:
         """Salted hash of the client (address and user agent): links the requests of

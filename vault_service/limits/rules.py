@@ -184,7 +184,7 @@ class _Rule:
     account: bool = True
 
 
-def _rules(settings: Settings) -> tuple[_Rule, ...]:
+def rules_of(settings: Settings) -> tuple[_Rule, ...]:
     hours = parse_working_hours(settings.working_hours)
     restriction = settings.new_account_restriction_hours * 3600.0
     factor = settings.anomaly_baseline_factor
@@ -261,7 +261,7 @@ class RuleRunner:
             name="anomaly-rules",
             failed_event="rules_round_failed",
         )
-        self._rules = _rules(settings)
+        self._rules = rules_of(settings)
         self._kept_hour = -HISTORY_EVERY
 
     async def start(self) -> None:

@@ -33,6 +33,10 @@ log = structlog.get_logger(__name__)
 alerts_log = structlog.get_logger("vault_service.alerts")
 WEBHOOK_LOCK_ID: Final = 0x7661756C74_05
 MAX_ATTEMPTS: Final = 8
+POST_DEADLINE = 10.0
+"""Seconds one delivery may take in all. The socket time-out bounds each read, not a
+receiver that answers a byte at a time: past this, the attempt counts as failed and
+no other POST starts while that one's thread still hangs."""
 _encoder = msgspec.json.Encoder()
 
 DUE: Final = """
@@ -75,6 +79,7 @@ class WebhookSender:
         self._pool = pool
         self._url = url
         self._key = key
+        self._hung: asyncio.Future[bool] | None = None
         self._lead = Leadership(pool, WEBHOOK_LOCK_ID, "webhook_leader_elected")
         self._loop = LeaderLoop(
             self._lead,
@@ -94,12 +99,12 @@ class WebhookSender:
     async def deliver_due(self) -> int:
         """Send what is due; returns how many were delivered."""
         conn = self._lead.connection
-        if conn is None:
+        if conn is None or (self._hung is not None and not self._hung.done()):
             return 0
         delivered = 0
         for alert in await conn.fetch(DUE, 50):
             attempts = int(alert["attempts"]) + 1
-            ok = await asyncio.to_thread(self._post, _payload(alert))
+            ok = await self._post_within_deadline(_payload(alert))
             if ok:
                 await conn.execute(RECORD, alert["id"], attempts, 0.0, _now(), "delivered")
                 delivered += 1
@@ -111,6 +116,15 @@ class WebhookSender:
             if attempts == MAX_ATTEMPTS:
                 alerts_log.error("webhook_delivery_failing", alert=True, alert_id=str(alert["id"]))
         return delivered
+
+    async def _post_within_deadline(self, payload: tuple[str, bytes]) -> bool:
+        posting = asyncio.ensure_future(asyncio.to_thread(self._post, payload))
+        try:
+            return await asyncio.wait_for(asyncio.shield(posting), POST_DEADLINE)
+        except TimeoutError:
+            self._hung = posting
+            log.warning("webhook_post_failed", error_type="DeadlineExceeded")
+            return False
 
     def _post(self, payload: tuple[str, bytes]) -> bool:
         message_id, body = payload

@@ -185,10 +185,10 @@ class CustodyService:
     ) -> asyncpg.Record:
         """The record, locked, when the caller supervises its structure; 404 otherwise
         (and a honeytoken suspends the caller)."""
-        row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
-        if row is not None and row["honeytoken"]:
+        if self._records.is_canary(record_id):
             await self._records.honeytoken_touched(principal, record_id)
             raise NotFound()
+        row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
         if row is None or not access.supervises(principal, row["structure_id"]):
             raise NotFound()
         return row
@@ -372,8 +372,8 @@ class CustodyService:
                 raise BreakGlassLimit()
             # Only within the caller's own structure, checked after the limit so the
             # answer is never an existence oracle: a record elsewhere is "not found".
-            structure_id, honeytoken = await self._repo.record_structure(conn, record_id)
-            if honeytoken:
+            structure_id = await self._repo.record_structure(conn, record_id)
+            if self._records.is_canary(record_id):
                 await self._records.honeytoken_touched(principal, record_id)
                 raise NotFound()
             if not access.may_break_glass_on(principal, structure_id):

@@ -45,13 +45,9 @@ _GLASS: Final = """EXISTS (
     SELECT 1 FROM break_glass_grants g
     WHERE g.record_id = r.id AND g.account_id = $2 AND g.expires_at > now())"""
 
-# Retired canaries still trip: an older copy of the database holds exactly those.
-_HONEYTOKEN: Final = """EXISTS (SELECT 1 FROM honeytokens h WHERE h.record_id = {id})"""
-
 # The record and, in the same round trip, what the caller ($2) holds on it.
 SELECT_RECORD: Final = (
-    f"SELECT {RECORD_COLUMNS}, {_ASSIGNED.format(who='$2')} AS assigned, {_GLASS} AS glass, "  # noqa: S608 - constants
-    f"{_HONEYTOKEN.format(id='r.id')} AS honeytoken "
+    f"SELECT {RECORD_COLUMNS}, {_ASSIGNED.format(who='$2')} AS assigned, {_GLASS} AS glass "  # noqa: S608 - constants
     "FROM records r WHERE r.id = $1"
 )
 SELECT_RECORD_FOR_UPDATE: Final = SELECT_RECORD + " FOR UPDATE OF r"
@@ -63,8 +59,7 @@ SELECT {RECORD_COLUMNS},
        {_ASSIGNED.format(who="q.account")} AS assigned,
        EXISTS (SELECT 1 FROM break_glass_grants g
                WHERE g.record_id = r.id AND g.account_id = q.account
-                 AND g.expires_at > now()) AS glass,
-       {_HONEYTOKEN.format(id="q.id")} AS honeytoken
+                 AND g.expires_at > now()) AS glass
 FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS q (id, account, n)
 LEFT JOIN records r ON r.id = q.id
 ORDER BY q.n
@@ -103,7 +98,7 @@ SELECT request_digest, record_id FROM idempotency_keys WHERE account_id = $1 AND
 # Equality search: records whose index rows match every (name, digest) pair given,
 # restricted to what the caller may see ($4 structure, $5 referent or NULL), paged by id.
 SEARCH: Final = f"""
-SELECT {RECORD_COLUMNS}, {_HONEYTOKEN.format(id="r.id")} AS honeytoken FROM records r
+SELECT {RECORD_COLUMNS} FROM records r
 WHERE r.id IN (
     SELECT i.record_id FROM record_index i
     JOIN unnest($1::text[], $2::bytea[]) AS q (n, d) ON i.name = q.n AND i.digest = q.d
@@ -116,13 +111,13 @@ ORDER BY r.id
 LIMIT $7
 """  # noqa: S608 - constant
 
-# Honeytokens are in nobody's caseload, a supervisor's structure-wide list included:
-# listing one is not a sign of anything.
+# Honeytokens are in nobody's caseload; a supervisor's structure-wide list meets them
+# and the service leaves them out (records/service.py): listing one is not a sign of
+# anything.
 CASELOAD: Final = f"""
-SELECT {RECORD_COLUMNS}, false AS honeytoken FROM records r
+SELECT {RECORD_COLUMNS} FROM records r
 WHERE r.structure_id = $1
   AND ($2::uuid IS NULL OR r.referent_id = $2 OR {_ASSIGNED.format(who="$2")})
-  AND NOT {_HONEYTOKEN.format(id="r.id")}
   AND r.id > $3
 ORDER BY r.id
 LIMIT $4
@@ -198,9 +193,7 @@ WHERE from_structure = $1 AND state = 'pending' AND expires_at > now() AND id > 
 ORDER BY id LIMIT $3
 """  # noqa: S608 - constants
 
-RECORD_EXISTS: Final = f"""
-SELECT r.structure_id, {_HONEYTOKEN.format(id="r.id")} AS honeytoken FROM records r WHERE r.id = $1
-"""  # noqa: S608 - constants
+RECORD_EXISTS: Final = "SELECT r.structure_id FROM records r WHERE r.id = $1"
 # Serialises one account's grants (transaction-scoped) so the daily limit cannot be raced.
 LOCK_ACCOUNT_GRANTS: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 42))"
 COUNT_RECENT_GRANTS: Final = """
@@ -259,7 +252,6 @@ class RecordRepository:
     ) -> list[asyncpg.Record | None]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SELECT_RECORDS, [w[0] for w in wanted], [w[1] for w in wanted])
-        # A honeytoken's row is kept whatever else: naming its id is the signal.
         return [row if row["id"] is not None else None for row in rows]
 
     async def fetch_for_update(
@@ -491,15 +483,10 @@ class RecordRepository:
         """Grants the account opened in the last 24 hours."""
         return int(await conn.fetchval(COUNT_RECENT_GRANTS, account_id))
 
-    async def record_structure(
-        self, conn: Connection, record_id: uuid.UUID
-    ) -> tuple[uuid.UUID | None, bool]:
-        """The record's structure (None: no such record), and whether it is a
-        honeytoken."""
-        row = await conn.fetchrow(RECORD_EXISTS, record_id)
-        if row is None:
-            return None, False
-        return row["structure_id"], bool(row["honeytoken"])
+    async def record_structure(self, conn: Connection, record_id: uuid.UUID) -> uuid.UUID | None:
+        """The record's structure (None: no such record)."""
+        structure: uuid.UUID | None = await conn.fetchval(RECORD_EXISTS, record_id)
+        return structure
 
     async def insert_grant(
         self,

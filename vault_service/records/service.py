@@ -82,6 +82,7 @@ class RecordService:
         search_page_max: int,
         caseload_page_max: int,
         on_honeytoken: HoneytokenHook | None = None,
+        is_canary: Callable[[uuid.UUID], bool] | None = None,
     ) -> None:
         # Built here so every caller keeps constructing the service as before; the
         # custody service shares these two rather than anything of this class.
@@ -91,6 +92,8 @@ class RecordService:
         self._create = msgspec.json.Decoder(schema.create_type)
         self._patch = msgspec.json.Decoder(schema.patch_type)
         self._on_honeytoken = on_honeytoken
+        self.is_canary: Callable[[uuid.UUID], bool] = is_canary or _never
+        """Whether an id is a honeytoken's (limits/honeytokens.py `Canaries.named`)."""
         self._search_page_max = search_page_max
         self._caseload_page_max = caseload_page_max
 
@@ -132,7 +135,13 @@ class RecordService:
 
     # --- operations -----------------------------------------------------------------------
     async def create(
-        self, principal: Principal, body: bytes, idempotency_key: str | None, log: WriteLog
+        self,
+        principal: Principal,
+        body: bytes,
+        idempotency_key: str | None,
+        log: WriteLog,
+        *,
+        record_id: uuid.UUID | None = None,
     ) -> Created:
         assert principal.structure_id is not None
         values = self._decode_create(body)
@@ -144,7 +153,8 @@ class RecordService:
                 return _replay(existing, request_digest)
 
         structure_id = principal.structure_id
-        record_id = uuid.uuid4()
+        # Chosen by the caller only for a canary, registered before it exists.
+        record_id = record_id or uuid.uuid4()
         record_key, wrapped, branch_version = await self._sealer.new_record_key(
             structure_id, record_id
         )
@@ -182,10 +192,11 @@ class RecordService:
     async def read(
         self, principal: Principal, record_id: uuid.UUID, purpose: Purpose | None = None
     ) -> RecordDocument:
-        row = await self._repo.fetch(record_id, principal.account_id)
-        if row is not None and row["honeytoken"]:
+        if self.is_canary(record_id):
+            # Named, whatever exists: only a copy of the database knows the id.
             await self.honeytoken_touched(principal, record_id)
             raise NotFound()
+        row = await self._repo.fetch(record_id, principal.account_id)
         view = None if row is None else access.decide(principal, row, purpose)
         if row is None or view is None:
             raise NotFound()
@@ -214,11 +225,11 @@ class RecordService:
         access-log entry and the record budget it draws on (the response carries the
         record) commit together: over budget, nothing is written."""
         changes = self._decode_patch(body)
+        if self.is_canary(record_id):
+            await self.honeytoken_touched(principal, record_id)
+            raise NotFound()
         async with self._repo.transaction() as conn:
             row = await self._repo.fetch_for_update(conn, record_id, principal.account_id)
-            if row is not None and row["honeytoken"]:
-                await self.honeytoken_touched(principal, record_id)
-                raise NotFound()
             if row is None or not access.may_write(principal, row):
                 raise NotFound()
             if row["version"] != expected_version:
@@ -278,7 +289,7 @@ class RecordService:
         rows = await self._repo.search_page(
             names, digests, structure_id, referent, after or _BEFORE_ALL, limit + 1
         )
-        canaries = [r["id"] for r in rows if r["honeytoken"]]
+        canaries = [r["id"] for r in rows if self.is_canary(r["id"])]
         if canaries and _IDENTIFYING.intersection(criteria):
             # Found by a value that identifies one person (a NIR, an e-mail, a phone,
             # a France Travail id): whoever searched holds the canary's data, a copy of
@@ -301,22 +312,28 @@ class RecordService:
         """Masked summaries of up to `limit` rows; the query asked for one more, whose
         presence alone says that there is a next page."""
         more = len(rows) > limit
-        rows = rows[:limit]
-        # Canaries are never shown (a caseload does not even list them).
-        rows = [r for r in rows if not r["honeytoken"]]
+        page = rows[:limit]
+        # Canaries are never shown (a caseload does not even list them); the next page
+        # starts after the last row read, shown or not.
+        rows = [r for r in page if not self.is_canary(r["id"])]
         items = []
         for row in rows:
             record_key = await self._sealer.record_key(row)
             summary = {"id": row["id"], "referent_id": row["referent_id"]}
             summary.update(self._sealer.masked(row, record_key))
             items.append(summary)
-        next_after = rows[-1]["id"] if more and rows else None
+        next_after = page[-1]["id"] if more and page else None
         return Page(items, next_after, tuple(r["id"] for r in rows))
 
 
 # Search criteria whose values identify one person: a canary found by one of them was
 # looked for with its data in hand.
 _IDENTIFYING = frozenset({"nir", "email", "phone", "ft_id"})
+
+
+def _never(_record_id: uuid.UUID) -> bool:
+    return False
+
 
 # Before every record id: ids are compared as UUIDs, and none is the nil UUID.
 _BEFORE_ALL = uuid.UUID(int=0)
