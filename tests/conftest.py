@@ -9,11 +9,17 @@ service's real least-privilege policy. Nothing is mocked.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import logging
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import structlog
 from litestar import Litestar
@@ -134,8 +141,6 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(captured: Captured) -> Iterator[Stack]:
-    import asyncio
-
     tmp = Path(tempfile.mkdtemp(prefix="vault-service-tests-"))
     external = os.environ.get("VAULT_SERVICE_TEST_ADMIN_DSN")
     pg = None if external else devstack.start_embedded_postgres(tmp / "pgdata", delete_on_stop=True)
@@ -161,6 +166,77 @@ def stack(captured: Captured) -> Iterator[Stack]:
             asyncio.run(drop())
         if pg is not None:
             pg.stop()
+
+
+@dataclass
+class Served:
+    """Real `vault-service serve` processes on the test stack (`serve_processes`): an
+    HTTP client, their base URLs, and, once they have stopped, what each one printed."""
+
+    http: httpx.AsyncClient
+    bases: list[str]
+    outputs: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def serve_processes(stack: Stack, count: int, **overrides: Any) -> AsyncIterator[Served]:
+    """`count` real `vault-service serve` processes on the shared database and OpenBao,
+    each on its own free port, ready (/health/ready) when this yields, and an HTTP
+    client that really sends requests at once (the in-process AsyncTestClient runs
+    them one after the other). The processes are stopped on the way out, whatever
+    happened; their output goes to files, printed when the block fails (pytest shows
+    it with the failure) and left in `Served.outputs` otherwise."""
+    ports = [devstack.free_port() for _ in range(count)]
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="vault-service-serve-") as tmp:
+        paths = [Path(tmp) / f"serve-{i}.log" for i in range(count)]
+        served = Served(httpx.AsyncClient(timeout=10), [f"http://127.0.0.1:{p}" for p in ports])
+        failed = False
+        try:
+            for port, path in zip(ports, paths, strict=True):
+                env = stack.service_env(host="127.0.0.1", port=port, **overrides)
+                env.setdefault("VAULT_SERVICE_LOG_LEVEL", "WARNING")
+                env["PYTHONUNBUFFERED"] = "1"  # nothing lost in a buffer if a process dies
+                # Appending, through a descriptor of the child's own: reading the file
+                # later never moves the offset the child writes at.
+                with path.open("ab") as out:
+                    procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "vault_service.cli", "serve"],
+                            env=env,
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True,  # its workers in a group of their own
+                        )
+                    )
+            deadline = time.monotonic() + 30
+            for proc, base in zip(procs, served.bases, strict=True):
+                while True:
+                    assert proc.poll() is None, f"{base}: the service process exited"
+                    with contextlib.suppress(httpx.TransportError):
+                        r = await served.http.get(f"{base}/health/ready")
+                        if r.status_code == 200:
+                            break
+                    assert time.monotonic() < deadline, f"{base}: the service did not start"
+                    await asyncio.sleep(0.1)
+            yield served
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            await served.http.aclose()
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the group this helper started
+                    proc.wait(5)
+            served.outputs = [p.read_text("utf-8", errors="replace") for p in paths]
+            if failed:
+                for base, text in zip(served.bases, served.outputs, strict=True):
+                    print(f"----- output of the service at {base} -----\n{text}")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import json
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -23,8 +21,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import Account, Stack, World, load_fixture
-from vault_service import devstack
+from tests.conftest import Account, Stack, World, load_fixture, serve_processes
 from vault_service.app import create_app
 from vault_service.auth.permissions import Role
 
@@ -258,44 +255,6 @@ async def test_an_update_over_budget_writes_nothing(stack: Stack, world: World) 
 
 
 # --- exact across processes, restarts and concurrent requests -------------------------------------
-def _serve(stack: Stack, port: int, **overrides: Any) -> subprocess.Popen[bytes]:
-    env = stack.service_env(port=port, log_level="WARNING", **overrides)
-    return subprocess.Popen(
-        [sys.executable, "-m", "vault_service.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-@contextlib.asynccontextmanager
-async def _processes(
-    stack: Stack, count: int, **overrides: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
-    """`count` real `vault-service serve` processes on the shared database, and an HTTP
-    client that really sends requests at once (the in-process AsyncTestClient runs
-    them one after the other)."""
-    ports = [devstack.free_port() for _ in range(count)]
-    procs = [_serve(stack, p, **overrides) for p in ports]
-    try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            deadline = time.monotonic() + 30
-            for port in ports:
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        r = await http.get(f"http://127.0.0.1:{port}/health/ready")
-                        if r.status_code == 200:
-                            break
-                    assert time.monotonic() < deadline, "a service process did not start"
-                    await asyncio.sleep(0.1)
-            yield http, [f"http://127.0.0.1:{p}" for p in ports]
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
-
-
 async def _post_records(
     http: httpx.AsyncClient, bases: Sequence[str], who: Account, n: int
 ) -> list[str]:
@@ -312,7 +271,8 @@ async def test_two_processes_share_one_budget(stack: Stack, world: World) -> Non
     sent at once, never get more than the account's budget in total."""
     n = 4
     c = await world.counsellor()
-    async with _processes(stack, 2, budget_counsellor_hour=n) as (http, bases):
+    async with serve_processes(stack, 2, budget_counsellor_hour=n) as served:
+        http, bases = served.http, served.bases
         ids = await _post_records(http, bases, c, 3 * n)
         answers = await asyncio.gather(
             *(
@@ -339,7 +299,8 @@ async def test_two_processes_share_one_budget(stack: Stack, world: World) -> Non
 async def test_concurrent_reads_get_exactly_the_budget(stack: Stack, world: World) -> None:
     n = 5
     c = await world.counsellor()
-    async with _processes(stack, 1, budget_counsellor_hour=n) as (http, (base,)):
+    async with serve_processes(stack, 1, budget_counsellor_hour=n) as served:
+        http, (base,) = served.http, served.bases
         ids = await _post_records(http, [base], c, 20)
         answers = await asyncio.gather(
             *(http.get(f"{base}/v1/records/{rid}", headers=c.headers()) for rid in ids)
