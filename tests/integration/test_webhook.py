@@ -114,3 +114,76 @@ def test_a_webhook_needs_https_and_its_secret(stack: Stack) -> None:
         )
     with pytest.raises(ConfigurationError):
         stack.settings(alert_webhook_url="https://alerts.example/hook")
+
+
+async def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off(
+    stack: Stack, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read within the socket time-out, the whole never ending: the attempt fails
+    at the delivery deadline, is retried later, and no second POST piles up meanwhile."""
+    import socket
+
+    from vault_service.limits import webhook
+
+    monkeypatch.setattr(webhook, "POST_DEADLINE", 1.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections: list[float] = []
+    stop = threading.Event()
+
+    def drip() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connections.append(time.monotonic())
+            with conn:
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b"H")
+                    except OSError:
+                        break
+                    time.sleep(0.3)
+
+    threading.Thread(target=drip, daemon=True).start()
+    secret = tmp_path / "webhook.secret"
+    secret.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    app = create_app(
+        stack.settings(
+            alert_webhook_url=f"http://127.0.0.1:{listener.getsockname()[1]}/hook",
+            alert_webhook_secret_file=str(secret),
+            budget_counsellor_hour=1,
+        )
+    )
+    try:
+        async with AsyncTestClient(app, base_url="http://testserver.local") as api:
+            c = await world.counsellor()
+            ids = [
+                (await api.post("/v1/records", json=FULL, headers=c.headers())).json()["id"]
+                for _ in range(2)
+            ]
+            await api.get(f"/v1/records/{ids[0]}", headers=c.headers())
+            assert (await api.get(f"/v1/records/{ids[1]}", headers=c.headers())).status_code == 429
+            alert_id = await world.owner.fetchval(
+                "SELECT id FROM alerts WHERE account_id = $1", c.id
+            )
+            attempts = 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not attempts:
+                await asyncio.sleep(0.2)
+                attempts = await world.owner.fetchval(
+                    "SELECT attempts FROM alert_deliveries WHERE alert_id = $1", alert_id
+                )
+            # Failed at the deadline and rescheduled, not delivered.
+            assert attempts == 1
+            state = await world.owner.fetchval(
+                "SELECT state FROM alert_deliveries WHERE alert_id = $1", alert_id
+            )
+            assert state == "pending"
+            # While that thread still hangs on the receiver, no other POST starts.
+            await asyncio.sleep(2.5)
+            assert len(connections) == 1
+    finally:
+        stop.set()
+        listener.close()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -118,7 +120,17 @@ class WebhookSender:
         return delivered
 
     async def _post_within_deadline(self, payload: tuple[str, bytes]) -> bool:
-        posting = asyncio.ensure_future(asyncio.to_thread(self._post, payload))
+        """POST on a daemon thread of its own (not the loop's executor, which a hung
+        receiver would keep the process from shutting down on)."""
+        loop = asyncio.get_running_loop()
+        posting: asyncio.Future[bool] = loop.create_future()
+
+        def run() -> None:
+            ok = self._post(payload)
+            with contextlib.suppress(RuntimeError):  # the loop may be gone by then
+                loop.call_soon_threadsafe(_settle, posting, ok)
+
+        threading.Thread(target=run, name="alert-webhook-post", daemon=True).start()
         try:
             return await asyncio.wait_for(asyncio.shield(posting), POST_DEADLINE)
         except TimeoutError:
@@ -171,6 +183,11 @@ def _payload(alert: asyncpg.Record) -> tuple[str, bytes]:
     }
     body = _encoder.encode({"type": "alert.raised", "data": data})
     return f"msg_{uuid.UUID(str(alert['id'])).hex}", body
+
+
+def _settle(future: asyncio.Future[bool], ok: bool) -> None:
+    if not future.done():
+        future.set_result(ok)
 
 
 def _now() -> datetime.datetime:
