@@ -32,7 +32,10 @@ import pytest
 import structlog
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from opentelemetry import trace
+from opentelemetry import _logs, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -52,9 +55,14 @@ class Captured:
 
     logs: io.StringIO = field(default_factory=io.StringIO)
     spans: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+    records: InMemoryLogRecordExporter = field(default_factory=InMemoryLogRecordExporter)
+    metrics: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
 
     def text(self) -> str:
         parts = [self.logs.getvalue()]
+        for data in self.records.get_finished_logs():
+            record = data.log_record
+            parts.append(f"{record.body} {dict(record.attributes or {})!r}")
         for span in self.spans.get_finished_spans():
             parts.append(span.name)
             parts.append(repr(dict(span.attributes or {})))
@@ -79,10 +87,13 @@ class _Tee(io.TextIOBase):
 @pytest.fixture(scope="session")
 def captured() -> Captured:
     cap = Captured()
-    configure_telemetry(always=True)
+    configure_telemetry(always=True, metric_readers=[cap.metrics])
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
     provider.add_span_processor(SimpleSpanProcessor(cap.spans))
+    logger_provider = _logs.get_logger_provider()
+    assert isinstance(logger_provider, LoggerProvider)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(cap.records))
     configure_logging("INFO")
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=cap.logs))
     handler = logging.StreamHandler(cap.logs)

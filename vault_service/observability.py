@@ -6,8 +6,12 @@
   instrumentation is not used on purpose: it records the raw path and the query
   string (`url.query`), and search query strings are names and birth dates.
 - asyncpg spans come from the OpenTelemetry instrumentation with parameter capture off.
+- Alerts (limits/defence.py) are also OpenTelemetry log records (logger
+  `vault_service.alerts`, ids and counts as attributes) and a counter
+  `vault_service.alerts.raised` by kind and severity.
 - Exporters follow the usual OTEL_* variables: OTLP over HTTP when
-  OTEL_EXPORTER_OTLP_ENDPOINT (or the traces/metrics variants) is set, none otherwise.
+  OTEL_EXPORTER_OTLP_ENDPOINT (or the traces/metrics/logs variants) is set, none
+  otherwise.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO
 
 import structlog
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -36,8 +44,31 @@ _requests = _meter.create_counter("vault_service.http.requests", description="HT
 _duration = _meter.create_histogram(
     "vault_service.http.duration", unit="s", description="HTTP request duration"
 )
+_alerts_raised = metrics.get_meter("vault_service.alerts").create_counter(
+    "vault_service.alerts.raised", description="Alerts raised, by kind and severity"
+)
+_alert_records = _logs.get_logger("vault_service.alerts")
+_SEVERITY: Final = {
+    "info": _logs.SeverityNumber.INFO,
+    "warning": _logs.SeverityNumber.WARN,
+    "critical": _logs.SeverityNumber.ERROR,
+}
 _configured = False
 _tracing = False
+
+
+def export_alert(kind: str, severity: str, attributes: Mapping[str, str | int]) -> None:
+    """One alert as an OpenTelemetry log record and a count (ids and counts only)."""
+    _alerts_raised.add(1, {"alert.kind": kind, "alert.severity": severity})
+    _alert_records.emit(
+        _logs.LogRecord(
+            timestamp=time.time_ns(),
+            severity_text=severity.upper(),
+            severity_number=_SEVERITY.get(severity, _logs.SeverityNumber.WARN),
+            body=kind,
+            attributes={"alert.kind": kind, "alert.severity": severity, **attributes},
+        )
+    )
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -70,7 +101,12 @@ def _drop_exc_info(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str,
     return event
 
 
-def configure_telemetry(service_name: str = "vault-service", *, always: bool = False) -> None:
+def configure_telemetry(
+    service_name: str = "vault-service",
+    *,
+    always: bool = False,
+    metric_readers: Sequence[MetricReader] = (),
+) -> None:
     """Install SDK providers once per process, when an OTLP exporter is configured
     (or `always`, for tests that capture spans). Without one the API's no-op tracer
     stays: spans nobody exports are pure cost on the hot path. Sampling follows the
@@ -86,12 +122,22 @@ def configure_telemetry(service_name: str = "vault-service", *, always: bool = F
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
     )
-    if not (traces or exported_metrics or always):
+    exported_logs = bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+    )
+    if not (traces or exported_metrics or exported_logs or always):
         return
     _configured = True
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     tracer_provider = TracerProvider(resource=resource)
-    readers = []
+    readers = list(metric_readers)
+    logger_provider = LoggerProvider(resource=resource)
+    if exported_logs:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
+    _logs.set_logger_provider(logger_provider)
     if traces:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

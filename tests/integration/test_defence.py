@@ -14,7 +14,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import Stack, World, load_fixture
+from tests.conftest import Captured, Stack, World, load_fixture
 from vault_service.app import create_app
 from vault_service.auth.permissions import Role
 
@@ -30,7 +30,7 @@ async def _service(stack: Stack, **overrides: Any) -> AsyncIterator[AsyncTestCli
 
 
 async def test_repeated_refusals_suspend_the_account_and_raise_alerts(
-    stack: Stack, world: World
+    stack: Stack, world: World, captured: Captured
 ) -> None:
     async with _service(stack, budget_counsellor_hour=1, suspend_after_refusals_hour=3) as api:
         c = await world.counsellor()
@@ -65,6 +65,36 @@ async def test_repeated_refusals_suspend_the_account_and_raise_alerts(
             "threshold": 3,
         }
         assert FULL["birth_name"] not in r.text
+        # The same alerts as OpenTelemetry log records and counts, ids and counts only.
+        exported = [
+            (d.log_record.body, d.log_record.severity_text, dict(d.log_record.attributes or {}))
+            for d in captured.records.get_finished_logs()
+            if (d.log_record.attributes or {}).get("account.id") == str(c.id)
+        ]
+        assert [(body, sev) for body, sev, _ in exported] == [
+            ("budget.exceeded", "WARNING"),
+            ("account.suspended", "CRITICAL"),
+        ]
+        assert exported[1][2] == {
+            "alert.kind": "account.suspended",
+            "alert.severity": "critical",
+            "alert.id": mine[1]["id"],
+            "account.id": str(c.id),
+            "structure.id": str(c.structure_id),
+            "alert.budget": "record.hour",
+            "alert.refusals_this_hour": 3,
+            "alert.threshold": 3,
+        }
+        raised = {
+            tuple(sorted(point.attributes.items())): point.value
+            for resource in captured.metrics.get_metrics_data().resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "vault_service.alerts.raised"
+            for point in metric.data.data_points
+        }
+        key = (("alert.kind", "account.suspended"), ("alert.severity", "critical"))
+        assert raised[key] >= 1
         # Open alerts only, and a counsellor may not read them.
         r = await api.get(
             "/v1/alerts", params={"state": "open"}, headers=auditor.headers(purpose="audit")

@@ -57,13 +57,14 @@ async def test_client_fingerprint_believes_only_trusted_proxies(
 ) -> None:
     """Behind the proxy every request comes from the proxy's address: the fingerprint
     must name the client it saw, but only a configured proxy is believed."""
-    from tests.integration.test_budgets import _processes
+    from tests.conftest import serve_processes
 
     c = await world.counsellor()
     auditor = await world.account(Role.AUDITOR, None)
 
     async def fingerprints(spoofed_line: bool = False, **overrides: str) -> set[str]:
-        async with _processes(stack, 1, **overrides) as (http, bases):
+        async with serve_processes(stack, 1, **overrides) as served:
+            http, bases = served.http, served.bases
             for forwarded in ("198.51.100.7", "203.0.113.9"):
                 headers = [(k, v) for k, v in c.headers().items()]
                 if spoofed_line:

@@ -25,6 +25,7 @@ from vault_service.audit.entry import AccessEvent
 from vault_service.audit.sequencer import Decision, add_in_transaction
 from vault_service.auth.principal import Principal
 from vault_service.errors import AuditUnavailable
+from vault_service.observability import export_alert
 
 __all__ = ["Alerts", "BulkReadDefence"]
 
@@ -82,6 +83,15 @@ class Alerts:
             alert_id=str(alert_id),
             account_id=str(account_id) if account_id else None,
             **details,
+        )
+        ids = {"alert.id": alert_id, "account.id": account_id, "structure.id": structure_id}
+        export_alert(
+            kind,
+            severity,
+            {
+                **{k: str(v) for k, v in ids.items() if v is not None},
+                **{f"alert.{k}": v for k, v in details.items()},
+            },
         )
         return alert_id
 
