@@ -99,29 +99,22 @@ WHERE m.budget = 'record.hour'
 GROUP BY 1, 2
 HAVING count(*) >= $1
 """
-# Mean over the active hours (a window with any record) of the last 14 days.
-ACCOUNT_BASELINE: Final = """
-SELECT u.subject, a.structure_id, u.used AS hits, u.window_start
+# A subject's records this hour against its mean over its active hours (a window with
+# any record) of the last 14 days: an account's (`record.hour`) or a structure's
+# (`structure.hour`, whose subject is the structure).
+BASELINE: Final = """
+SELECT u.subject,
+       CASE WHEN u.budget = 'structure.hour' THEN u.subject ELSE a.structure_id END
+           AS structure_id,
+       u.used AS hits, u.window_start
 FROM budget_usage u
-JOIN accounts a ON a.id = u.subject
+LEFT JOIN accounts a ON a.id = u.subject
 JOIN LATERAL (
     SELECT avg(h.used) AS mean, count(*) AS hours FROM usage_hours h
-    WHERE h.subject = u.subject AND h.budget = 'record.hour'
+    WHERE h.subject = u.subject AND h.budget = u.budget
       AND h.hour >= now() - interval '14 days' AND h.hour < u.window_start
 ) b ON true
-WHERE u.budget = 'record.hour'
-  AND u.window_start = date_trunc('hour', now(), 'UTC')
-  AND u.used >= $1 AND b.hours >= $2 AND u.used >= $3 * b.mean
-"""
-STRUCTURE_BASELINE: Final = """
-SELECT u.subject, u.subject AS structure_id, u.used AS hits, u.window_start
-FROM budget_usage u
-JOIN LATERAL (
-    SELECT avg(h.used) AS mean, count(*) AS hours FROM usage_hours h
-    WHERE h.subject = u.subject AND h.budget = 'structure.hour'
-      AND h.hour >= now() - interval '14 days' AND h.hour < u.window_start
-) b ON true
-WHERE u.budget = 'structure.hour'
+WHERE u.budget = $4
   AND u.window_start = date_trunc('hour', now(), 'UTC')
   AND u.used >= $1 AND b.hours >= $2 AND u.used >= $3 * b.mean
 """
@@ -220,15 +213,15 @@ def rules_of(settings: Settings) -> tuple[_Rule, ...]:
         _Rule(
             "anomaly.account_baseline",
             "warning",
-            ACCOUNT_BASELINE,
-            (settings.anomaly_baseline_min_records, min_hours, factor),
+            BASELINE,
+            (settings.anomaly_baseline_min_records, min_hours, factor, "record.hour"),
             settings.anomaly_baseline_min_records,
         ),
         _Rule(
             "anomaly.structure_baseline",
             "warning",
-            STRUCTURE_BASELINE,
-            (settings.anomaly_structure_baseline_min_records, min_hours, factor),
+            BASELINE,
+            (settings.anomaly_structure_baseline_min_records, min_hours, factor, "structure.hour"),
             settings.anomaly_structure_baseline_min_records,
             account=False,
         ),
