@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 
@@ -105,3 +106,53 @@ async def test_purpose_detail_refuses_identifiers(client, world: World) -> None:
     )
     assert (r.status_code, r.json()["code"]) == (400, "purpose_required")
     assert "185057800604822" not in r.text
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "1 85 02 75 123 456 12",
+        "1.85.02.75.123.456.12",
+        "Jean Dupont ne le 12/03/2005",
+        "jean.dupont@example.org",
+        "06 12 34 56 78",
+        "rappel 06.12.34.56.78",
+        "né le 12/03/2005",
+        "Léa Martin",
+    ],
+)
+async def test_purpose_detail_refuses_what_identifies_a_person(
+    client, world: World, owner, detail: str
+) -> None:
+    """Review finding: each of these went into the log body and stayed seven months."""
+    c = await world.counsellor()
+    # Header bytes as a browser sends them (Latin-1, as the service reads them).
+    headers = {**c.headers(), "X-Purpose-Detail": detail.encode("latin-1")}
+    r = await client.get("/v1/caseload", headers=headers)
+    assert (r.status_code, r.json()["code"]) == (400, "purpose_required")
+    for _ in range(100):
+        if not await owner.fetchval("SELECT count(*) FROM audit_pending"):
+            break
+        await asyncio.sleep(0.05)
+    stored = await owner.fetchval(
+        "SELECT count(*) FROM audit_bodies WHERE body ->> 'purpose_detail' = $1", detail
+    )
+    assert stored == 0
+
+
+async def test_a_short_reference_is_stored(client, world: World, owner) -> None:
+    c = await world.counsellor()
+    for detail in ("rdv du 12/03", "courrier CAF", "atelier CV 14h30", "ticket 4521"):
+        r = await client.get("/v1/caseload", headers=c.headers(**{"X-Purpose-Detail": detail}))
+        assert r.status_code == 200, detail
+    for _ in range(100):
+        if not await owner.fetchval("SELECT count(*) FROM audit_pending"):
+            break
+        await asyncio.sleep(0.05)
+    stored = await owner.fetch(
+        "SELECT body ->> 'purpose_detail' AS d FROM audit_bodies WHERE body ->> 'actor_id' = $1",
+        str(c.id),
+    )
+    assert {r["d"] for r in stored} == {
+        "rdv du 12/03", "courrier CAF", "atelier CV 14h30", "ticket 4521"
+    }  # fmt: skip

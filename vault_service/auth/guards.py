@@ -24,10 +24,16 @@ PUBLIC_OPT: Final = "public"
 VERIFIED_CLAIMS: Final = "verified_claims"
 """Request state: the claims of a token that verified and was then refused."""
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
-# A short reference ("rdv 12/03", "courrier CAF"), not a place for personal data: no
-# long digit runs (a NIR, a phone number), plain characters only.
+# A short reference ("rdv 12/03", "courrier CAF"), not a place for personal data,
+# kept seven months in the access log: plain characters only, and nothing shaped like
+# an identifier or a person (review finding: a NIR written with spaces or dots, a
+# phone number, an e-mail address, a name with a birth date all went through).
 _DETAIL = re.compile(r"[\w .,;:'()/-]{1,120}")
 _DIGIT_RUN = re.compile(r"\d{6,}")
+_MAX_DIGITS: Final = 9  # a NIR has 13 to 15, a phone number 10, however written
+_FULL_DATE = re.compile(r"\d{1,2}\s*[/.-]\s*\d{1,2}\s*[/.-]\s*\d{2,4}")
+# Two capitalised words in a row: a first name and a surname ("Jean Dupont").
+_NAME = re.compile(r"\b[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+[\s'-]+[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+")
 _PURPOSE_HEADERS: Final = frozenset({b"x-purpose", b"x-purpose-detail"})
 
 
@@ -87,9 +93,18 @@ def authorize(scope: Scope, opt: Mapping[str, Any]) -> None:
 
 
 def plain_reference(text: str) -> bool:
-    """Short plain text that a person states (a purpose detail, an alert comment): no
-    long digit run (a NIR, a phone number), plain characters only."""
-    return _DETAIL.fullmatch(text) is not None and _DIGIT_RUN.search(text) is None
+    """Short plain text that a person states (a purpose detail, an alert comment):
+    plain characters only; no run of six digits, no more than nine digits in all (a
+    NIR, a phone number, with or without separators), no date with a year, no
+    e-mail address (no `@` passes the character class), no name-like pair of
+    capitalised words. A reference that fails is refused, never stored."""
+    return (
+        _DETAIL.fullmatch(text) is not None
+        and _DIGIT_RUN.search(text) is None
+        and sum(c.isdigit() for c in text) <= _MAX_DIGITS
+        and _FULL_DATE.search(text) is None
+        and _NAME.search(text) is None
+    )
 
 
 def purpose_of(headers: Mapping[str, str], principal: Principal) -> tuple[Purpose, str | None]:
