@@ -265,7 +265,11 @@ def create_app(settings: Settings) -> Litestar:
             )
             records = await _start_records(stack, settings, pool, keys, schema, defence)
             publisher = CheckpointPublisher(
-                pool, kms, settings.audit_origin, settings.checkpoint_interval_seconds
+                pool,
+                kms,
+                settings.audit_origin,
+                settings.checkpoint_interval_seconds,
+                alerts=alerts,
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)

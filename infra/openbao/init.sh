@@ -129,6 +129,21 @@ ensure_key vault-service-national-index aes256-gcm96
 ensure_key vault-service-token ed25519
 ensure_key vault-service-checkpoint ed25519
 
+# The checkpoint signer's anchor: KV version 2, one secret created empty here (the
+# service may update it, never create it).
+if bao read sys/mounts/vault-service-anchor >/dev/null 2>&1; then
+    log "anchor mount already enabled"
+else
+    bao secrets enable -path=vault-service-anchor -version=2 -description="vault-service checkpoint anchor" kv >/dev/null
+    log "enabled the anchor mount"
+fi
+if bao kv get -mount=vault-service-anchor checkpoints >/dev/null 2>&1; then
+    log "anchor present"
+else
+    echo "{}" | bao kv put -mount=vault-service-anchor -cas=0 checkpoints - >/dev/null
+    log "created the empty anchor"
+fi
+
 # --- 4. policies -------------------------------------------------------------
 bao policy write vault-service "$POLICY_DIR/vault-service.hcl" >/dev/null
 bao policy write key-admin "$POLICY_DIR/key-admin.hcl" >/dev/null

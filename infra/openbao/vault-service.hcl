@@ -68,3 +68,11 @@ path "transit/keys/vault-service-token" {
 path "transit/keys/vault-service-checkpoint" {
   capabilities = ["read"]
 }
+
+# --- The checkpoint signer's anchor (audit/checkpoints.py) -------------------
+# The last (size, root) signed per log origin, kept where a database insider
+# cannot roll it back; written with check-and-set. The operator creates it
+# (init.sh): the service reads and updates it, never creates or deletes it.
+path "vault-service-anchor/data/checkpoints" {
+  capabilities = ["read", "update"]
+}

@@ -5,6 +5,7 @@ Each test gets a database of its own: tampering is irreversible."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from vault_service.audit.log import AccessLog
 from vault_service.audit.merkle import root_from_leaf_hashes
 from vault_service.audit.proofs import AuditProofs
 from vault_service.kms import VaultKms
+from vault_service.limits.defence import Alerts
+from vault_service.kms.vault import ANCHOR_MOUNT, ANCHOR_PATH
 
 pytestmark = pytest.mark.integration
 ORIGIN = "vault-service.test/tamper"
@@ -36,6 +39,8 @@ class Scene:
     proofs: AuditProofs
     superuser: asyncpg.Connection
     files: Path
+    stack: Stack
+    origin: str
 
     def save(self, name: str, value: object) -> Path:
         path = self.files / name
@@ -92,6 +97,18 @@ class Scene:
         self.log = AccessLog(self.log._pool, max_batch=64)
         await self.log.start()
 
+    def forget_anchor(self) -> None:
+        """An attacker who also holds Vault credentials able to write the anchor (the
+        service's own, say) rolls it back too: only the auditors' copies remain."""
+        client = self.stack.bao.client()
+        current = client.secrets.kv.v2.read_secret_version(
+            path=ANCHOR_PATH, mount_point=ANCHOR_MOUNT, raise_on_deleted_version=True
+        )["data"]["data"]
+        current.pop(self.origin, None)
+        client.secrets.kv.v2.create_or_update_secret(
+            path=ANCHOR_PATH, secret=current, mount_point=ANCHOR_MOUNT
+        )
+
     async def erase_checkpoints(self) -> None:
         """...and removes the checkpoints the service could compare against."""
         su = self.superuser
@@ -113,13 +130,17 @@ async def scene(stack: Stack, tmp_path: Path) -> AsyncIterator[Scene]:
     log = AccessLog(pool, max_batch=64)
     await log.start()
     superuser = await db.superuser()
+    # A log of its own for each test (a new database): its own anchor in OpenBao.
+    origin = f"{ORIGIN}-{uuid.uuid4().hex[:8]}"
     scene = Scene(
         db=db,
         log=log,
-        publisher=CheckpointPublisher(pool, kms, ORIGIN),
-        proofs=AuditProofs(pool, kms, ORIGIN),
+        publisher=CheckpointPublisher(pool, kms, origin, alerts=Alerts(pool)),
+        proofs=AuditProofs(pool, kms, origin),
         superuser=superuser,
         files=tmp_path,
+        stack=stack,
+        origin=origin,
     )
     try:
         # The auditor's earlier visit: a verified checkpoint of SIZE entries, remembered.
@@ -228,9 +249,14 @@ async def test_changed_leaf_is_reported(scene: Scene) -> None:
     await scene.log.append_many([event() for _ in range(10)])
     with pytest.raises(CheckpointRefused):
         await scene.publisher.publish_once()
-    # ...and having erased the checkpoints, gets a signature, which the auditor's
-    # earlier checkpoint exposes.
+    # Having erased the checkpoints, still no signature: the anchor outside the
+    # database remembers the head the service signed.
     await scene.erase_checkpoints()
+    with pytest.raises(CheckpointRefused, match="inconsistent_with_anchor"):
+        await scene.publisher.publish_once()
+    # With Vault write access as well, the attacker gets a signature, which the
+    # auditor's earlier checkpoint still exposes.
+    scene.forget_anchor()
     assert await scene.publisher.publish_once() is not None
     forged = await scene.download_checkpoint("forged.txt")
     consistency = scene.save("k.json", await scene.proofs.consistency(SIZE))
@@ -261,9 +287,25 @@ async def test_deleted_and_reappended_entries_are_reported(scene: Scene) -> None
     report = scene.verify(checkpoint, bundles=[await scene.download_bundle("b.json", 0, SIZE)])
     assert any(f.startswith("MISMATCH") for f in report.failures), report.failures
 
-    # With the checkpoints erased the service signs the new tree; the auditor's state
-    # (the checkpoint of size SIZE) proves history was rewritten, from a bundle alone...
+    # With the checkpoints erased, the anchor still refuses the rewritten tree...
     await scene.erase_checkpoints()
+    with pytest.raises(CheckpointRefused, match="inconsistent_with_anchor"):
+        await scene.publisher.publish_once()
+    with pytest.raises(CheckpointRefused, match="inconsistent_with_anchor"):
+        await scene.publisher.publish_once()  # every round, until an operator acts
+    # Each refusal is a critical alert, once per reason.
+    alerts = await scene.superuser.fetch(
+        "SELECT severity, details ->> 'reason' AS reason FROM alerts"
+        " WHERE kind = 'audit.checkpoint_refused' ORDER BY raised_at"
+    )
+    assert [(a["severity"], a["reason"]) for a in alerts] == [
+        ("critical", "inconsistent_with_previous_checkpoint"),
+        ("critical", "inconsistent_with_anchor"),
+    ]
+    # ...and with the anchor rolled back too, the service signs the new tree; the
+    # auditor's state (the checkpoint of size SIZE) proves history was rewritten,
+    # from a bundle alone...
+    scene.forget_anchor()
     assert await scene.publisher.publish_once() is not None
     forged = await scene.download_checkpoint("forged.txt")
     bundle = await scene.download_bundle("all.json")

@@ -424,6 +424,7 @@ def test_service_policy_grants_exactly_what_the_service_uses() -> None:
         "transit/hmac/vault-service-national-index": {"update"},
         "transit/sign/vault-service-token": {"update"},
         "transit/sign/vault-service-checkpoint": {"update"},
+        "vault-service-anchor/data/checkpoints": {"read", "update"},
     } | {f"transit/keys/{name}": {"read"} for name in SERVICE_KEYS}
     assert policy("vault-service.hcl") == expected
 
@@ -471,6 +472,9 @@ def test_init_script_creates_the_keys_and_writes_both_policies() -> None:
     assert re.search(r"policy write vault-service .*vault-service\.hcl", script)
     assert re.search(r"policy write key-admin .*key-admin\.hcl", script)
     assert "token_policies=vault-service" in script
+    # The anchor exists before the service runs: its policy cannot create it.
+    assert "secrets enable -path=vault-service-anchor -version=2" in script
+    assert "kv put -mount=vault-service-anchor -cas=0 checkpoints" in script
 
 
 # --- PostgreSQL -------------------------------------------------------------------

@@ -9,9 +9,12 @@ id is the signed-note id of that version's public key) and stores it.
 Before signing, the leader checks what it is about to vouch for: the root in the
 tree-state row must be the root recomputed from the tiles, and the new tree must be
 consistent (RFC 9162 consistency proof, from the tiles) with the last checkpoint
-whose signature verifies. A database whose history was rewritten therefore gets no
-new checkpoint, and an alarm in the logs, instead of a signature that would launder
-the rewrite.
+whose signature verifies, and with the anchor: the last (size, root) this log's
+signers signed, kept outside PostgreSQL, in OpenBao (KV version 2, check-and-set,
+kms/vault.py). An owner or superuser who rewrites entries, tiles and tree head
+consistently and deletes the newer checkpoint rows still meets the anchor. Any
+failed check signs nothing and raises a critical alert (once per reason and
+process); no checkpoint appears until an operator has looked.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from vault_service.audit.proofs import (
 from vault_service.audit.tiles import TileError
 from vault_service.errors import ConfigurationError, KmsUnavailable, VaultServiceError
 from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
+from vault_service.limits.defence import Alerts
 
 __all__ = ["DEFAULT_ORIGIN", "CheckpointPublisher", "CheckpointRefused", "SigningKeySet"]
 
@@ -79,6 +83,7 @@ class CheckpointPublisher:
         kms: VaultKms,
         origin: str = DEFAULT_ORIGIN,
         interval_seconds: float = 5.0,
+        alerts: Alerts | None = None,
     ) -> None:
         # Fail at start-up on an origin that cannot be a note key name.
         format_checkpoint(origin, 0, b"\x00" * 32)
@@ -93,6 +98,8 @@ class CheckpointPublisher:
         # One publication at a time: the leader's connection serves one query at once,
         # and a tool calling publish_once must not interleave with the schedule.
         self._publishing = asyncio.Lock()
+        self._alerts = alerts
+        self._alerted: set[str] = set()
 
     @property
     def origin(self) -> str:
@@ -170,31 +177,49 @@ class CheckpointPublisher:
             async with self._pool.acquire() as conn:
                 return await self._publish(conn)
 
-    def _refuse(self, reason: str) -> CheckpointRefused:
+    async def _refuse(self, reason: str) -> CheckpointRefused:
         _refused.add(1, {"reason": reason})
         log.error("audit_checkpoint_refused", reason=reason)
+        if self._alerts is not None and reason not in self._alerted:
+            # A critical alert, once per reason in this process: each round refuses
+            # again until an operator has looked.
+            try:
+                async with self._pool.acquire() as conn:
+                    await self._alerts.raise_on(
+                        conn,
+                        "critical",
+                        "audit.checkpoint_refused",
+                        account_id=None,
+                        structure_id=None,
+                        details={"reason": reason},
+                    )
+                self._alerted.add(reason)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                log.error("audit_checkpoint_alert_failed", reason=reason)
         return CheckpointRefused(reason)
 
     async def _publish(self, conn: Connection) -> str | None:
         state = await conn.fetchrow(sql.SELECT_TREE)
         if state is None:
-            raise self._refuse("tree_state_missing")
+            raise await self._refuse("tree_state_missing")
         size, stored_root = int(state["size"]), bytes(state["root"])
         previous = await conn.fetchrow(sql.SELECT_LATEST_CHECKPOINT)
         if size == 0 or (previous is not None and int(previous["size"]) >= size):
             if previous is not None and int(previous["size"]) > size:
-                raise self._refuse("tree_shrank")
+                raise await self._refuse("tree_shrank")
             return None
         keys = await self.key_set()
         fetcher = TileFetcher(conn)
         try:
             root = await tree_root_from_tiles(fetcher, size)
         except TileError:
-            raise self._refuse("tiles_inconsistent") from None
+            raise await self._refuse("tiles_inconsistent") from None
         if root != stored_root:
-            raise self._refuse("root_mismatch")
+            raise await self._refuse("root_mismatch")
         if previous is not None:
             await self._check_consistent(fetcher, keys, str(previous["note"]), size, root)
+        anchors = await self._kms.read_anchors()
+        await self._check_anchor(fetcher, anchors.heads.get(self._origin), size, root)
 
         body = format_checkpoint(self._origin, size, root)
         message = body.encode("utf-8")
@@ -213,6 +238,10 @@ class CheckpointPublisher:
             await self.key_set(refresh=True)
             raise KmsUnavailable("checkpoint key changed; retrying next round") from None
         await conn.execute(sql.INSERT_CHECKPOINT, size, root, version, note)
+        # Then the anchor. Another signer writing in between only makes this write fail
+        # (check-and-set): the next round reads its head and checks against it.
+        if not await self._kms.write_anchor(anchors, self._origin, size, root):
+            log.warning("audit_anchor_moved", size=size)
         _published.add(1)
         log.info("audit_checkpoint_published", size=size, key_version=version)
         return note
@@ -223,11 +252,31 @@ class CheckpointPublisher:
         try:
             previous = parse_checkpoint(verify_note(note, keys.verifiers()))
         except NoteError:
-            raise self._refuse("previous_checkpoint_unverifiable") from None
+            raise await self._refuse("previous_checkpoint_unverifiable") from None
         if previous.origin != self._origin:
-            raise self._refuse("previous_checkpoint_origin")
+            raise await self._refuse("previous_checkpoint_origin")
         try:
             proof = await fetcher.consistency_proof(previous.size, size)
             verify_consistency(previous.size, size, previous.root, root, proof)
         except (MerkleError, TileError):
-            raise self._refuse("inconsistent_with_previous_checkpoint") from None
+            raise await self._refuse("inconsistent_with_previous_checkpoint") from None
+
+    async def _check_anchor(
+        self, fetcher: TileFetcher, head: tuple[int, bytes] | None, size: int, root: bytes
+    ) -> None:
+        """The tree must extend the last head signed, as the anchor outside the
+        database remembers it (None: this log has signed nothing yet)."""
+        if head is None:
+            return
+        anchored_size, anchored_root = head
+        if anchored_size > size:
+            raise await self._refuse("tree_behind_anchor")
+        if anchored_size == size:
+            if anchored_root != root:
+                raise await self._refuse("fork_at_anchor")
+            return
+        try:
+            proof = await fetcher.consistency_proof(anchored_size, size)
+            verify_consistency(anchored_size, size, anchored_root, root, proof)
+        except (MerkleError, TileError):
+            raise await self._refuse("inconsistent_with_anchor") from None

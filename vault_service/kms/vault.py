@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -48,7 +49,22 @@ SERVICE_KEYS: Final[dict[str, str]] = {
     CHECKPOINT_KEY: "ed25519",
 }
 
+# The checkpoint signer's anchor outside PostgreSQL (audit/checkpoints.py): KV version
+# 2, one secret, {origin: {"size", "root"}}, written with check-and-set.
+ANCHOR_MOUNT: Final = "vault-service-anchor"
+ANCHOR_PATH: Final = "checkpoints"
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Anchors:
+    """The last (size, root) signed for each log origin, and the secret's version (the
+    check-and-set a write must name)."""
+
+    heads: dict[str, tuple[int, bytes]]
+    version: int
+
 
 # Errors worth one more try: the network or a Vault that is briefly unavailable.
 _RETRYABLE = (
@@ -229,6 +245,37 @@ class VaultKms:
 
         return await self._call("read_key", op)
 
+    async def read_anchors(self) -> Anchors:
+        def op(c: hvac.Client) -> Anchors:
+            r = c.secrets.kv.v2.read_secret_version(
+                path=ANCHOR_PATH, mount_point=ANCHOR_MOUNT, raise_on_deleted_version=True
+            )
+            heads = {
+                origin: (int(head["size"]), base64.b64decode(head["root"]))
+                for origin, head in r["data"]["data"].items()
+                if isinstance(head, dict)
+            }
+            return Anchors(heads, int(r["data"]["metadata"]["version"]))
+
+        return await self._call("read_anchor", op)
+
+    async def write_anchor(self, anchors: Anchors, origin: str, size: int, root: bytes) -> bool:
+        """Record `origin`'s new head, if nobody wrote since `anchors` was read (False:
+        someone did; read again)."""
+        heads = {o: {"size": n, "root": _b64(r)} for o, (n, r) in anchors.heads.items()}
+        heads[origin] = {"size": size, "root": _b64(root)}
+
+        def op(c: hvac.Client) -> bool:
+            try:
+                c.secrets.kv.v2.create_or_update_secret(
+                    path=ANCHOR_PATH, secret=heads, cas=anchors.version, mount_point=ANCHOR_MOUNT
+                )
+            except hvac.exceptions.InvalidRequest:
+                return False  # check-and-set: the version moved
+            return True
+
+        return await self._call("write_anchor", op)
+
     async def healthy(self) -> bool:
         """An authenticated call the policy allows: `sys/health` needs no token and
         would say "ready" to a service whose Vault access was revoked."""
@@ -250,8 +297,21 @@ def setup_transit(client: hvac.Client, mount: str = "transit") -> list[str]:
     the same through infra/openbao/init.sh with an operator's token.
     """
     created: list[str] = []
-    if f"{mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+    mounts = client.sys.list_mounted_secrets_engines()["data"]
+    if f"{mount}/" not in mounts:
         client.sys.enable_secrets_engine("transit", path=mount)
+    if f"{ANCHOR_MOUNT}/" not in mounts:
+        client.sys.enable_secrets_engine("kv", path=ANCHOR_MOUNT, options={"version": "2"})
+    try:
+        client.secrets.kv.v2.read_secret_version(
+            path=ANCHOR_PATH, mount_point=ANCHOR_MOUNT, raise_on_deleted_version=True
+        )
+    except hvac.exceptions.InvalidPath:
+        # Created empty by the operator: the service may update it, never create it.
+        client.secrets.kv.v2.create_or_update_secret(
+            path=ANCHOR_PATH, secret={}, cas=0, mount_point=ANCHOR_MOUNT
+        )
+        created.append(f"{ANCHOR_MOUNT}/{ANCHOR_PATH}")
     for name, key_type in SERVICE_KEYS.items():
         try:
             client.secrets.transit.read_key(name=name, mount_point=mount)
