@@ -23,8 +23,8 @@ from vault_service.audit.log import AccessLog
 from vault_service.audit.merkle import root_from_leaf_hashes
 from vault_service.audit.proofs import AuditProofs
 from vault_service.kms import VaultKms
-from vault_service.limits.defence import Alerts
 from vault_service.kms.vault import ANCHOR_MOUNT, ANCHOR_PATH
+from vault_service.limits.defence import Alerts
 
 pytestmark = pytest.mark.integration
 ORIGIN = "vault-service.test/tamper"
