@@ -270,6 +270,7 @@ def create_app(settings: Settings) -> Litestar:
                 settings.audit_origin,
                 settings.checkpoint_interval_seconds,
                 alerts=alerts,
+                witnesses=settings.audit_witnesses,
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)

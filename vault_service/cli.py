@@ -387,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     boot = accounts.add_parser("bootstrap-admins", help="the first two admins (owner role, once)")
     boot.add_argument("--first-login", required=True, help="database login of the first admin")
     boot.add_argument("--second-login", required=True, help="database login of the second")
+    # Dispatched before parsing (main): run by a witness's operator, no settings needed.
+    sub.add_parser(
+        "witness", help="a C2SP witness cosigning checkpoints (keygen, serve)", add_help=False
+    )
     audit = sub.add_parser("audit", help="the access log").add_subparsers(
         dest="action", required=True
     )
@@ -457,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vault_service.audit.verify import main as verify_main
 
         return verify_main(argv[2:])
+    if argv[:1] == ["witness"]:
+        # Run by someone outside the service: its key and state, nothing of ours.
+        from vault_service.audit.witness import main as witness_main
+
+        return witness_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "dev":

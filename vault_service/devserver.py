@@ -71,6 +71,39 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
     return [(str(a.id), str(a.role), str(a.structure_id or "-")) for a in accounts]
 
 
+def _start_witness(data_dir: Path, env: dict[str, str]) -> str:
+    """One witness in this process (as a DPO would run one on their own machine, with
+    its own key and state), told the log's keys; the service is pointed at it."""
+    import threading
+
+    from vault_service.audit.note import parse_verifier_key
+    from vault_service.audit.proofs import load_key_set
+    from vault_service.audit.witness import Witness, generate_key, load_key, serve, verifier_of
+    from vault_service.kms import VaultKms
+    from vault_service.settings import Settings
+
+    settings = Settings.from_env(env)
+    key_file = data_dir / "witness.pem"
+    key = load_key(key_file) if key_file.exists() else generate_key(key_file)
+
+    async def log_keys() -> list[str]:
+        kms = VaultKms(settings)
+        try:
+            return (await load_key_set(kms, settings.audit_origin)).verifier_keys()
+        finally:
+            kms.close()
+
+    logs = [parse_verifier_key(k) for k in asyncio.run(log_keys())]
+    name = "dev.local/witness"
+    witness = Witness(name, key, {settings.audit_origin: logs}, data_dir / "witness-state.json")
+    port = devstack.free_port()
+    server = serve(witness, "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, name="witness", daemon=True).start()
+    vkey = verifier_of(name, key).vkey
+    env["VAULT_SERVICE_AUDIT_WITNESSES"] = f"http://127.0.0.1:{port}|{vkey}"
+    return vkey
+
+
 def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
     data_dir = data_dir.resolve()
     if reset:
@@ -95,6 +128,7 @@ def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
             "VAULT_SERVICE_CORS_ORIGINS": "http://localhost:5173",
         }
         accounts = asyncio.run(_prepare(pg, env))
+        witness_vkey = _start_witness(data_dir, env)
         env_file = data_dir / "env"
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -119,6 +153,8 @@ Admin acts (four-eyes) run on each admin's own database login:
     vault-service accounts create --role counsellor --structure <structure id>
   VAULT_SERVICE_ADMIN_DATABASE_URL={admin_dsns[1]} \\
     vault-service accounts approve <request id>
+A local witness cosigns each checkpoint (GET /v1/audit/checkpoint shows its line):
+  vault-service audit verify ... --witness-key '{witness_vkey}'
 Ctrl-C stops everything.
 """,
             file=sys.stderr,

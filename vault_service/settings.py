@@ -95,6 +95,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         str, msgspec.Meta(pattern=r"^[a-z0-9.-]{1,100}/[a-z0-9./-]{1,100}$")
     ] = "vault-service.example/access-log"
     checkpoint_interval_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 5.0
+    # Witnesses cosigning each checkpoint (audit/witness.py, C2SP tlog-witness): a
+    # comma-separated list of `URL|verifier key`, the URL the witness's submission
+    # prefix (https, or http to a loopback host), the key as `vault-service witness
+    # keygen` prints it.
+    audit_witnesses: tuple[str, ...] = ()
     # Record budgets (limits/budgets.py): distinct records per fixed UTC window. Records
     # are full views (encrypted fields returned); summaries are masked views (caseload,
     # search, a supervisor's view). A counsellor with 150 youth reading them all twice a
@@ -205,6 +210,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigurationError("VAULT_SERVICE_TRUSTED_PROXIES: not an address") from None
+        for witness in self.audit_witnesses:
+            url, _, vkey = witness.partition("|")
+            if not vkey or not _tls_or_loopback(url):
+                raise ConfigurationError(
+                    "VAULT_SERVICE_AUDIT_WITNESSES: each is https-URL|verifier-key"
+                )
         for origin in self.cors_origins:
             if origin == "*" or not _tls_or_loopback(origin):
                 raise ConfigurationError("CORS origins must be explicit https origins")
@@ -217,7 +228,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             value = env.get(PREFIX + field.name.upper())
             if value is None or value == "":
                 continue
-            if field.name in ("cors_origins", "trusted_proxies"):
+            if field.name in ("cors_origins", "trusted_proxies", "audit_witnesses"):
                 raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
             elif field.name == "oidc_issuers":
                 raw[field.name] = parse_issuers(value)

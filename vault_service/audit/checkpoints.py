@@ -20,8 +20,13 @@ process); no checkpoint appears until an operator has looked.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
@@ -47,9 +52,11 @@ from vault_service.audit.proofs import (
     tree_root_from_tiles,
 )
 from vault_service.audit.tiles import TileError
+from vault_service.audit.witness import CosignatureVerifier, parse_cosigner_key
 from vault_service.errors import ConfigurationError, KmsUnavailable, VaultServiceError
 from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
 from vault_service.limits.defence import Alerts
+from vault_service.limits.webhook import DIRECT_OPENER
 
 __all__ = ["DEFAULT_ORIGIN", "CheckpointPublisher", "CheckpointRefused", "SigningKeySet"]
 
@@ -84,6 +91,7 @@ class CheckpointPublisher:
         origin: str = DEFAULT_ORIGIN,
         interval_seconds: float = 5.0,
         alerts: Alerts | None = None,
+        witnesses: Sequence[str] = (),
     ) -> None:
         # Fail at start-up on an origin that cannot be a note key name.
         format_checkpoint(origin, 0, b"\x00" * 32)
@@ -100,6 +108,7 @@ class CheckpointPublisher:
         self._publishing = asyncio.Lock()
         self._alerts = alerts
         self._alerted: set[str] = set()
+        self._witnesses = [_Peer.parse(w) for w in witnesses]
 
     @property
     def origin(self) -> str:
@@ -237,6 +246,7 @@ class CheckpointPublisher:
             # The key rotated since we cached it: refresh once and let the next round sign.
             await self.key_set(refresh=True)
             raise KmsUnavailable("checkpoint key changed; retrying next round") from None
+        note = await self._cosigned(fetcher, note, size)
         await conn.execute(sql.INSERT_CHECKPOINT, size, root, version, note)
         # Then the anchor. Another signer writing in between only makes this write fail
         # (check-and-set): the next round reads its head and checks against it.
@@ -280,3 +290,96 @@ class CheckpointPublisher:
             verify_consistency(anchored_size, size, anchored_root, root, proof)
         except (MerkleError, TileError):
             raise await self._refuse("inconsistent_with_anchor") from None
+
+    # --- witnesses -----------------------------------------------------------------
+    async def _cosigned(self, fetcher: TileFetcher, note: str, size: int) -> str:
+        """The note with the cosignatures of the witnesses that gave one (asked
+        together, each within its time-out). A witness that cannot be reached leaves
+        the checkpoint without its line; one that refuses (an inconsistent or
+        unverifiable checkpoint, by its own state) raises a critical alert."""
+        if not self._witnesses:
+            return note
+        lines = await asyncio.gather(*(self._ask(p, fetcher, note, size) for p in self._witnesses))
+        return note + "".join(line for line in lines if line)
+
+    async def _ask(self, peer: _Peer, fetcher: TileFetcher, note: str, size: int) -> str | None:
+        body = note[: note.rfind("\n\n") + 1]
+        for _ in range(2):  # a second time after a 409 told us its size
+            old = min(peer.cosigned, size)
+            try:
+                proof = await fetcher.consistency_proof(old, size) if 0 < old < size else []
+            except (MerkleError, TileError):
+                return None
+            request = f"old {old}\n" + "".join(
+                base64.b64encode(h).decode("ascii") + "\n" for h in proof
+            )
+            status, answer = await asyncio.to_thread(
+                _post, peer.url, (request + "\n" + note).encode("utf-8")
+            )
+            if status == 200:
+                for line in answer.splitlines():
+                    try:
+                        if peer.verifier.timestamp_of(body, line) is not None:
+                            peer.cosigned = size
+                            return line + "\n"
+                    except NoteError:
+                        break
+                log.warning("audit_witness_bad_answer", witness=peer.verifier.name)
+                return None
+            if status == 409 and answer.strip().isdigit():
+                peer.cosigned = int(answer.strip())
+                continue
+            if status in (403, 404, 422, 400):
+                await self._refused_by(peer, status)
+            else:
+                log.warning("audit_witness_unreachable", witness=peer.verifier.name)
+            return None
+        return None
+
+    async def _refused_by(self, peer: _Peer, status: int) -> None:
+        reason = f"witness_refused_{status}"
+        log.error("audit_witness_refused", witness=peer.verifier.name, status=status)
+        if self._alerts is None or reason in self._alerted:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await self._alerts.raise_on(
+                    conn,
+                    "critical",
+                    "audit.witness_refused",
+                    account_id=None,
+                    structure_id=None,
+                    details={"witness": peer.verifier.name, "status": status},
+                )
+            self._alerted.add(reason)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            log.error("audit_checkpoint_alert_failed", reason=reason)
+
+
+@dataclass
+class _Peer:
+    url: str
+    verifier: CosignatureVerifier
+    cosigned: int = 0  # the last size it cosigned, as far as we know (a 409 corrects it)
+
+    @classmethod
+    def parse(cls, entry: str) -> _Peer:
+        url, _, vkey = entry.partition("|")
+        return cls(url.rstrip("/") + "/add-checkpoint", parse_cosigner_key(vkey))
+
+
+def _post(url: str, body: bytes) -> tuple[int, str]:
+    """POST to a witness: (status, body text); (0, "") when it cannot be reached."""
+    request = urllib.request.Request(  # noqa: S310 - URL checked in settings
+        url, data=body, method="POST", headers={"content-type": "text/plain"}
+    )
+    try:
+        with DIRECT_OPENER.open(request, timeout=WITNESS_TIMEOUT) as response:
+            return int(response.status), response.read(4096).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read(4096).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return 0, ""
+
+
+WITNESS_TIMEOUT: Final = 1.5

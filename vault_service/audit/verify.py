@@ -60,6 +60,7 @@ from vault_service.audit.note import (
     verifier_map,
     verify_note,
 )
+from vault_service.audit.witness import parse_cosigner_key, valid_cosigners
 from vault_service.errors import ConfigurationError
 
 __all__ = [
@@ -581,6 +582,8 @@ def run(
     bundles: Sequence[Path] = (),
     inclusions: Sequence[Path] = (),
     jobs: int = 1,
+    witness_keys: Sequence[str] = (),
+    min_witnesses: int = 0,
 ) -> Report:
     """Verify; raises InputError for unreadable inputs. Updates `state` only when every
     check passed and the new checkpoint is not older than the saved one. `jobs` > 1
@@ -598,6 +601,23 @@ def run(
         return report
     report.checkpoint = current
     report.ok.append(f"checkpoint {current.origin} size {current.size}: signature verified")
+    if witness_keys or min_witnesses:
+        try:
+            witnesses = [parse_cosigner_key(k) for k in witness_keys]
+        except NoteError as exc:
+            raise InputError(f"--witness-key: {exc}") from None
+        try:
+            cosigned = valid_cosigners(note, witnesses)
+        except NoteError as exc:
+            report.fail(f"BAD COSIGNATURE: {checkpoint}: {exc}")
+            return report
+        if len(cosigned) < min_witnesses:
+            report.fail(
+                f"UNWITNESSED: {checkpoint}: {len(cosigned)} of the required {min_witnesses} "
+                "witnesses cosigned it"
+            )
+            return report
+        report.ok.append(f"cosigned by {len(cosigned)} witness(es): {', '.join(sorted(cosigned))}")
     verifier = _Verifier(report, current)
 
     saved: VerifierState | None = None
@@ -658,6 +678,18 @@ def build_parser(prog: str = "vault-service audit verify") -> argparse.ArgumentP
         default=os.cpu_count() or 1,
         help="processes checking bundles in parallel (default: one per CPU)",
     )
+    parser.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        help="a witness's verifier key (repeat for each witness trusted)",
+    )
+    parser.add_argument(
+        "--min-witnesses",
+        type=int,
+        default=None,
+        help="cosignatures required from those witnesses (default: 1 when keys are given)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print failures only")
     return parser
 
@@ -673,6 +705,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             bundles=args.bundle,
             inclusions=args.inclusion,
             jobs=max(1, args.jobs),
+            witness_keys=args.witness_key,
+            min_witnesses=(
+                args.min_witnesses
+                if args.min_witnesses is not None
+                else (1 if args.witness_key else 0)
+            ),
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -153,7 +153,7 @@ class WebhookSender:
             },
         )
         try:
-            with _OPENER.open(request, timeout=5) as response:
+            with DIRECT_OPENER.open(request, timeout=5) as response:
                 return bool(200 <= response.status < 300)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             log.warning("webhook_post_failed", error_type=type(exc).__name__)
@@ -167,8 +167,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-# No proxy from the environment and no redirect: the configured URL, and only it.
-_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+# No proxy from the environment and no redirect: the configured URL, and only it (also
+# the checkpoint publisher's opener for witnesses).
+DIRECT_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _payload(alert: asyncpg.Record) -> tuple[str, bytes]:
