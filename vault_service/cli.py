@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="offline verification of checkpoints, proofs and bundles", add_help=False
     )
     audit.add_parser(
+        "monitor", help="follow the checkpoints; alert on a fork or rollback", add_help=False
+    )
+    audit.add_parser(
         "integrate",
         help="integrate the access log's pending entries into its tree until stopped "
         "(one leader among all that run it; replicas then set "
@@ -461,6 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vault_service.audit.verify import main as verify_main
 
         return verify_main(argv[2:])
+    if argv[:2] == ["audit", "monitor"]:
+        # A process of its own, with its own state: no database, no settings.
+        from vault_service.audit.monitor import main as monitor_main
+
+        return monitor_main(argv[2:])
     if argv[:1] == ["witness"]:
         # Run by someone outside the service: its key and state, nothing of ours.
         from vault_service.audit.witness import main as witness_main

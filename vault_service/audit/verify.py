@@ -81,8 +81,10 @@ __all__ = [
     "VerifierState",
     "check_bundle",
     "frontier_positions",
+    "load_state",
     "main",
     "run",
+    "save_state",
 ]
 
 BUNDLE_FORMAT: Final = "vault-service/audit-bundle/v1"
@@ -535,7 +537,7 @@ def _rebuilds(
     return True
 
 
-def _load_state(path: Path, verifiers: dict[tuple[str, int], NoteVerifier]) -> VerifierState:
+def load_state(path: Path, verifiers: dict[tuple[str, int], NoteVerifier]) -> VerifierState:
     state = _decode(path, VerifierState, STATE_FORMAT)
     # The state file is ours, but re-checking its signature costs nothing and catches a
     # state file edited by hand.
@@ -552,7 +554,7 @@ def _load_state(path: Path, verifiers: dict[tuple[str, int], NoteVerifier]) -> V
     return state
 
 
-def _save_state(path: Path, checkpoint: Checkpoint, note: str) -> None:
+def save_state(path: Path, checkpoint: Checkpoint, note: str) -> None:
     state = VerifierState(
         format=STATE_FORMAT,
         origin=checkpoint.origin,
@@ -622,7 +624,7 @@ def run(
 
     saved: VerifierState | None = None
     if state is not None and state.exists():
-        saved = _load_state(state, verifiers)
+        saved = load_state(state, verifiers)
         if saved.origin != current.origin:
             report.fail(f"{state}: the saved checkpoint is of another log ({saved.origin})")
             return report
@@ -657,7 +659,7 @@ def run(
             f"&to={max(saved.size, current.size)}"
         )
     if report.passed and state is not None and (saved is None or current.size >= saved.size):
-        _save_state(state, current, note)
+        save_state(state, current, note)
         report.ok.append(f"state saved: {state} at size {current.size}")
     return report
 
