@@ -83,6 +83,21 @@ WHERE id = $1 AND version = $4
 RETURNING version, updated_at
 """
 
+# The last readable day (records/retention.py): metadata of the record, not a
+# change of its contents, so neither its version nor its ETag moves.
+SET_RETAIN_UNTIL: Final = "UPDATE records SET retain_until = $2 WHERE id = $1"
+SELECT_UNDATED: Final = f"""
+SELECT {RECORD_COLUMNS} FROM records r
+WHERE r.retain_until IS NULL AND r.id > $1
+ORDER BY r.id
+LIMIT $2
+"""  # noqa: S608 - constants
+SET_RETAIN_UNTIL_IF_UNDATED: Final = """
+UPDATE records r SET retain_until = u.day
+FROM unnest($1::uuid[], $2::date[]) AS u (id, day)
+WHERE r.id = u.id AND r.retain_until IS NULL
+"""
+
 INSERT_INDEX: Final = """
 INSERT INTO record_index (record_id, structure_id, name, digest)
 SELECT $1, CASE WHEN u.national THEN NULL ELSE $2::uuid END, u.n, u.d
@@ -276,6 +291,7 @@ class RecordRepository:
         idempotency_key: str | None,
         request_digest: bytes | None,
         entry: Sequence[object],
+        retain_until: datetime.date | None = None,
     ) -> asyncpg.Record:
         """The record, its indexes, its idempotency key and its access-log entry
         (`entry`: vs_access_commit's arguments) in one statement: the new version and
@@ -283,7 +299,7 @@ class RecordRepository:
         durable (nothing was written); IdempotencyRace when a concurrent request with
         the same key won (nothing of ours was written; look the winner up)."""
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
                     CREATE_RECORD,
                     record_id,
@@ -300,6 +316,9 @@ class RecordRepository:
                     request_digest,
                     *entry,
                 )
+                # In the create's transaction (a refused create wrote no row: the
+                # update then finds none).
+                await conn.execute(SET_RETAIN_UNTIL, record_id, retain_until)
         except asyncpg.UniqueViolationError:
             # Whatever else collided than an idempotency key is not ours to explain.
             if idempotency_key is None:
@@ -327,6 +346,23 @@ class RecordRepository:
     ) -> asyncpg.Record | None:
         """(`version`, `updated_at`), or None when the version moved meanwhile."""
         return await conn.fetchrow(UPDATE_RECORD, record_id, sealed, clear, expected_version)
+
+    async def set_retain_until(
+        self, conn: Connection, record_id: uuid.UUID, day: datetime.date | None
+    ) -> None:
+        await conn.execute(SET_RETAIN_UNTIL, record_id, day)
+
+    async def undated(self, after: uuid.UUID, limit: int) -> list[asyncpg.Record]:
+        """Up to `limit` records after `after` whose last readable day is not set."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(SELECT_UNDATED, after, limit)
+
+    async def date_undated(
+        self, record_ids: Sequence[uuid.UUID], days: Sequence[datetime.date | None]
+    ) -> None:
+        """Set the days of records still undated (a concurrent write's day wins)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(SET_RETAIN_UNTIL_IF_UNDATED, record_ids, days)
 
     async def replace_indexes(
         self,
