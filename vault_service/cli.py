@@ -351,14 +351,14 @@ async def _retention_run(settings: Settings, dry_run: bool) -> dict[str, Any]:
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
     from vault_service.records import schema
-    from vault_service.records.retention import RecordAdmin, RetentionRule
+    from vault_service.records.retention import LogDecrypted, RecordAdmin, RetentionRule
     from vault_service.records.service import RecordService
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
         raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
 
-    async def backfill(log: Any) -> int:
+    async def backfill(log: LogDecrypted) -> int:
         service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
         kms = VaultKms(settings)
         try:

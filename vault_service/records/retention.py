@@ -23,7 +23,7 @@ from __future__ import annotations
 import calendar
 import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -183,6 +183,11 @@ async def _call(conn: Any, action: str, sql: str, *args: Any) -> Any:
         raise error() from None
 
 
+LogDecrypted = Callable[[list[uuid.UUID]], Awaitable[None]]
+Backfill = Callable[[LogDecrypted], Awaitable[int]]
+"""Dates the undated records, calling `log(ids)` for each batch it decrypts; how many."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionReport:
     dry_run: bool
@@ -249,11 +254,10 @@ class RecordAdmin:
         purge_after_days: int,
         batch_size: int,
         dry_run: bool,
-        backfill: Any = None,
+        backfill: Backfill | None = None,
     ) -> RetentionReport:
-        """One retention run. `backfill(log)`: dates the undated records (called only
-        when some are, and not in a dry run); `log(ids)` records that they were
-        decrypted for it. Safe to schedule: a run that finds another holding the lock
+        """One retention run. `backfill` dates the undated records (called only when
+        some are, and not in a dry run). Safe to schedule: a run that finds another holding the lock
         does nothing; every batch is its own transaction, so a run stopped half-way
         leaves whole records, and the next run picks up where it stopped."""
         async with self._pool.acquire() as conn:
@@ -274,6 +278,7 @@ class RecordAdmin:
                     dated = await backfill(log)
                     counts = await _call(conn, "retention", COUNTS, purge_after_days)
                     due, held = int(counts["due"]), int(counts["held"])
+                    undated = int(counts["unknown"])
                 anonymised: list[uuid.UUID] = []
                 while True:
                     async with conn.transaction():
@@ -299,7 +304,7 @@ class RecordAdmin:
             False,
             due,
             held,
-            undated - dated,
+            undated,
             purgeable,
             dated=dated,
             anonymised=len(anonymised),
