@@ -290,6 +290,31 @@ async def test_a_held_record_cannot_be_erased(client, stack: Stack, world: World
     assert (await client.get(f"/v1/records/{rid}", headers=c.headers())).status_code == 200
     pending = _ok(_cli(a, "records", "requests"))
     assert [p["id"] for p in pending if p["record_id"] == str(rid)] == [erase["request_id"]]
+    _ok(_cli(b, "records", "refuse", erase["request_id"]))
+    pending = _ok(_cli(a, "records", "requests"))
+    assert [p for p in pending if p["record_id"] == str(rid)] == []
+    refusals = [
+        e for e in await _log(world.owner, "records.erase.") if e["record_ids"] == [str(rid)]
+    ]
+    assert [e["action"] for e in refusals] == ["records.erase.requested", "records.erase.refused"]
+
+
+async def test_one_run_at_a_time(client, stack: Stack, world: World) -> None:
+    c = await world.counsellor()
+    rid = await _create(client, c, _past_due(f"lock.{uuid.uuid4().hex[:8]}@example.org"))
+    a = await _admin_env(stack, world)
+    other = await asyncpg.connect(stack.dsn("vault_service_owner"))
+    try:
+        # Another run (any machine) holds the lock: this one does nothing.
+        assert await other.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended('vault-service/retention', 0))"
+        )
+        skipped = _ok(_cli(a, "retention", "run"))
+        assert skipped["locked_out"] is True and skipped["anonymised_ids"] == []
+        assert (await client.get(f"/v1/records/{rid}", headers=c.headers())).status_code == 200
+    finally:
+        await other.close()
+    assert str(rid) in _ok(_cli(a, "retention", "run"))["anonymised_ids"]
 
 
 async def test_a_failure_mid_erase_leaves_the_record_whole(
