@@ -20,6 +20,35 @@
 ALTER TABLE records ADD COLUMN retain_until date;
 CREATE INDEX records_retain_until_idx ON records (retain_until);
 
+-- A create with its day, still one statement and one transaction (0004's create, then
+-- the day on the row it has just inserted).
+CREATE FUNCTION vs_create_dated_record(
+    p_id uuid, p_structure uuid, p_referent uuid, p_branch_version integer,
+    p_record_key bytea, p_sealed bytea, p_clear text, p_names text[], p_digests bytea[],
+    p_national boolean[], p_idem_key text, p_idem_digest bytea, p_claim_req integer[],
+    p_claim_subject uuid[], p_claim_budget text[], p_claim_limit integer[],
+    p_claim_record uuid[], p_salt bytea[], p_body text[], p_retain_until date,
+    OUT version integer, OUT refused boolean, OUT budget text, OUT lim integer,
+    OUT remaining integer, OUT reset_s integer, OUT refusals integer
+)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    SELECT c.version, c.refused, c.budget, c.lim, c.remaining, c.reset_s, c.refusals
+    INTO version, refused, budget, lim, remaining, reset_s, refusals
+    FROM vs_create_record(p_id, p_structure, p_referent, p_branch_version, p_record_key,
+                          p_sealed, p_clear, p_names, p_digests, p_national, p_idem_key,
+                          p_idem_digest, p_claim_req, p_claim_subject, p_claim_budget,
+                          p_claim_limit, p_claim_record, p_salt, p_body) AS c;
+    UPDATE records SET retain_until = p_retain_until WHERE id = p_id;
+END
+$fn$;
+REVOKE ALL ON FUNCTION vs_create_dated_record(uuid, uuid, uuid, integer, bytea, bytea, text,
+    text[], bytea[], boolean[], text, bytea, integer[], uuid[], text[], integer[], uuid[],
+    bytea[], text[], date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vs_create_dated_record(uuid, uuid, uuid, integer, bytea, bytea, text,
+    text[], bytea[], boolean[], text, bytea, integer[], uuid[], text[], integer[], uuid[],
+    bytea[], text[], date) TO vault_service_app;
+
 CREATE TABLE anonymised_records (
     id              uuid PRIMARY KEY,
     structure_id    uuid NOT NULL REFERENCES structures (id),

@@ -65,14 +65,15 @@ LEFT JOIN records r ON r.id = q.id
 ORDER BY q.n
 """  # noqa: S608 - constants
 
-# A create in one statement (migration 0004): the record ($1-$7), its blind indexes ($8
-# names, $9 digests, $10 national flags), its idempotency key ($11 key, $12 request
-# digest) and its access-log entry ($13-$19, vs_access_commit's arrays for one request).
+# A create in one statement (migrations 0004 and 0013): the record ($1-$7), its blind
+# indexes ($8 names, $9 digests, $10 national flags), its idempotency key ($11 key, $12
+# request digest), its access-log entry ($13-$19, vs_access_commit's arrays for one
+# request) and its last readable day ($20, records/retention.py).
 CREATE_RECORD: Final = """
 SELECT version, refused, budget, lim, remaining, reset_s, refusals
-FROM vs_create_record($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::bytea[], $10::boolean[],
-                      $11, $12, $13::integer[], $14::uuid[], $15::text[], $16::integer[],
-                      $17::uuid[], $18::bytea[], $19::text[])
+FROM vs_create_dated_record($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::bytea[],
+                            $10::boolean[], $11, $12, $13::integer[], $14::uuid[], $15::text[],
+                            $16::integer[], $17::uuid[], $18::bytea[], $19::text[], $20::date)
 """
 # Raised by vs_create_record when the entry, not the record, failed.
 _ENTRY_FAILED: Final = "VS102"
@@ -299,7 +300,7 @@ class RecordRepository:
         durable (nothing was written); IdempotencyRace when a concurrent request with
         the same key won (nothing of ours was written; look the winner up)."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(
                     CREATE_RECORD,
                     record_id,
@@ -315,10 +316,8 @@ class RecordRepository:
                     idempotency_key,
                     request_digest,
                     *entry,
+                    retain_until,
                 )
-                # In the create's transaction (a refused create wrote no row: the
-                # update then finds none).
-                await conn.execute(SET_RETAIN_UNTIL, record_id, retain_until)
         except asyncpg.UniqueViolationError:
             # Whatever else collided than an idempotency key is not ours to explain.
             if idempotency_key is None:
