@@ -150,10 +150,13 @@ async def test_retention_anonymises_what_is_due_and_spares_what_is_held(
         str(i) for i in (held, young, running)
     )
     kept = await world.owner.fetchrow(
-        "SELECT structure_id, clear::text AS clear, cause FROM anonymised_records WHERE id = $1",
+        "SELECT structure_id, clear::text AS clear, cause, created_at FROM anonymised_records"
+        " WHERE id = $1",
         old,
     )
     assert kept is not None
+    made = kept["created_at"]  # the month only
+    assert (made.minute, made.second, made.microsecond) == (0, 0, 0)
     assert json.loads(kept["clear"]) == {"programme_kind": "CEJ", "pathway_status": "ended"}
     assert (kept["structure_id"], kept["cause"]) == (c.structure_id, "retention")
     for table in ("records WHERE id", "record_index WHERE record_id"):

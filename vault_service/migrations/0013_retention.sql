@@ -54,6 +54,7 @@ CREATE TABLE anonymised_records (
     structure_id    uuid NOT NULL REFERENCES structures (id),
     -- The schema's `internal` properties only (codes for aggregates), as they were.
     clear           jsonb NOT NULL,
+    -- The month the record was made: enough for cohorts, too coarse to single one out.
     created_at      timestamptz NOT NULL,
     anonymised_at   timestamptz NOT NULL DEFAULT now(),
     cause           text NOT NULL CHECK (cause IN ('retention', 'erasure'))
@@ -134,7 +135,8 @@ CREATE FUNCTION vs_shred_record(p_record uuid, p_cause text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     INSERT INTO anonymised_records (id, structure_id, clear, created_at, cause)
-    SELECT id, structure_id, clear, created_at, p_cause FROM records WHERE id = p_record;
+    SELECT id, structure_id, clear, date_trunc('month', created_at), p_cause
+    FROM records WHERE id = p_record;
     DELETE FROM records WHERE id = p_record;
 END
 $$;
@@ -227,7 +229,8 @@ BEGIN
                                  s.structure_id);
     END LOOP;
     INSERT INTO anonymised_records (id, structure_id, clear, created_at, cause)
-    SELECT id, structure_id, clear, created_at, 'retention' FROM records WHERE id = ANY(picked);
+    SELECT id, structure_id, clear, date_trunc('month', created_at), 'retention'
+    FROM records WHERE id = ANY(picked);
     DELETE FROM records WHERE id = ANY(picked);
     RETURN QUERY SELECT unnest(picked);
 END
