@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 alerts = structlog.get_logger("vault_service.alerts")
+log = structlog.get_logger(__name__)
 
 HOLD_REASONS: Final = (
     "litigation",
@@ -257,9 +258,10 @@ class RecordAdmin:
         backfill: Backfill | None = None,
     ) -> RetentionReport:
         """One retention run. `backfill` dates the undated records (called only when
-        some are, and not in a dry run). Safe to schedule: a run that finds another holding the lock
-        does nothing; every batch is its own transaction, so a run stopped half-way
-        leaves whole records, and the next run picks up where it stopped."""
+        some are, and not in a dry run). Safe to schedule: a run that finds another
+        holding the lock does nothing; every batch is one statement, so one
+        transaction with its log entries: a run stopped half-way leaves whole
+        records, and the next run picks up where it stopped."""
         async with self._pool.acquire() as conn:
             if not await conn.fetchval(_RUN_LOCK):
                 return RetentionReport(dry_run, 0, 0, 0, 0, locked_out=True)
@@ -272,32 +274,28 @@ class RecordAdmin:
                 dated = 0
                 if undated and backfill is not None:
 
-                    async def log(ids: list[uuid.UUID]) -> None:
+                    async def log_decrypted(ids: list[uuid.UUID]) -> None:
                         await conn.execute(LOG_DATED, ids)
 
-                    dated = await backfill(log)
+                    dated = await backfill(log_decrypted)
                     counts = await _call(conn, "retention", COUNTS, purge_after_days)
                     due, held = int(counts["due"]), int(counts["held"])
                     undated = int(counts["unknown"])
                 anonymised: list[uuid.UUID] = []
                 while True:
-                    async with conn.transaction():
-                        batch = [r["id"] for r in await conn.fetch(ANONYMISE, batch_size)]
+                    batch = [r["id"] for r in await conn.fetch(ANONYMISE, batch_size)]
                     anonymised += batch
                     if len(batch) < batch_size:
                         break
                 purged: list[uuid.UUID] = []
                 while True:
-                    async with conn.transaction():
-                        batch = [
-                            r["id"] for r in await conn.fetch(PURGE, purge_after_days, batch_size)
-                        ]
+                    batch = [r["id"] for r in await conn.fetch(PURGE, purge_after_days, batch_size)]
                     purged += batch
                     if len(batch) < batch_size:
                         break
             finally:
                 await conn.execute(_RUN_UNLOCK)
-        alerts.info(
+        log.info(
             "retention_run", due=due, held=held, anonymised=len(anonymised), purged=len(purged)
         )
         return RetentionReport(
