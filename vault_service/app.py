@@ -41,6 +41,7 @@ from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
+from vault_service.records.retention import RetentionRule
 from vault_service.records.routes import RecordsController, TransfersController
 from vault_service.records.schema import RecordSchema
 from vault_service.records.service import RecordService
@@ -163,6 +164,7 @@ async def _start_records(
         caseload_page_max=settings.caseload_page_max,
         on_honeytoken=defence.honeytoken,
         is_canary=canaries.named,
+        retention=RetentionRule(settings.retention_age_years, settings.retention_programme_end),
     )
 
 

@@ -1,4 +1,4 @@
-"""The admin CLI: `vault-service dev|serve|migrate|vault-setup|tokens|accounts|keys`.
+"""The admin CLI: `vault-service dev|serve|migrate|tokens|accounts|keys|records|retention|...`.
 
 Secrets never come from command-line options (they would sit in shell history and
 `ps`): Vault and database credentials come from the environment or files.
@@ -311,6 +311,131 @@ async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, st
     return {first_login: str(row["first_admin"]), second_login: str(row["second_admin"])}
 
 
+async def _records_command(args: argparse.Namespace) -> Any:
+    """Legal holds and erasures, four-eyes, on the admin's own login."""
+    from vault_service.records.retention import RecordAdmin
+
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        admin = RecordAdmin(pool)
+        if args.action == "requests":
+            return await admin.requests(None if args.all else "pending")
+        if args.action in ("approve", "refuse"):
+            kind, record_id = await admin.decide(args.request, approve=args.action == "approve")
+            return {
+                "request_id": str(args.request),
+                "kind": kind,
+                "record_id": str(record_id),
+                "decision": args.action,
+            }
+        request_id = await admin.request(args.action, args.record, args.reason)
+        return {
+            "request_id": str(request_id),
+            "kind": args.action,
+            "record_id": str(args.record),
+            "state": "pending",
+            "next": "a second admin runs `records approve`",
+        }
+    finally:
+        await pool.close()
+
+
+async def _retention_run(settings: Settings, dry_run: bool) -> dict[str, Any]:
+    """Retention by the decree, on an admin's own login (a dedicated one for the
+    scheduler): its acts are logged under that account through vs_log_admin_act.
+    Records written before the service dated them are dated first, with the
+    service's own role and keys (the birth date is encrypted)."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.kms import VaultKms
+    from vault_service.records import schema
+    from vault_service.records.retention import LogDecrypted, RecordAdmin, RetentionRule
+    from vault_service.records.service import RecordService
+
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
+
+    async def backfill(log: LogDecrypted) -> int:
+        service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        kms = VaultKms(settings)
+        try:
+            keys = KeyHierarchy(
+                kms,
+                service,
+                ttl=settings.branch_key_ttl_seconds,
+                max_uses=settings.branch_key_max_uses,
+            )
+            records = RecordService(
+                service,
+                keys,
+                schema.load(),
+                search_page_max=settings.search_page_max,
+                caseload_page_max=settings.caseload_page_max,
+                retention=RetentionRule(
+                    settings.retention_age_years, settings.retention_programme_end
+                ),
+            )
+            return await records.date_undated(settings.retention_batch_size, log)
+        finally:
+            kms.close()
+            await service.close()
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        report = await RecordAdmin(pool).run(
+            purge_after_days=settings.retention_purge_after_days,
+            batch_size=settings.retention_batch_size,
+            dry_run=dry_run,
+            backfill=backfill,
+        )
+    finally:
+        await pool.close()
+    return {
+        "dry_run": report.dry_run,
+        "locked_out": report.locked_out,
+        "due": report.due,
+        "held": report.held,
+        "undated": report.undated,
+        "dated": report.dated,
+        "anonymised": report.anonymised,
+        "purgeable": report.purgeable,
+        "purged": report.purged,
+        "anonymised_ids": [str(i) for i in report.anonymised_ids],
+        "purged_ids": [str(i) for i in report.purged_ids],
+    }
+
+
+def _records_parsers(sub: Any) -> None:
+    """Retention, legal holds and erasure (admin login)."""
+    from vault_service.records.retention import ERASE_REASONS, HOLD_REASONS, RELEASE_REASONS
+
+    retention = sub.add_parser("retention", help="record retention (admin login)")
+    retention_cmd = retention.add_subparsers(dest="action", required=True)
+    run = retention_cmd.add_parser(
+        "run", help="date, anonymise and purge what the decree says is due (schedulable)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="count only, change nothing")
+    run.add_argument("--json", action="store_true", help="JSON (the default output too)")
+    records = sub.add_parser("records", help="legal holds and erasure (admin login, four-eyes)")
+    records_cmd = records.add_subparsers(dest="action", required=True)
+    for name, reasons, text, default in (
+        ("hold", HOLD_REASONS, "request a legal hold", None),
+        ("release", RELEASE_REASONS, "request the release of a hold", "proceedings_closed"),
+        ("erase", ERASE_REASONS, "request crypto-shredding", "data_subject_request"),
+    ):
+        act = records_cmd.add_parser(name, help=f"{text} (a second admin approves)")
+        act.add_argument("record", type=_uuid)
+        act.add_argument("--reason", choices=reasons, required=default is None, default=default)
+    for name in ("approve", "refuse"):
+        decide = records_cmd.add_parser(name, help=f"{name} another admin's pending request")
+        decide.add_argument("request", type=_uuid)
+    pending = records_cmd.add_parser("requests", help="pending (or --all) record requests")
+    pending.add_argument("--all", action="store_true")
+
+
 def _defence_parsers(sub: Any) -> None:
     """Honeytokens and alerts: the bulk-read defence's admin commands."""
     honey = sub.add_parser("honeytokens", help="canary records (admin login)").add_subparsers(
@@ -382,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke_all.add_argument("account", type=_uuid)
     _defence_parsers(sub)
+    _records_parsers(sub)
     requests = accounts.add_parser("requests", help="pending (or --all) account requests")
     requests.add_argument("--all", action="store_true")
     boot = accounts.add_parser("bootstrap-admins", help="the first two admins (owner role, once)")
@@ -495,6 +621,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "accounts" and args.action not in ("list",):
             print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))
             return 0
+        if args.command == "records":
+            print(json.dumps(asyncio.run(_records_command(args)), indent=2, default=str))
+            return 0
         if args.command == "vault-setup":
             return cmd_vault_setup()
         settings = Settings.from_env()
@@ -502,6 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(settings)
         if args.command == "honeytokens":
             print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
+            return 0
+        if args.command == "retention":
+            print(json.dumps(asyncio.run(_retention_run(settings, args.dry_run)), indent=2))
             return 0
         if args.command == "audit" and args.action == "integrate":
             return asyncio.run(_integrate(settings))

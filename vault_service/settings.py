@@ -168,6 +168,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # those that may): every replica by default; false on replicas that leave it to a
     # dedicated `vault-service audit integrate`.
     audit_integrator: bool = True
+    # Record retention (the i-Milo decree): a record is readable until the youth's
+    # birthday of this age, or the end of the programme running then when that is
+    # later; `retention run` then anonymises it (the record key and every ciphertext
+    # destroyed, the `internal` codes kept) and purges those codes this many days on.
+    retention_age_years: Annotated[int, msgspec.Meta(ge=16, le=30)] = 26
+    retention_programme_end: bool = True
+    retention_purge_after_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 1826
+    retention_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

@@ -65,14 +65,15 @@ LEFT JOIN records r ON r.id = q.id
 ORDER BY q.n
 """  # noqa: S608 - constants
 
-# A create in one statement (migration 0004): the record ($1-$7), its blind indexes ($8
-# names, $9 digests, $10 national flags), its idempotency key ($11 key, $12 request
-# digest) and its access-log entry ($13-$19, vs_access_commit's arrays for one request).
+# A create in one statement (migrations 0004 and 0013): the record ($1-$7), its blind
+# indexes ($8 names, $9 digests, $10 national flags), its idempotency key ($11 key, $12
+# request digest), its access-log entry ($13-$19, vs_access_commit's arrays for one
+# request) and its last readable day ($20, records/retention.py).
 CREATE_RECORD: Final = """
 SELECT version, refused, budget, lim, remaining, reset_s, refusals
-FROM vs_create_record($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::bytea[], $10::boolean[],
-                      $11, $12, $13::integer[], $14::uuid[], $15::text[], $16::integer[],
-                      $17::uuid[], $18::bytea[], $19::text[])
+FROM vs_create_dated_record($1, $2, $3, $4, $5, $6, $7, $8::text[], $9::bytea[],
+                            $10::boolean[], $11, $12, $13::integer[], $14::uuid[], $15::text[],
+                            $16::integer[], $17::uuid[], $18::bytea[], $19::text[], $20::date)
 """
 # Raised by vs_create_record when the entry, not the record, failed.
 _ENTRY_FAILED: Final = "VS102"
@@ -81,6 +82,21 @@ UPDATE_RECORD: Final = """
 UPDATE records SET sealed = $2, clear = $3, version = version + 1, updated_at = now()
 WHERE id = $1 AND version = $4
 RETURNING version, updated_at
+"""
+
+# The last readable day (records/retention.py): metadata of the record, not a
+# change of its contents, so neither its version nor its ETag moves.
+SET_RETAIN_UNTIL: Final = "UPDATE records SET retain_until = $2 WHERE id = $1"
+SELECT_UNDATED: Final = f"""
+SELECT {RECORD_COLUMNS} FROM records r
+WHERE r.retain_until IS NULL AND r.id > $1
+ORDER BY r.id
+LIMIT $2
+"""  # noqa: S608 - constants
+SET_RETAIN_UNTIL_IF_UNDATED: Final = """
+UPDATE records r SET retain_until = u.day
+FROM unnest($1::uuid[], $2::date[]) AS u (id, day)
+WHERE r.id = u.id AND r.retain_until IS NULL
 """
 
 INSERT_INDEX: Final = """
@@ -276,6 +292,7 @@ class RecordRepository:
         idempotency_key: str | None,
         request_digest: bytes | None,
         entry: Sequence[object],
+        retain_until: datetime.date | None = None,
     ) -> asyncpg.Record:
         """The record, its indexes, its idempotency key and its access-log entry
         (`entry`: vs_access_commit's arguments) in one statement: the new version and
@@ -299,6 +316,7 @@ class RecordRepository:
                     idempotency_key,
                     request_digest,
                     *entry,
+                    retain_until,
                 )
         except asyncpg.UniqueViolationError:
             # Whatever else collided than an idempotency key is not ours to explain.
@@ -327,6 +345,23 @@ class RecordRepository:
     ) -> asyncpg.Record | None:
         """(`version`, `updated_at`), or None when the version moved meanwhile."""
         return await conn.fetchrow(UPDATE_RECORD, record_id, sealed, clear, expected_version)
+
+    async def set_retain_until(
+        self, conn: Connection, record_id: uuid.UUID, day: datetime.date | None
+    ) -> None:
+        await conn.execute(SET_RETAIN_UNTIL, record_id, day)
+
+    async def undated(self, after: uuid.UUID, limit: int) -> list[asyncpg.Record]:
+        """Up to `limit` records after `after` whose last readable day is not set."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(SELECT_UNDATED, after, limit)
+
+    async def date_undated(
+        self, record_ids: Sequence[uuid.UUID], days: Sequence[datetime.date | None]
+    ) -> None:
+        """Set the days of records still undated (a concurrent write's day wins)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(SET_RETAIN_UNTIL_IF_UNDATED, record_ids, days)
 
     async def replace_indexes(
         self,

@@ -55,6 +55,8 @@ class Sealer:
 
     # --- record keys ----------------------------------------------------------------------
     async def record_key(self, row: StoredRow) -> AESGCM:
+        # Unwrapped from the row just read, never cached: an erased record's key
+        # (records/retention.py) exists nowhere once its row is gone.
         branch = await self._keys.branch_key(row["structure_id"], row["branch_key_version"])
         return self._keys.open_record_key(branch, row["id"], row["record_key"])
 

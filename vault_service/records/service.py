@@ -34,6 +34,7 @@ from vault_service.limits.budgets import Charge
 from vault_service.records import access
 from vault_service.records.access import View
 from vault_service.records.repository import IdempotencyRace, RecordRepository
+from vault_service.records.retention import RetentionRule
 from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer
 
@@ -83,6 +84,7 @@ class RecordService:
         caseload_page_max: int,
         on_honeytoken: HoneytokenHook | None = None,
         is_canary: Callable[[uuid.UUID], bool] | None = None,
+        retention: RetentionRule | None = None,
     ) -> None:
         # Built here so every caller keeps constructing the service as before; the
         # custody service shares these two rather than anything of this class.
@@ -96,6 +98,7 @@ class RecordService:
         """Whether an id is a honeytoken's (limits/honeytokens.py `Canaries.named`)."""
         self._search_page_max = search_page_max
         self._caseload_page_max = caseload_page_max
+        self._retention = retention or RetentionRule()
 
     # --- decoding -------------------------------------------------------------------------
     def _decode_create(self, body: bytes) -> dict[str, Any]:
@@ -177,6 +180,7 @@ class RecordService:
                 idempotency_key=idempotency_key,
                 request_digest=request_digest,
                 entry=log.statement_entry(record_ids=(record_id,)),
+                retain_until=self._retention.retain_until(values),
             )
         except IdempotencyRace:
             # A concurrent retry with the same key won; nothing of ours was written.
@@ -252,6 +256,14 @@ class RecordService:
             )
             if updated is None:
                 raise PreconditionFailed()
+            if _DATING_FIELDS.intersection(changes):
+                dating = self._sealer.decrypt_values(
+                    row, record_key, _DATING_FIELDS.difference(changes)
+                )
+                dating.update({k: v for k, v in present.items() if k in _DATING_FIELDS})
+                await self._repo.set_retain_until(
+                    conn, record_id, self._retention.retain_until(dating)
+                )
             if touched:
                 await self._repo.replace_indexes(
                     conn,
@@ -300,6 +312,28 @@ class RecordService:
             raise NotFound()
         return await self._page(principal, rows, limit)
 
+    async def date_undated(
+        self, batch_size: int, log: Callable[[list[uuid.UUID]], Awaitable[None]]
+    ) -> int:
+        """Compute and store the last readable day of the records written before the
+        service kept it, decrypting their birth date and programme once; `log(ids)`
+        records each batch decrypted (before its days are stored). How many dated."""
+        after, dated = _BEFORE_ALL, 0
+        while True:
+            rows = await self._repo.undated(after, batch_size)
+            if not rows:
+                return dated
+            await log([r["id"] for r in rows])
+            days = []
+            for row in rows:
+                values = self._sealer.decrypt_values(
+                    row, await self._sealer.record_key(row), _DATING_FIELDS
+                )
+                days.append(self._retention.retain_until(values))
+            await self._repo.date_undated([r["id"] for r in rows], days)
+            dated += sum(1 for d in days if d is not None)
+            after = rows[-1]["id"]
+
     async def caseload(self, principal: Principal, after: uuid.UUID | None, limit: int) -> Page:
         structure_id, referent = access.list_scope(principal)
         limit = min(limit, self._caseload_page_max)
@@ -325,6 +359,9 @@ class RecordService:
         next_after = page[-1]["id"] if more and page else None
         return Page(items, next_after, tuple(r["id"] for r in rows))
 
+
+# The fields the last readable day is computed from (records/retention.py).
+_DATING_FIELDS = frozenset({"birth_date", "programme"})
 
 # Search criteria whose values identify one person: a canary found by one of them was
 # looked for with its data in hand.
