@@ -228,6 +228,11 @@ BEGIN
                       OR (req.kind = 'role_change' AND req.role <> 'admin')) THEN
         PERFORM vs_keep_two_admins(req.account_id);
     END IF;
+    -- The decision's entry first, then what it causes (cancellations).
+    PERFORM vs_admin_entry(actor.id, actor.role,
+                           CASE WHEN p_approve THEN 'account.approve' ELSE 'account.refuse' END,
+                           'allowed', ARRAY[req.account_id], req.structure_id, NULL, 1, req.id,
+                           NULL);
     UPDATE account_requests r SET state = CASE WHEN p_approve THEN 'approved' ELSE 'refused' END,
            decided_by = actor.id, decided_at = now()
     WHERE r.id = p_request;
@@ -249,10 +254,6 @@ BEGIN
         UPDATE accounts a SET state = 'disabled', updated_at = now() WHERE a.id = req.account_id;
     END IF;
     PERFORM pg_notify('vault_service_accounts', req.account_id::text);
-    PERFORM vs_admin_entry(actor.id, actor.role,
-                           CASE WHEN p_approve THEN 'account.approve' ELSE 'account.refuse' END,
-                           'allowed', ARRAY[req.account_id], req.structure_id, NULL, 1, req.id,
-                           NULL);
     kind := req.kind;
     account_id := req.account_id;
 END
