@@ -351,15 +351,12 @@ async def test_two_active_admins_always_remain(stack: Stack, world: World) -> No
                 ("account.request_role_change", "refused", "two_admins_must_remain"),
             ]
 
-            # Checked again when a request is approved: a requester demoted meanwhile
-            # leaves two admins, and the suspension they asked for would leave one.
+            # Checked again, under a lock, when a request is approved: here another
+            # act (the owner stands in for it) removed an admin in between.
             await world.owner.execute("UPDATE accounts SET state = 'active' WHERE id = $1", c_id)
             suspend_c = await a.set_state(c_id, "suspended")
             assert suspend_c is not None
-            demote_a = await c.request_change(
-                "role_change", a_id, Role.SUPERVISOR, await world.structure()
-            )
-            await b.decide(demote_a.request_id, approve=True)
+            await world.owner.execute("UPDATE accounts SET state = 'suspended' WHERE id = $1", a_id)
             with pytest.raises(LastAdmins):
                 await b.decide(suspend_c.request_id, approve=True)
             assert await _state(world.owner, c_id) == "active"
@@ -384,7 +381,7 @@ async def test_approving_a_role_change_never_reactivates(stack: Stack, world: Wo
 
 
 async def test_a_suspended_requesters_pending_requests_die(stack: Stack, world: World) -> None:
-    async with _admins(stack, world, 3) as [(a, _), (b, b_id), (c, c_id)]:
+    async with _admins(stack, world, 4) as [(a, a_id), (b, b_id), (c, c_id), (d, _)]:
         sid = await world.structure()
         filed = await c.request_create(Role.COUNSELLOR, sid)
         suspend = await a.set_state(c_id, "suspended")
@@ -404,3 +401,13 @@ async def test_a_suspended_requesters_pending_requests_die(stack: Stack, world: 
             ("account.approve", "allowed", ""),
             ("account.request_cancel", "allowed", ""),
         ]
+        # An admin demoted to another role loses their pending requests the same way.
+        filed = await a.request_create(Role.COUNSELLOR, sid)
+        demote = await b.request_change("role_change", a_id, Role.SUPERVISOR, sid)
+        with pytest.raises(SelfApproval):  # the account concerned does not decide
+            await a.decide(demote.request_id, approve=True)
+        await d.decide(demote.request_id, approve=True)
+        assert await world.owner.fetchval(
+            "SELECT state FROM account_requests WHERE id = $1", filed.request_id
+        ) == ("cancelled")
+        assert await _state(world.owner, filed.account_id) == "disabled"

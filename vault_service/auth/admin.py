@@ -137,10 +137,24 @@ async def _call(
             if error is None:
                 raise
             if log_refusal and error is not ActorNotAdmin:
-                # The act rolled back with its entry: the refusal gets its own.
-                await conn.execute(
-                    LOG_REFUSAL, act.action, list(act.record_ids), code, act.request_id, act.jti
-                )
+                # The act rolled back with its entry: the refusal gets its own. Were
+                # that to fail, the act stays refused and the alert log says so.
+                try:
+                    await conn.execute(
+                        LOG_REFUSAL,
+                        act.action,
+                        list(act.record_ids),
+                        code,
+                        act.request_id,
+                        act.jti,
+                    )
+                except asyncpg.PostgresError as failed:
+                    alerts.error(
+                        "admin_refusal_not_logged",
+                        alert=True,
+                        action=act.action,
+                        error_type=type(failed).__name__,
+                    )
             raise error() from None
 
 

@@ -12,7 +12,8 @@
 -- - no act leaves fewer than two active admins;
 -- - approving a role change keeps the account's state (never reactivates it);
 -- - the account a request concerns does not decide it;
--- - a requester's pending requests are cancelled when they are suspended or disabled.
+-- - a requester's pending requests are cancelled when they are suspended, disabled or
+--   no longer an admin.
 
 ALTER TABLE account_requests
     DROP CONSTRAINT account_requests_kind_check,
@@ -111,10 +112,14 @@ REVOKE ALL ON FUNCTION vs_log_admin_act(text, text, uuid[], uuid, text, integer,
 GRANT EXECUTE ON FUNCTION vs_log_admin_act(text, text, uuid[], uuid, text, integer, uuid, uuid)
     TO vault_service_admin;
 
--- Refuses an act that would leave fewer than two active admins.
+-- Refuses an act that would leave fewer than two active admins. Two approvals
+-- committing at once (each suspending another admin) would each count the other's
+-- target as active: acts that remove an admin are serialised by a transaction lock,
+-- and each counts after the previous one committed (a new snapshot per statement).
 CREATE FUNCTION vs_keep_two_admins(p_leaving uuid) RETURNS void
 LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
 BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('vault_service.admins_remaining'));
     IF EXISTS (SELECT 1 FROM accounts WHERE id = p_leaving AND role = 'admin' AND state = 'active')
        AND (SELECT count(*) FROM accounts
             WHERE role = 'admin' AND state = 'active' AND id <> p_leaving) < 2 THEN
@@ -246,6 +251,10 @@ BEGIN
         UPDATE accounts a SET role = req.role, structure_id = req.structure_id,
                updated_at = now(), tokens_valid_after = now()
         WHERE a.id = req.account_id;
+        IF target.role = 'admin' AND req.role <> 'admin' THEN
+            -- No longer an admin: their requests die as a suspended admin's do.
+            PERFORM vs_cancel_requests_of(req.account_id, actor.id, actor.role);
+        END IF;
     ELSIF p_approve THEN
         PERFORM vs_apply_state(req.account_id,
                                CASE req.kind WHEN 'suspend' THEN 'suspended' ELSE 'disabled' END);
