@@ -515,27 +515,25 @@ def test_admin_logins_that_readme_describes_can_connect() -> None:
     connect = re.search(r"GRANT CONNECT ON DATABASE vault_service\s+TO ([^;]+);", code)
     assert connect
     assert "vault_service_admin" in {r.strip() for r in connect.group(1).split(",")}
-    hba = [
-        line.split()
-        for line in strip_hash_comments(
-            (INFRA / "postgres" / "pg_hba.conf").read_text(encoding="utf-8")
-        ).splitlines()
-        if line.strip()
-    ]
+    hba = pg_hba_lines()
     admitted = [f for f in hba if f[2] == ADMIN_GROUP]
     assert admitted == [["hostssl", "vault_service", ADMIN_GROUP, "samenet", "scram-sha-256"]]
     # Before the catch-all rejects, or it would never match.
     assert hba.index(admitted[0]) < hba.index(["local", "all", "all", "reject"])
 
 
-def test_pg_hba_allows_only_tls_and_scram() -> None:
-    lines = [
+def pg_hba_lines() -> list[list[str]]:
+    return [
         line.split()
         for line in strip_hash_comments(
             (INFRA / "postgres" / "pg_hba.conf").read_text(encoding="utf-8")
         ).splitlines()
         if line.strip()
     ]
+
+
+def test_pg_hba_allows_only_tls_and_scram() -> None:
+    lines = pg_hba_lines()
     for fields in lines:
         kind, method = fields[0], fields[-1]
         assert method not in {"trust", "password", "md5", "ident"}, fields
