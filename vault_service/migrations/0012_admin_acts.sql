@@ -22,8 +22,8 @@ ALTER TABLE account_requests
     DROP CONSTRAINT account_requests_state_check,
     ADD CONSTRAINT account_requests_state_check
         CHECK (state IN ('pending', 'approved', 'refused', 'cancelled')),
-    -- A cancelled request was decided by no one: its entry names who suspended the
-    -- requester.
+    -- A cancelled request was decided by no one: its entry names the admin whose
+    -- act (a suspension, a disabling, a demotion) cancelled it.
     DROP CONSTRAINT account_requests_decided,
     ADD CONSTRAINT account_requests_decided CHECK (CASE state
         WHEN 'pending' THEN decided_by IS NULL AND decided_at IS NULL
