@@ -15,12 +15,15 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from vault_service.errors import InvalidParameter, VaultServiceError
 from vault_service.settings import Settings
+
+if TYPE_CHECKING:
+    from vault_service.audit.entry import AccessEvent
 
 _TTL = re.compile(r"^(\d+)([smh]?)$")
 
@@ -95,7 +98,29 @@ def cmd_vault_setup() -> int:
     return 0
 
 
+def _token_issued(token: str, structure_id: uuid.UUID | None) -> AccessEvent:
+    """The entry of `tokens issue`: the account and the token's id, never the token.
+    It runs on the service's credentials, which name no person: the entry has no
+    actor, and role `service` says whose credentials made the token."""
+    import jwt
+
+    from vault_service.audit.entry import AccessEvent
+
+    # Our own token, signed a moment ago: read, not verified.
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return AccessEvent(
+        action="token.issue",
+        outcome="allowed",
+        actor_id=None,
+        role="service",
+        structure_id=structure_id,
+        record_ids=(uuid.UUID(claims["sub"]),),
+        token_jti=uuid.UUID(claims["jti"]),
+    )
+
+
 async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
+    from vault_service.audit.sequencer import add_in_transaction
     from vault_service.auth.permissions import Role
     from vault_service.auth.tokens import SigningKeys, TokenIssuer
     from vault_service.kms import VaultKms
@@ -105,20 +130,24 @@ async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
         row = await conn.fetchrow(
             "SELECT role, structure_id, state FROM accounts WHERE id = $1", subject
         )
+        if row is None or row["state"] != "active":
+            raise VaultServiceError("no active account with this id")
+        if row["role"] == "admin":
+            # Admins act through their own database login, never through a token: a
+            # token minted with the service's credentials must not stand for an admin.
+            raise VaultServiceError("admins get no service token")
+        kms = VaultKms(settings)
+        try:
+            issuer = TokenIssuer(settings, kms, SigningKeys(kms))
+            token = await issuer.issue(subject, Role(row["role"]), row["structure_id"], ttl)
+        finally:
+            kms.close()
+        # No entry, no token: the token is printed only once its entry is durable.
+        async with conn.transaction():
+            await add_in_transaction(conn, _token_issued(token, row["structure_id"]))
+        return token
     finally:
         await conn.close()
-    if row is None or row["state"] != "active":
-        raise VaultServiceError("no active account with this id")
-    if row["role"] == "admin":
-        # Admins act through their own database login, never through a token: a token
-        # minted with the service's credentials must not stand for an admin.
-        raise VaultServiceError("admins get no service token")
-    kms = VaultKms(settings)
-    try:
-        issuer = TokenIssuer(settings, kms, SigningKeys(kms))
-        return await issuer.issue(subject, Role(row["role"]), row["structure_id"], ttl)
-    finally:
-        kms.close()
 
 
 async def _accounts(settings: Settings) -> list[dict[str, Any]]:
@@ -223,7 +252,15 @@ async def _account_command(args: argparse.Namespace) -> Any:
             ref = await admin.request_change("reactivate", args.account)
             return {"request_id": str(ref.request_id), "state": "pending"}
         state = {"suspend": "suspended", "disable": "disabled"}[args.action]
-        await admin.set_state(args.account, state)
+        request = await admin.set_state(args.account, state)
+        if request is not None:
+            # An admin: a second admin approves, and two active admins must remain.
+            return {
+                "request_id": str(request.request_id),
+                "account_id": str(args.account),
+                "state": "pending",
+                "next": "a second admin runs `accounts approve`",
+            }
         return {"account_id": str(args.account), "state": state}
     finally:
         await pool.close()

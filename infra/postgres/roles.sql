@@ -26,7 +26,7 @@
 -- PG_AUDITOR_PASSWORD, PG_RETENTION_PASSWORD), as infra/postgres/init-roles.sh
 -- does for the demo stack. A role left without a password cannot log in.
 --
--- vault_service/migrations/roles.sql creates the same four roles for the dev
+-- vault_service/migrations/roles.sql creates the same five roles for the dev
 -- stack and the tests; keep the two in step.
 
 \set ON_ERROR_STOP on
@@ -45,6 +45,9 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'vault_service_retention') THEN
         CREATE ROLE vault_service_retention;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'vault_service_admin') THEN
+        CREATE ROLE vault_service_admin;
     END IF;
 END
 $roles$;
@@ -67,6 +70,15 @@ ALTER ROLE vault_service_auditor
 -- The retention job: prunes access-log entry bodies past their retention.
 ALTER ROLE vault_service_retention
     LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+
+-- The group of the admins' own logins (the migrations grant it the account
+-- functions; it never logs in itself). The DBA makes one login per person, in
+-- the group, with a password or a certificate of their own:
+--     CREATE ROLE alice LOGIN IN ROLE vault_service_admin;
+--     \password alice
+-- The service's roles are never members.
+ALTER ROLE vault_service_admin
+    NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 
 -- A session left idle inside a transaction holds locks and snapshots (and, for
 -- the access log, delays the sequencer); end it rather than wait forever.
@@ -112,7 +124,7 @@ ALTER DATABASE vault_service OWNER TO vault_service_owner;
 -- granted CONNECT by name. The owner keeps its implicit rights.
 REVOKE ALL ON DATABASE vault_service FROM PUBLIC;
 GRANT CONNECT ON DATABASE vault_service
-    TO vault_service_app, vault_service_auditor, vault_service_retention;
+    TO vault_service_app, vault_service_auditor, vault_service_retention, vault_service_admin;
 
 -- --- Schema public, inside the new database -------------------------------------
 \connect vault_service

@@ -92,8 +92,9 @@ async def test_four_eyes_account_creation(app, client, world: World, admins: Adm
         admins.b_id,
         "approved",
     )
-    # An admin account that was suspended acts no more, whatever login it uses.
-    await admins.b.set_state(admins.a_id, "suspended")
+    # An admin account that was suspended acts no more, whatever login it uses. (Set
+    # here by the owner: suspending an admin is itself four-eyes, test_admin_acts.py.)
+    await world.owner.execute("UPDATE accounts SET state = 'suspended' WHERE id = $1", admins.a_id)
     with pytest.raises(ActorNotAdmin):
         await admins.a.request_create(Role.COUNSELLOR, sid)
     # The database itself refuses a self-decided request, whatever the code above does.
@@ -136,7 +137,9 @@ async def test_application_role_cannot_change_accounts_directly(stack: Stack) ->
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("SELECT * FROM vs_decide_request($1, true)", uuid.uuid4())
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("SELECT vs_set_account_state($1, 'suspended')", uuid.uuid4())
+            await conn.execute(
+                "SELECT vs_set_account_state($1, 'suspended', $2)", uuid.uuid4(), uuid.uuid4()
+            )
     finally:
         await conn.close()
 

@@ -41,6 +41,9 @@ ROLES = (
     "vault_service_auditor",
     "vault_service_retention",
 )
+# The admins' own logins, members of this group (README: the DBA creates one per
+# person); pg_hba.conf admits them by membership.
+ADMIN_GROUP = "+vault_service_admin"
 
 # Service-level keys of the Compose specification (compose-spec.json). A key
 # outside this set is a typo that `docker compose` would reject.
@@ -497,14 +500,44 @@ def test_roles_sql_creates_the_four_roles_without_passwords() -> None:
     assert re.search(r"CREATE DATABASE vault_service OWNER vault_service_owner", code)
 
 
-def test_pg_hba_allows_only_tls_and_scram() -> None:
-    lines = [
+def test_admin_logins_that_readme_describes_can_connect() -> None:
+    """README tells the DBA to create each admin's login IN ROLE vault_service_admin
+    and to run `vault-service accounts ...` on it over TLS: the group must exist
+    before the migrations grant it the account functions, must not log in itself,
+    must be allowed to connect, and pg_hba.conf must admit its members."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"CREATE ROLE \w+ LOGIN IN ROLE vault_service_admin", readme)
+    assert "VAULT_SERVICE_ADMIN_DATABASE_URL=postgresql://" in readme
+    sql = (INFRA / "postgres" / "roles.sql").read_text(encoding="utf-8")
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    assert re.search(r"CREATE ROLE vault_service_admin\b", code)
+    attributes = re.search(r"ALTER ROLE vault_service_admin\s+([A-Z ]+);", code)
+    assert attributes
+    assert {"NOLOGIN", "NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE"} <= set(
+        attributes.group(1).split()
+    )
+    connect = re.search(r"GRANT CONNECT ON DATABASE vault_service\s+TO ([^;]+);", code)
+    assert connect
+    assert "vault_service_admin" in {r.strip() for r in connect.group(1).split(",")}
+    hba = pg_hba_lines()
+    admitted = [f for f in hba if f[2] == ADMIN_GROUP]
+    assert admitted == [["hostssl", "vault_service", ADMIN_GROUP, "samenet", "scram-sha-256"]]
+    # Before the catch-all rejects, or it would never match.
+    assert hba.index(admitted[0]) < hba.index(["local", "all", "all", "reject"])
+
+
+def pg_hba_lines() -> list[list[str]]:
+    return [
         line.split()
         for line in strip_hash_comments(
             (INFRA / "postgres" / "pg_hba.conf").read_text(encoding="utf-8")
         ).splitlines()
         if line.strip()
     ]
+
+
+def test_pg_hba_allows_only_tls_and_scram() -> None:
+    lines = pg_hba_lines()
     for fields in lines:
         kind, method = fields[0], fields[-1]
         assert method not in {"trust", "password", "md5", "ident"}, fields
@@ -513,9 +546,9 @@ def test_pg_hba_allows_only_tls_and_scram() -> None:
         elif method != "reject":
             assert kind == "hostssl", fields
             assert method == "scram-sha-256", fields
-            assert fields[1] == "vault_service" and fields[2] in ROLES, fields
+            assert fields[1] == "vault_service" and fields[2] in {*ROLES, ADMIN_GROUP}, fields
     accepted_network_roles = {f[2] for f in lines if f[0] == "hostssl" and f[-1] != "reject"}
-    assert accepted_network_roles == set(ROLES)
+    assert accepted_network_roles == {*ROLES, ADMIN_GROUP}
     assert ["hostssl", "all", "postgres", "all", "reject"] in lines
     assert lines[-1] == ["host", "all", "all", "all", "reject"]
 

@@ -6,6 +6,12 @@ argument. `AccountAdmin` therefore runs on a pool connected as the admin's own
 login (VAULT_SERVICE_ADMIN_DATABASE_URL), maps the functions' refusals to stable
 error codes, and raises an alert-level log event for every request, decision and
 refusal. `service_suspend` is the one act the service's own role may perform.
+
+Each act's access-log entry is written by its database function, in the act's
+transaction (migrations/0012_admin_acts.sql). A refused act rolls back with its
+entry, so the refusal is logged here, in a transaction of its own on the same login
+(`vs_log_admin_act`): one entry per act either way. A login that is not an active
+admin cannot be named, so its refusals reach the alert log only.
 """
 
 from __future__ import annotations
@@ -68,6 +74,11 @@ class NoOpenAlert(NotFound):
     title = "No open alert with this id"
 
 
+class LastAdmins(Conflict):
+    code = "two_admins_must_remain"
+    title = "At least two active admins must remain"
+
+
 _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS001": ActorNotAdmin,
     "VS002": RoleAboveActor,
@@ -78,6 +89,7 @@ _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS008": NotAllowed,
     "VS010": StillReferent,
     "VS011": NoOpenAlert,
+    "VS013": LastAdmins,
 }
 
 SELECT_REQUESTS: Final = """
@@ -99,21 +111,51 @@ class RequestRef:
     account_id: uuid.UUID
 
 
-async def _call(pool: asyncpg.Pool, action: str, sql: str, *args: Any) -> Any:
-    try:
-        async with pool.acquire() as conn:
+@dataclass(frozen=True)
+class _Act:
+    """An admin act as the access log names it: the action, and the ids it concerns."""
+
+    action: str
+    record_ids: tuple[uuid.UUID, ...] = ()
+    request_id: uuid.UUID | None = None
+    jti: uuid.UUID | None = None
+
+
+LOG_REFUSAL: Final = "SELECT vs_log_admin_act($1, 'refused', $2, NULL, $3, 1, $4, $5)"
+
+
+async def _call(
+    pool: asyncpg.Pool, act: _Act, sql: str, *args: Any, log_refusal: bool = True
+) -> Any:
+    async with pool.acquire() as conn:
+        try:
             return await conn.fetchrow(sql, *args)
-    except asyncpg.PostgresError as exc:
-        error = _ERRORS.get(getattr(exc, "sqlstate", "") or "")
-        alerts.warning(
-            "account_action_refused",
-            alert=True,
-            action=action,
-            code=error.code if error else "database_error",
-        )
-        if error is None:
-            raise
-        raise error() from None
+        except asyncpg.PostgresError as exc:
+            error = _ERRORS.get(getattr(exc, "sqlstate", "") or "")
+            code = error.code if error else "database_error"
+            alerts.warning("account_action_refused", alert=True, action=act.action, code=code)
+            if error is None:
+                raise
+            if log_refusal and error is not ActorNotAdmin:
+                # The act rolled back with its entry: the refusal gets its own. Were
+                # that to fail, the act stays refused and the alert log says so.
+                try:
+                    await conn.execute(
+                        LOG_REFUSAL,
+                        act.action,
+                        list(act.record_ids),
+                        code,
+                        act.request_id,
+                        act.jti,
+                    )
+                except asyncpg.PostgresError as failed:
+                    alerts.error(
+                        "admin_refusal_not_logged",
+                        alert=True,
+                        action=act.action,
+                        error_type=type(failed).__name__,
+                    )
+            raise error() from None
 
 
 class AccountAdmin:
@@ -135,7 +177,7 @@ class AccountAdmin:
         ref = RequestRef(uuid.uuid4(), uuid.uuid4())
         await _call(
             self._pool,
-            "create",
+            _Act("account.request_create", (ref.account_id,), ref.request_id),
             "SELECT vs_request_account($1, $2, $3, $4)",
             ref.request_id,
             ref.account_id,
@@ -160,7 +202,7 @@ class AccountAdmin:
         ref = RequestRef(uuid.uuid4(), account_id)
         await _call(
             self._pool,
-            kind,
+            _Act(f"account.request_{kind}", (account_id,), ref.request_id),
             "SELECT vs_request_change($1, $2, $3, $4, $5)",
             ref.request_id,
             kind,
@@ -179,7 +221,7 @@ class AccountAdmin:
     async def decide(self, request_id: uuid.UUID, *, approve: bool) -> RequestRef:
         row = await _call(
             self._pool,
-            "approve" if approve else "refuse",
+            _Act("account.approve" if approve else "account.refuse", (), request_id),
             "SELECT kind, account_id FROM vs_decide_request($1, $2)",
             request_id,
             approve,
@@ -193,10 +235,29 @@ class AccountAdmin:
         )
         return RequestRef(request_id, row["account_id"])
 
-    async def set_state(self, account_id: uuid.UUID, state: str) -> None:
-        """Suspend or disable now."""
-        await _call(self._pool, state, "SELECT vs_set_account_state($1, $2)", account_id, state)
+    async def set_state(self, account_id: uuid.UUID, state: str) -> RequestRef | None:
+        """Suspend or disable now; an admin, through a request that a second admin
+        approves (returned; None when the state changed at once)."""
+        verb = {"suspended": "suspend", "disabled": "disable"}.get(state, "set_state")
+        request_id = uuid.uuid4()
+        row = await _call(
+            self._pool,
+            _Act(f"account.{verb}", (account_id,)),
+            "SELECT vs_set_account_state($1, $2, $3) AS state",
+            account_id,
+            state,
+            request_id,
+        )
+        if row["state"] == "pending":
+            await self._alert(
+                "account_change_requested",
+                kind=verb,
+                request_id=str(request_id),
+                account_id=str(account_id),
+            )
+            return RequestRef(request_id, account_id)
         await self._alert("account_state_changed", account_id=str(account_id), state=state)
+        return None
 
     async def requests(self, state: str | None = "pending") -> list[dict[str, Any]]:
         async with self._pool.acquire() as conn:
@@ -207,11 +268,16 @@ class AccountAdmin:
         ]
 
     async def revoke_token(self, jti: uuid.UUID) -> None:
-        await _call(self._pool, "revoke_token", "SELECT vs_revoke_token($1)", jti)
+        await _call(self._pool, _Act("token.revoke", jti=jti), "SELECT vs_revoke_token($1)", jti)
         await self._alert("token_revoked", jti=str(jti))
 
     async def revoke_account_tokens(self, account_id: uuid.UUID) -> None:
-        await _call(self._pool, "revoke_tokens", "SELECT vs_revoke_account_tokens($1)", account_id)
+        await _call(
+            self._pool,
+            _Act("account.revoke_tokens", (account_id,)),
+            "SELECT vs_revoke_account_tokens($1)",
+            account_id,
+        )
         await self._alert("account_tokens_revoked", account_id=str(account_id))
 
     async def alerts(self, state: str | None = "open") -> list[dict[str, Any]]:
@@ -223,14 +289,27 @@ class AccountAdmin:
         ]
 
     async def ack_alert(self, alert_id: uuid.UUID, comment: str) -> None:
-        await _call(self._pool, "ack_alert", "SELECT vs_ack_alert($1, $2)", alert_id, comment)
+        await _call(
+            self._pool,
+            _Act("alert.ack", (alert_id,)),
+            "SELECT vs_ack_alert($1, $2)",
+            alert_id,
+            comment,
+        )
         await self._alert("alert_acknowledged", alert_id=str(alert_id))
 
 
 async def service_suspend(pool: asyncpg.Pool, account_id: uuid.UUID, reason: str) -> None:
     """The service suspends an account by itself (the bulk-read defence), on its own
     pool: the only account act its database role may perform."""
-    await _call(pool, "service_suspend", "SELECT vs_service_suspend($1)", account_id)
+    # The service's role cannot speak for an admin: the defence logs its suspensions.
+    await _call(
+        pool,
+        _Act("account.service_suspend"),
+        "SELECT vs_service_suspend($1)",
+        account_id,
+        log_refusal=False,
+    )
     alerts.warning(
         "account_state_changed",
         alert=True,
