@@ -322,3 +322,50 @@ async def test_deleted_and_reappended_entries_are_reported(scene: Scene) -> None
     # auditors keep state (the signed checkpoints are the guarantee, not the database).
     (scene.files / "state.json").unlink()
     assert scene.verify(forged, bundles=[bundle]).passed
+
+
+async def test_reports_flag_bodies_that_do_not_match_their_leaves(scene: Scene) -> None:
+    """Issue 10: reports read bodies; a body edited with triggers disabled, and a body
+    forged for an entry whose own was pruned, must not flow into a GDPR notice."""
+    import datetime
+
+    actor, victim, decoy = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await scene.log.append_many([event(actor, victim) for _ in range(3)])
+    su = scene.superuser
+    first = await su.fetchval(
+        "SELECT min(idx) FROM audit_bodies WHERE body ->> 'actor_id' = $1", str(actor)
+    )
+    # Edit: the first read now names another youth.
+    await su.execute("ALTER TABLE audit_bodies DISABLE TRIGGER audit_bodies_guard")
+    await su.execute(
+        "UPDATE audit_bodies SET body = jsonb_set(body, '{record_ids}', $2::jsonb) WHERE idx = $1",
+        first,
+        f'["{decoy}"]',
+    )
+    # Forge: entry 5's body pruned, then another put in its place (the salt included).
+    await su.execute("DELETE FROM audit_bodies WHERE idx = 5")
+    await su.execute("ALTER TABLE audit_bodies ENABLE ALWAYS TRIGGER audit_bodies_guard")
+    forged = await su.fetchval("SELECT body::text FROM audit_bodies WHERE idx = $1", first + 1)
+    await su.execute(
+        "INSERT INTO audit_bodies (idx, at, salt, body) VALUES (5, ($1::jsonb ->> 'at')::timestamptz,"
+        " sha256('x'::bytea), $1::jsonb)",
+        forged,
+    )
+
+    page = await scene.proofs.events(
+        record_id=None, actor_id=actor, action=None, since=None, until=None, cursor=None,
+        limit=100,
+    )  # fmt: skip
+    marks = {item["index"]: item["verified"] for item in page.items}
+    assert marks[first] is False and marks[5] is False
+    assert [v for i, v in marks.items() if i not in (first, 5)] == [True, True]
+    subject = await scene.proofs.subject(decoy, None, 100)
+    assert [(i["index"], i["verified"]) for i in subject.items] == [(first, False)]
+
+    now = datetime.datetime.now(datetime.UTC)
+    report = await scene.proofs.breach_impact(
+        actor, now - datetime.timedelta(days=1), now + datetime.timedelta(days=1), None, 100
+    )
+    assert report.complete is False
+    assert report.unverified_entries == sorted([first, 5])
+    assert report.unverified_count == 2

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
+import hmac
 import io
 import time
 import uuid
@@ -27,7 +29,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from vault_service.audit import repository as sql
-from vault_service.audit.log import canonical_body
+from vault_service.audit.log import LEAF_SIZE, canonical_body
 from vault_service.audit.merkle import NodeReader, consistency_proof, inclusion_proof, root
 from vault_service.audit.note import (
     NoteVerifier,
@@ -187,6 +189,10 @@ class BreachImpactPage(msgspec.Struct, kw_only=True):
     # be incomplete, and the report says so rather than look complete.
     retained_since: datetime.datetime | None
     complete: bool
+    # Entries of the window whose body does not match its leaf (tampered bodies): their
+    # leaf indexes (the first 100) and how many.
+    unverified_entries: list[int]
+    unverified_count: int
     records: list[ImpactedRecord]
     next_cursor: str | None
 
@@ -197,11 +203,31 @@ class SubjectPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-def _event_item(index: int, body: str) -> dict[str, Any]:
+_MAX_UNVERIFIED: Final = 100
+
+
+def body_matches_leaf(salt: bytes, body: str, leaf: bytes) -> bool:
+    """Whether a stored body is the one its leaf commits to: SHA-256(salt || canonical
+    body) against the leaf's last 32 bytes. A body edited, or inserted for an entry
+    whose own was pruned, by whoever can write the table does not match."""
+    try:
+        canonical = canonical_body(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+    return len(leaf) == LEAF_SIZE and hmac.compare_digest(
+        hashlib.sha256(bytes(salt) + canonical).digest(), bytes(leaf)[LEAF_SIZE - 32 :]
+    )
+
+
+def _event_item(row: asyncpg.Record) -> dict[str, Any]:
+    """An entry as auditors get it, with `verified`: its body matches its leaf. A body
+    that does not is still shown (it is evidence), marked false."""
+    body = str(row["body"])
     decoded = _json.decode(body)
-    item: dict[str, Any] = {"index": index}
+    item: dict[str, Any] = {"index": int(row["idx"])}
     if isinstance(decoded, dict):
         item.update(decoded)
+    item["verified"] = body_matches_leaf(row["salt"], body, row["leaf"])
     return item
 
 
@@ -400,7 +426,7 @@ class AuditProofs:
             rows = await conn.fetch(
                 query, _text(record_id), _text(actor_id), action, since, until, after, limit + 1
             )
-        items = [_event_item(int(r["idx"]), r["body"]) for r in rows[:limit]]
+        items = [_event_item(r) for r in rows[:limit]]
         return EventsPage(items=items, next_cursor=_next_index_cursor(rows, limit))
 
     async def subject(self, record_id: uuid.UUID, cursor: str | None, limit: int) -> SubjectPage:
@@ -408,7 +434,7 @@ class AuditProofs:
         limit = min(limit, self.events_page_max)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(sql.SUBJECT_EVENTS, str(record_id), after, limit + 1)
-        items = [_event_item(int(r["idx"]), r["body"]) for r in rows[:limit]]
+        items = [_event_item(r) for r in rows[:limit]]
         return SubjectPage(
             record_id=record_id, items=items, next_cursor=_next_index_cursor(rows, limit)
         )
@@ -435,6 +461,10 @@ class AuditProofs:
             totals = await conn.fetchrow(sql.BREACH_IMPACT_TOTALS, actor, since, until)
             oldest = await conn.fetchval(sql.OLDEST_BODY)
             rows = await conn.fetch(sql.BREACH_IMPACT, actor, since, until, after, limit + 1)
+            checked = await conn.fetch(sql.BREACH_IMPACT_ENTRIES, actor, since, until)
+        unverified = sorted(
+            int(r["idx"]) for r in checked if not body_matches_leaf(r["salt"], r["body"], r["leaf"])
+        )
         records = [
             ImpactedRecord(
                 record_id=r["record_id"],
@@ -457,7 +487,11 @@ class AuditProofs:
             entries=int(totals["entries"]) if totals is not None else 0,
             refused=int(totals["refused"]) if totals is not None else 0,
             retained_since=oldest,
-            complete=oldest is None or since >= oldest,
+            # A body that does not match its leaf makes the report untrustworthy as a
+            # whole: it says so, and which entries, rather than look complete.
+            complete=(oldest is None or since >= oldest) and not unverified,
+            unverified_entries=unverified[:_MAX_UNVERIFIED],
+            unverified_count=len(unverified),
             records=records,
             next_cursor=next_cursor,
         )

@@ -161,8 +161,8 @@ ORDER BY e.idx
 # The same optional filters in each; spelled out rather than assembled, so that each
 # constant reads as the statement PostgreSQL gets.
 EVENTS_BY_RECORD: Final = """
-SELECT b.idx, b.body::text AS body
-FROM audit_bodies b
+SELECT b.idx, b.body::text AS body, b.salt, e.leaf
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
 WHERE b.body -> 'record_ids' @> jsonb_build_array($1::text)
   AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
   AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
@@ -174,8 +174,8 @@ ORDER BY b.idx
 LIMIT $7
 """
 EVENTS_BY_ACTOR: Final = """
-SELECT b.idx, b.body::text AS body
-FROM audit_bodies b
+SELECT b.idx, b.body::text AS body, b.salt, e.leaf
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
 WHERE b.body ->> 'actor_id' = $2
   AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
   AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
@@ -187,8 +187,8 @@ ORDER BY b.idx
 LIMIT $7
 """
 EVENTS_BY_ACTION: Final = """
-SELECT b.idx, b.body::text AS body
-FROM audit_bodies b
+SELECT b.idx, b.body::text AS body, b.salt, e.leaf
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
 WHERE b.body ->> 'action' = $3
   AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
   AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
@@ -200,8 +200,8 @@ ORDER BY b.idx
 LIMIT $7
 """
 EVENTS_ALL: Final = """
-SELECT b.idx, b.body::text AS body
-FROM audit_bodies b
+SELECT b.idx, b.body::text AS body, b.salt, e.leaf
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
 WHERE true
   AND ($1::text IS NULL OR b.body -> 'record_ids' @> jsonb_build_array($1::text))
   AND ($2::text IS NULL OR b.body ->> 'actor_id' = $2)
@@ -243,13 +243,19 @@ SELECT count(*) AS entries, count(*) FILTER (WHERE b.body ->> 'outcome' = 'refus
 FROM audit_bodies b
 WHERE b.body ->> 'actor_id' = $1 AND b.at >= $2 AND b.at < $3
 """
+# Every entry a breach-impact report counts, to check each body against its leaf.
+BREACH_IMPACT_ENTRIES: Final = """
+SELECT b.idx, b.body::text AS body, b.salt, e.leaf
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
+WHERE b.body ->> 'actor_id' = $1 AND b.at >= $2 AND b.at < $3
+"""
 # The oldest body still held: a window that starts before it may have lost entries to
 # retention, and a report must say so rather than look complete.
 OLDEST_BODY: Final = "SELECT min(at) FROM audit_bodies"
 
 SUBJECT_EVENTS: Final = """
-SELECT b.idx, b.body::text AS body
-FROM audit_bodies b
+SELECT b.idx, b.body::text AS body, b.salt, e.leaf
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
 WHERE b.body -> 'record_ids' @> jsonb_build_array($1::text) AND b.idx > $2
 ORDER BY b.idx
 LIMIT $3
