@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from vault_service.errors import InvalidParameter, VaultServiceError
+from vault_service.errors import ConfigurationError, InvalidParameter, VaultServiceError
 from vault_service.settings import Settings
 
 _TTL = re.compile(r"^(\d+)([smh]?)$")
@@ -178,6 +178,69 @@ async def _key_inventory(settings: Settings) -> dict[str, Any]:
             for r in rows
         ],
     }
+
+
+def _key_admin(settings: Settings) -> Any:
+    """The key admin's Vault client (policy `key-admin`), from VAULT_TOKEN: rotating
+    and retiring are the operator's, never the service's."""
+    from vault_service.kms import TransitKeyAdmin
+
+    token = os.environ.get("VAULT_TOKEN")
+    if not token:
+        raise ConfigurationError("set VAULT_TOKEN to a key admin's token (policy key-admin)")
+    return TransitKeyAdmin(
+        os.environ.get("VAULT_ADDR") or settings.vault_addr,
+        token,
+        mount=settings.vault_transit_mount,
+        cacert=os.environ.get("VAULT_CACERT") or settings.vault_cacert,
+    )
+
+
+async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Rotations run on the admin's own login (each step and its access-log entry in
+    one transaction) with the service's Vault configuration for the rewraps."""
+    from vault_service.kms import VaultKms
+    from vault_service.rotation.kek import rotate_kek
+
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    conn = await asyncpg.connect(dsn)
+    kms = VaultKms(settings)
+    try:
+        run = await rotate_kek(
+            conn,
+            kms,
+            lambda: _key_admin(settings),
+            batch_size=args.batch_size or settings.rotation_batch_size,
+            retire=args.retire,
+            dry_run=args.dry_run,
+        )
+        return run.report()
+    except asyncpg.PostgresError as exc:
+        # The database's text is not echoed; its class says enough to an operator.
+        raise VaultServiceError(
+            f"the database refused ({type(exc).__name__}): is "
+            "VAULT_SERVICE_ADMIN_DATABASE_URL your own admin login?"
+        ) from None
+    finally:
+        kms.close()
+        await conn.close()
+
+
+def _print_rotation(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    verb = "would " if report["dry_run"] else ""
+    if report["rotated"]:
+        print(f"{report['key']}: {verb}rotate to v{report['target_version']}")
+    print(
+        f"{report['key']}: {report['rewrapped']} of {report['to_rewrap']} branch keys "
+        f"rewrapped to v{report['target_version']} in {report['batches']} batches"
+    )
+    if report["retired"]:
+        print(f"{report['key']}: versions below v{report['min_decryption_version']} retired")
 
 
 async def _account_command(args: argparse.Namespace) -> Any:
@@ -401,9 +464,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
     prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
-    keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
-    keys.add_parser("list", help="transit keys, signing key versions, branch keys")
+    _keys_parsers(sub)
     return parser
+
+
+def _keys_parsers(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="key inventory and rotations").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("list", help="transit keys, signing key versions, branch keys")
+    status = keys.add_parser("status", help="key versions, ages, and what is due for rotation")
+    status.add_argument("--json", action="store_true")
+    rotate = keys.add_parser(
+        "rotate",
+        help="online, resumable rotations (admin login, the service's Vault configuration, "
+        "and VAULT_TOKEN of a key admin for the Vault steps)",
+    ).add_subparsers(dest="target", required=True)
+    kek = rotate.add_parser(
+        "kek", help="rotate the branch-key KEK and rewrap every branch key inside Vault"
+    )
+    kek.add_argument(
+        "--retire", action="store_true", help="then raise min_decryption_version to the new version"
+    )
+    kek.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+    kek.add_argument("--json", action="store_true")
+    kek.add_argument(
+        "--batch-size",
+        type=int,
+        choices=range(1, 10_001),
+        metavar="1..10000",
+        help="rows per transaction (default: VAULT_SERVICE_ROTATION_BATCH_SIZE)",
+    )
 
 
 async def _integrate(settings: Settings) -> int:
@@ -498,6 +589,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 for r in rows:
                     print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
+            return 0
+        if args.command == "keys" and args.action == "status":
+            from vault_service.rotation.inventory import key_status, render_text
+
+            status = asyncio.run(key_status(settings))
+            print(json.dumps(status, indent=2) if args.json else render_text(status))
+            return 0
+        if args.command == "keys" and args.action == "rotate":
+            _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
             return 0
         if args.command == "keys":
             print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))

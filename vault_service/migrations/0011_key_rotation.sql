@@ -1,0 +1,8 @@
+-- Key rotation on an admin's own login (`vault-service keys rotate`): the rewrap of a
+-- stored branch key and its access-log entry (vs_log_admin_act) commit in one
+-- transaction, so the admin login reads the wrapped branch keys and may replace the
+-- wrapped value, and nothing else of the row. A wrapped branch key is useless without
+-- the service's Vault access (transit decrypt), which an admin login does not carry.
+GRANT SELECT (structure_id, version, wrapped_key, created_at) ON structure_keys
+    TO vault_service_admin;
+GRANT UPDATE (wrapped_key) ON structure_keys TO vault_service_admin;

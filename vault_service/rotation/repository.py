@@ -1,0 +1,58 @@
+"""The SQL of key inventory and rotation: structure keys and the records under them.
+
+The inventory runs on the service's login (it reads counts and versions, never a
+key); rotations run on an admin's own login, so that each step and its access-log
+entry (vs_log_admin_act) commit in one transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Session-level advisory locks, one per kind of rotation: a second run of the same
+# kind anywhere is refused while the first one's connection lives (kill -9 included:
+# PostgreSQL drops the lock with the session).
+LOCK_IDS: Final = {"kek": 0x7661756C74_21, "branch": 0x7661756C74_22, "records": 0x7661756C74_23}
+TRY_LOCK: Final = "SELECT pg_try_advisory_lock($1)"
+UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
+
+# The KEK version is the `v<N>` of transit's 'vault:v<N>:...' (the CHECK on the column
+# guarantees the prefix).
+_KEK_VERSION: Final = "substr(split_part(k.wrapped_key, ':', 2), 2)::integer"
+
+SELECT_BRANCH_INVENTORY: Final = f"""
+SELECT k.structure_id, k.version, k.created_at, {_KEK_VERSION} AS kek_version,
+       coalesce(c.records, 0) AS records
+FROM structure_keys k
+LEFT JOIN (SELECT structure_id, branch_key_version, count(*) AS records
+           FROM records GROUP BY structure_id, branch_key_version) c
+       ON c.structure_id = k.structure_id AND c.branch_key_version = k.version
+ORDER BY k.structure_id, k.version
+"""  # noqa: S608 - a constant expression, no input
+
+COUNT_BELOW_KEK: Final = f"""
+SELECT count(*) FROM structure_keys k WHERE {_KEK_VERSION} < $1
+"""  # noqa: S608 - a constant expression, no input
+
+COUNT_BY_KEK: Final = f"""
+SELECT {_KEK_VERSION} AS kek_version, count(*) AS branch_keys
+FROM structure_keys k GROUP BY 1 ORDER BY 1
+"""  # noqa: S608 - a constant expression, no input
+
+# One batch: the oldest-wrapped rows first, locked until the batch commits, so a rerun
+# after a kill finds exactly the rows a finished batch did not reach.
+SELECT_KEK_BATCH: Final = f"""
+SELECT k.structure_id, k.version, k.wrapped_key FROM structure_keys k
+WHERE {_KEK_VERSION} < $1
+ORDER BY k.structure_id, k.version
+LIMIT $2
+FOR UPDATE
+"""  # noqa: S608 - a constant expression, no input
+
+UPDATE_WRAPPED: Final = """
+UPDATE structure_keys SET wrapped_key = $3 WHERE structure_id = $1 AND version = $2
+"""
+
+LOG_ADMIN_ACT: Final = """
+SELECT vs_log_admin_act($1, 'allowed', '{}'::uuid[], $2, NULL, $3)
+"""
