@@ -200,6 +200,7 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     """Rotations run on the admin's own login (each step and its access-log entry in
     one transaction) with the service's Vault configuration for the rewraps."""
     from vault_service.kms import VaultKms
+    from vault_service.rotation.branch import rotate_branch
     from vault_service.rotation.kek import rotate_kek
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
@@ -207,12 +208,27 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     conn = await asyncpg.connect(dsn)
     kms = VaultKms(settings)
+    batch_size = args.batch_size or settings.rotation_batch_size
     try:
+        if args.target == "branch":
+            # How long a service process may still wrap new records under the old
+            # version: its branch-key TTL, plus a write in flight.
+            ttl = settings.branch_key_ttl_seconds + settings.db_statement_timeout_ms / 1000
+            return (
+                await rotate_branch(
+                    conn,
+                    kms,
+                    None if args.all else args.structure,
+                    batch_size=batch_size,
+                    ttl_seconds=ttl,
+                    dry_run=args.dry_run,
+                )
+            ).report()
         run = await rotate_kek(
             conn,
             kms,
             lambda: _key_admin(settings),
-            batch_size=args.batch_size or settings.rotation_batch_size,
+            batch_size=batch_size,
             retire=args.retire,
             dry_run=args.dry_run,
         )
@@ -233,6 +249,13 @@ def _print_rotation(report: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
     verb = "would " if report["dry_run"] else ""
+    if report["kind"] == "branch":
+        print(
+            f"branch keys: {verb}rotate {report['rotated']} structures; "
+            f"{report['rewrapped']} of {report['to_rewrap']} record keys rewrapped in "
+            f"{report['batches']} batches; {report['destroyed']} old versions destroyed"
+        )
+        return
     if report["rotated"]:
         print(f"{report['key']}: {verb}rotate to v{report['target_version']}")
     print(
@@ -486,15 +509,26 @@ def _keys_parsers(sub: Any) -> None:
     kek.add_argument(
         "--retire", action="store_true", help="then raise min_decryption_version to the new version"
     )
-    kek.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
-    kek.add_argument("--json", action="store_true")
-    kek.add_argument(
-        "--batch-size",
-        type=int,
-        choices=range(1, 10_001),
-        metavar="1..10000",
-        help="rows per transaction (default: VAULT_SERVICE_ROTATION_BATCH_SIZE)",
+    branch = rotate.add_parser(
+        "branch",
+        help="a new branch-key version per structure, record keys rewrapped under it, "
+        "the old version deleted once unused",
     )
+    which = branch.add_mutually_exclusive_group(required=True)
+    which.add_argument("--structure", type=_uuid, action="append", help="repeatable")
+    which.add_argument("--all", action="store_true", help="every structure with a branch key")
+    for command in (kek, branch):
+        command.add_argument(
+            "--dry-run", action="store_true", help="say what would be done, do nothing"
+        )
+        command.add_argument("--json", action="store_true")
+        command.add_argument(
+            "--batch-size",
+            type=int,
+            choices=range(1, 10_001),
+            metavar="1..10000",
+            help="rows per transaction (default: VAULT_SERVICE_ROTATION_BATCH_SIZE)",
+        )
 
 
 async def _integrate(settings: Settings) -> int:

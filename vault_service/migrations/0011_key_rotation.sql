@@ -6,3 +6,13 @@
 GRANT SELECT (structure_id, version, wrapped_key, created_at) ON structure_keys
     TO vault_service_admin;
 GRANT UPDATE (wrapped_key) ON structure_keys TO vault_service_admin;
+
+-- Branch-key rotation (`keys rotate branch`): a new branch-key version for a
+-- structure, the record keys rewrapped under it (the record key and its version only:
+-- never the sealed fields), then the old version deleted once no record names it (the
+-- foreign key from records refuses the delete otherwise).
+GRANT INSERT (structure_id, version, wrapped_key), DELETE ON structure_keys
+    TO vault_service_admin;
+GRANT SELECT (id, structure_id, branch_key_version, record_key) ON records
+    TO vault_service_admin;
+GRANT UPDATE (record_key, branch_key_version) ON records TO vault_service_admin;

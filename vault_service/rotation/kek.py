@@ -18,15 +18,11 @@ from typing import Any
 
 import asyncpg
 
-from vault_service.errors import ConfigurationError, Conflict, InternalError
+from vault_service.errors import ConfigurationError, InternalError
 from vault_service.kms import BRANCH_KEK, TransitKeyAdmin, VaultKms, wrapped_version
 from vault_service.rotation import repository as sql
+from vault_service.rotation.common import acquire, release
 from vault_service.rotation.progress import RotationProgress
-
-
-class RotationInProgress(Conflict):
-    code = "rotation_in_progress"
-    title = "The same rotation is running elsewhere"
 
 
 @dataclass
@@ -59,14 +55,6 @@ class KekRotation:
         }
 
 
-async def acquire(conn: asyncpg.Connection, kind: str) -> None:
-    if not await conn.fetchval(sql.TRY_LOCK, sql.LOCK_IDS[kind]):
-        raise RotationInProgress(
-            f"another `keys rotate {kind}` is running; this one did nothing "
-            "(rerun it once the other has finished)"
-        )
-
-
 async def rotate_kek(
     conn: asyncpg.Connection,
     kms: VaultKms,
@@ -82,7 +70,7 @@ async def rotate_kek(
     try:
         return await _rotate(conn, kms, key_admin, batch_size, retire=retire, dry_run=dry_run)
     finally:
-        await conn.fetchval(sql.UNLOCK, sql.LOCK_IDS["kek"])
+        await release(conn, "kek")
 
 
 async def _rotate(

@@ -56,3 +56,45 @@ UPDATE structure_keys SET wrapped_key = $3 WHERE structure_id = $1 AND version =
 LOG_ADMIN_ACT: Final = """
 SELECT vs_log_admin_act($1, 'allowed', '{}'::uuid[], $2, NULL, $3)
 """
+
+# --- branch keys ------------------------------------------------------------------
+SELECT_BRANCH_VERSIONS: Final = """
+SELECT structure_id, max(version) AS active, count(*) AS versions
+FROM structure_keys GROUP BY structure_id ORDER BY structure_id
+"""
+SELECT_WRAPPED_BRANCH: Final = """
+SELECT wrapped_key, extract(epoch FROM now() - created_at)::float8 AS age_seconds
+FROM structure_keys WHERE structure_id = $1 AND version = $2
+"""
+INSERT_BRANCH_VERSION: Final = """
+INSERT INTO structure_keys (structure_id, version, wrapped_key) VALUES ($1, $2, $3)
+"""
+COUNT_RECORDS_BELOW: Final = """
+SELECT count(*) FROM records WHERE structure_id = $1 AND branch_key_version < $2
+"""
+# Row locks for one batch: a concurrent update of one of these records waits for the
+# batch to commit; reads never wait.
+SELECT_RECORD_BATCH: Final = """
+SELECT id, branch_key_version, record_key FROM records
+WHERE structure_id = $1 AND branch_key_version < $2
+ORDER BY id
+LIMIT $3
+FOR UPDATE
+"""
+UPDATE_RECORD_KEYS: Final = """
+UPDATE records r SET record_key = u.record_key, branch_key_version = $2
+FROM unnest($3::uuid[], $4::bytea[]) AS u (id, record_key)
+WHERE r.id = u.id AND r.structure_id = $1
+"""
+# The foreign key from records would refuse the delete of a version still named; the
+# NOT EXISTS keeps one such row from failing the whole statement.
+DELETE_UNUSED_VERSIONS: Final = """
+DELETE FROM structure_keys k
+WHERE k.structure_id = $1 AND k.version < $2
+  AND NOT EXISTS (SELECT 1 FROM records r
+                  WHERE r.structure_id = k.structure_id AND r.branch_key_version = k.version)
+RETURNING k.version
+"""
+LOG_RECORDS_ACT: Final = """
+SELECT vs_log_admin_act($1, 'allowed', $2::uuid[], $3, NULL, $4)
+"""
