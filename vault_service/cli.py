@@ -202,6 +202,7 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     from vault_service.kms import VaultKms
     from vault_service.rotation.branch import rotate_branch
     from vault_service.rotation.kek import rotate_kek
+    from vault_service.rotation.records import rotate_records
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
@@ -210,6 +211,16 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     kms = VaultKms(settings)
     batch_size = args.batch_size or settings.rotation_batch_size
     try:
+        if args.target == "records":
+            return (
+                await rotate_records(
+                    conn,
+                    kms,
+                    None if args.all else args.structure,
+                    batch_size=batch_size,
+                    dry_run=args.dry_run,
+                )
+            ).report()
         if args.target == "branch":
             # How long a service process may still wrap new records under the old
             # version: its branch-key TTL, plus a write in flight.
@@ -249,6 +260,12 @@ def _print_rotation(report: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
     verb = "would " if report["dry_run"] else ""
+    if report["kind"] == "records":
+        print(
+            f"records: {verb}start {report['started']} structures; {report['resealed']} of "
+            f"{report['to_reseal']} records re-sealed in {report['batches']} batches"
+        )
+        return
     if report["kind"] == "branch":
         print(
             f"branch keys: {verb}rotate {report['rotated']} structures; "
@@ -514,10 +531,15 @@ def _keys_parsers(sub: Any) -> None:
         help="a new branch-key version per structure, record keys rewrapped under it, "
         "the old version deleted once unused",
     )
-    which = branch.add_mutually_exclusive_group(required=True)
-    which.add_argument("--structure", type=_uuid, action="append", help="repeatable")
-    which.add_argument("--all", action="store_true", help="every structure with a branch key")
-    for command in (kek, branch):
+    records = rotate.add_parser(
+        "records",
+        help="re-seal every record's fields under a new record key (a data key may have leaked)",
+    )
+    for command in (branch, records):
+        which = command.add_mutually_exclusive_group(required=True)
+        which.add_argument("--structure", type=_uuid, action="append", help="repeatable")
+        which.add_argument("--all", action="store_true", help="every structure")
+    for command in (kek, branch, records):
         command.add_argument(
             "--dry-run", action="store_true", help="say what would be done, do nothing"
         )

@@ -131,6 +131,8 @@ class Load:
     failed_reads: list[int] = field(default_factory=list)
     failed_writes: list[int] = field(default_factory=list)
     created: dict[uuid.UUID, list[str]] = field(default_factory=dict)
+    # The e-mail each record was last given by an accepted PATCH.
+    emails: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -151,6 +153,17 @@ async def _traffic(
             load.reads += 1
             if r.status_code != 200:
                 load.failed_reads.append(r.status_code)
+            elif i % 4 == 2:
+                rid, email = ids[i % len(ids)], f"n{i}.{who.id.hex[:6]}@example.org"
+                p = await http.patch(
+                    f"{base}/v1/records/{rid}",
+                    json={"email": email},
+                    headers=who.headers(**{"If-Match": r.headers["etag"]}),
+                )
+                if p.status_code == 200:
+                    load.emails[rid] = email
+                else:
+                    load.failed_writes.append(p.status_code)
             if i % 4 == 0:
                 w = await http.post(f"{base}/v1/records", json=MINIMAL, headers=who.headers())
                 if w.status_code == 201:
@@ -395,8 +408,11 @@ async def _branch_versions(world: World, sid: uuid.UUID) -> tuple[list[int], dic
     return keys, {r["v"]: r["n"] for r in rows}
 
 
-async def _read_all(stack: Stack, people: list[tuple[Account, list[str]]]) -> None:
-    """Every record, read by a fresh process (nothing cached) through the API."""
+async def _read_all(
+    stack: Stack, people: list[tuple[Account, list[str]]], emails: dict[str, str] | None = None
+) -> None:
+    """Every record, read by a fresh process (nothing cached) through the API, with the
+    last e-mail a PATCH gave it."""
     async with serve_processes(stack, 1, **UNBUDGETED) as served:
         for who, ids in people:
             for rid in ids:
@@ -404,6 +420,8 @@ async def _read_all(stack: Stack, people: list[tuple[Account, list[str]]]) -> No
                     f"{served.bases[0]}/v1/records/{rid}", headers=who.headers()
                 )
                 assert r.status_code == 200, (rid, r.status_code)
+                if emails and rid in emails:
+                    assert r.json()["record"]["email"] == emails[rid]
 
 
 async def test_rotate_branch_under_load(stack: Stack, world: World) -> None:
@@ -438,7 +456,7 @@ async def test_rotate_branch_under_load(stack: Stack, world: World) -> None:
         # rotation, is under it.
         assert keys == [2]
         assert records == {2: 6 + len(load.created[who.id])}
-    await _read_all(stack, [(who, ids + load.created[who.id]) for who, ids in people])
+    await _read_all(stack, [(who, ids + load.created[who.id]) for who, ids in people], load.emails)
     logged = await _logged(world, op.actor_id)
     assert logged == {
         "key.rotate_branch": 3,
@@ -505,3 +523,116 @@ async def test_rotate_branch_killed_half_way_resumes(stack: Stack, world: World,
     await _read_all(stack, [(who, ids)])
     logged = await _logged(world, op.actor_id)
     assert logged == {"key.rotate_branch": 1, "key.rewrap_branch": 240, "key.destroy_branch": 1}
+
+
+async def test_rotate_records_under_load(stack: Stack, world: World) -> None:
+    op = await _operator(stack, world)
+    async with serve_processes(stack, 2, **UNBUDGETED) as served:
+        people = await _people(served.http, served.bases, world, 3)
+        sids = [str(who.structure_id) for who, _ in people]
+        async with _traffic(served.http, served.bases, people) as load:
+            await asyncio.sleep(0.5)
+            before = {
+                str(r["id"]): r["version"]
+                for r in await world.owner.fetch(
+                    "SELECT id, version FROM records WHERE structure_id = ANY($1::uuid[])",
+                    sids,
+                )
+            }
+            code, out, err = await _cli(
+                op.env,
+                "keys",
+                "rotate",
+                "records",
+                "--json",
+                "--batch-size",
+                "3",
+                *(a for sid in sids for a in ("--structure", sid)),
+            )
+            await asyncio.sleep(0.5)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["started"] == 3 and report["resealed"] >= len(before)
+    assert "re-seal records: " in err
+    assert load.reads > 0 and load.failed_reads == []
+    assert load.failed_writes == [] and load.emails
+    rows = await world.owner.fetch(
+        "SELECT id, key_version FROM records WHERE id = ANY($1::uuid[])", list(before)
+    )
+    # Every record there when the rotation began is under a new key.
+    assert {r["key_version"] for r in rows} == {2}
+    await _read_all(stack, [(who, ids + load.created[who.id]) for who, ids in people], load.emails)
+    logged = await _logged(world, op.actor_id)
+    assert logged == {"key.rotate_records": 3, "key.reseal_records": report["resealed"]}
+
+
+async def test_rotate_records_killed_half_way_resumes(stack: Stack, world: World, client) -> None:
+    op = await _operator(stack, world)
+    who = await world.counsellor()
+    assert who.structure_id is not None
+    ids = []
+    for _ in range(240):
+        r = await client.post("/v1/records", json=MINIMAL, headers=who.headers())
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vault_service.cli",
+        "keys",
+        "rotate",
+        "records",
+        "--structure",
+        str(who.structure_id),
+        "--batch-size",
+        "3",
+        env=op.env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert line, "the rotation ended before it could be killed"
+        if line.startswith("re-seal records: ") and int(line.split()[-1].split("/")[0]) >= 30:
+            break
+    os.kill(proc.pid, signal.SIGSTOP)
+    code, _, err = await _cli(op.env, "keys", "rotate", "records", "--all")
+    assert code == 1 and "another `keys rotate records` is running" in err
+    os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+    async def key_versions() -> dict[int, int]:
+        rows = await world.owner.fetch(
+            "SELECT key_version AS v, count(*) AS n FROM records WHERE structure_id = $1 "
+            "GROUP BY 1",
+            who.structure_id,
+        )
+        return {r["v"]: r["n"] for r in rows}
+
+    done = (await key_versions())[2]
+    assert 30 <= done < 240 and done % 3 == 0
+    code, out, err = await _cli(op.env, "keys", "rotate", "records", "--all", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert [s["structure_id"] for s in report["structures"]] == [str(who.structure_id)]
+    assert report["started"] == 0 and report["resealed"] == 240 - done
+    assert await key_versions() == {2: 240}
+    await _read_all(stack, [(who, ids)])
+    logged = await _logged(world, op.actor_id)
+    assert logged == {"key.rotate_records": 1, "key.reseal_records": 240}
+    # Finished: the next run is a new rotation (the dry run says so, doing nothing).
+    code, out, err = await _cli(
+        op.env,
+        "keys",
+        "rotate",
+        "records",
+        "--dry-run",
+        "--json",
+        "--structure",
+        str(who.structure_id),
+    )
+    assert code == 0, err
+    planned = json.loads(out)["structures"][0]
+    assert planned["started"] and planned["target_key_version"] == 3
+    assert await key_versions() == {2: 240}

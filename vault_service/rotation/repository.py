@@ -98,3 +98,43 @@ RETURNING k.version
 LOG_RECORDS_ACT: Final = """
 SELECT vs_log_admin_act($1, 'allowed', $2::uuid[], $3, NULL, $4)
 """
+
+# --- record re-encryption ---------------------------------------------------------
+SELECT_RECORD_KEY_VERSIONS: Final = """
+SELECT r.structure_id, max(r.key_version) AS newest, k.target_version, k.finished_at
+FROM records r LEFT JOIN record_key_rotations k ON k.structure_id = r.structure_id
+GROUP BY r.structure_id, k.target_version, k.finished_at ORDER BY r.structure_id
+"""
+START_RECORD_ROTATION: Final = """
+INSERT INTO record_key_rotations (structure_id, target_version) VALUES ($1, $2)
+ON CONFLICT (structure_id) DO UPDATE
+SET target_version = excluded.target_version, started_at = now(), finished_at = NULL
+"""
+FINISH_RECORD_ROTATION: Final = """
+UPDATE record_key_rotations SET finished_at = now()
+WHERE structure_id = $1 AND target_version = $2
+"""
+COUNT_RECORDS_KEY_BELOW: Final = """
+SELECT count(*) FROM records WHERE structure_id = $1 AND key_version < $2
+"""
+# Read without locks: the re-sealing happens in memory, and the write below only
+# lands on a row nobody changed meanwhile.
+SELECT_RESEAL_BATCH: Final = """
+SELECT id, branch_key_version, record_key, key_version, sealed, version FROM records
+WHERE structure_id = $1 AND key_version < $2 AND id > $3
+ORDER BY id
+LIMIT $4
+"""
+# Compare-and-set per row: a record updated, moved or re-sealed since it was read
+# (its version, key version or wrapped key changed) is left alone and read again by
+# the next pass. Every writer of the service locks the row first, so this statement
+# waits for it, then re-checks the row it finds.
+RESEAL_RECORDS: Final = """
+UPDATE records r
+SET record_key = u.record_key, key_version = $2, sealed = u.sealed
+FROM unnest($3::uuid[], $4::bigint[], $5::integer[], $6::bytea[], $7::bytea[], $8::bytea[])
+     AS u (id, version, old_key_version, old_record_key, record_key, sealed)
+WHERE r.id = u.id AND r.structure_id = $1 AND r.version = u.version
+  AND r.key_version = u.old_key_version AND r.record_key = u.old_record_key
+RETURNING r.id
+"""
