@@ -42,6 +42,12 @@ def _uuid(text: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError("not a UUID") from None
 
 
+def _batch_size(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError("a batch is 1 to 10000 rows")
+    return int(text)
+
+
 # --- commands ------------------------------------------------------------------------
 def cmd_serve(settings: Settings) -> int:
     from granian import Granian
@@ -546,8 +552,7 @@ def _keys_parsers(sub: Any) -> None:
         command.add_argument("--json", action="store_true")
         command.add_argument(
             "--batch-size",
-            type=int,
-            choices=range(1, 10_001),
+            type=_batch_size,
             metavar="1..10000",
             help="rows per transaction (default: VAULT_SERVICE_ROTATION_BATCH_SIZE)",
         )
