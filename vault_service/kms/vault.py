@@ -216,15 +216,6 @@ class VaultKms:
             raise KmsUnavailable()
         return key
 
-    async def rewrap_key(self, wrapped: str) -> str:
-        def op(c: hvac.Client) -> str:
-            r = c.secrets.transit.rewrap_data(
-                name=BRANCH_KEK, ciphertext=wrapped, mount_point=self._mount
-            )
-            return str(r["data"]["ciphertext"])
-
-        return await self._call("rewrap", op)
-
     async def rewrap_keys(self, wrapped: Sequence[str]) -> list[str]:
         """Rewrap many branch keys to the KEK's latest version in one request (transit
         batch): the plaintext never leaves Vault. Any item refused fails the whole."""

@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault_service.crypto.keys import BranchKey, KeyHierarchy
 from vault_service.errors import InvalidParameter
 from vault_service.kms import VaultKms
 from vault_service.rotation import repository as sql
-from vault_service.rotation.common import acquire, release
+from vault_service.rotation.common import acquire, branch_key, release
 from vault_service.rotation.progress import RotationProgress
 
 
@@ -98,15 +97,6 @@ async def rotate_branch(
         await release(conn, "branch")
 
 
-async def _branch_key(
-    conn: asyncpg.Connection, kms: VaultKms, structure_id: uuid.UUID, version: int
-) -> tuple[BranchKey, float]:
-    row = await conn.fetchrow(sql.SELECT_WRAPPED_BRANCH, structure_id, version)
-    assert row is not None
-    key = BranchKey(structure_id, version, AESGCM(await kms.unwrap_key(row["wrapped_key"])))
-    return key, float(row["age_seconds"])
-
-
 async def _rotate(
     conn: asyncpg.Connection,
     kms: VaultKms,
@@ -150,7 +140,7 @@ async def _rotate(
     with RotationProgress("rewrap record keys", total) as progress:
         targets: dict[uuid.UUID, BranchKey] = {}
         for item in run.structures:
-            targets[item.structure_id], age = await _branch_key(
+            targets[item.structure_id], age = await branch_key(
                 conn, kms, item.structure_id, item.target_version
             )
             wait = max(wait, ttl_seconds - age)
@@ -194,7 +184,7 @@ async def _rewrap(
             for r in rows:
                 version = r["branch_key_version"]
                 if version not in sources:
-                    sources[version], _ = await _branch_key(conn, kms, item.structure_id, version)
+                    sources[version], _ = await branch_key(conn, kms, item.structure_id, version)
                 ids.append(r["id"])
                 keys.append(
                     KeyHierarchy.rewrap_record_key(

@@ -1,10 +1,15 @@
-"""What every rotation shares: its lock."""
+"""What every rotation shares: its lock, and branch keys read on the admin's login."""
 
 from __future__ import annotations
 
-import asyncpg
+import uuid
 
-from vault_service.errors import Conflict
+import asyncpg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault_service.crypto.keys import BranchKey
+from vault_service.errors import Conflict, DecryptionFailed
+from vault_service.kms import VaultKms
 from vault_service.rotation import repository as sql
 
 
@@ -25,3 +30,15 @@ async def acquire(conn: asyncpg.Connection, kind: str) -> None:
 
 async def release(conn: asyncpg.Connection, kind: str) -> None:
     await conn.fetchval(sql.UNLOCK, sql.LOCK_IDS[kind])
+
+
+async def branch_key(
+    conn: asyncpg.Connection, kms: VaultKms, structure_id: uuid.UUID, version: int
+) -> tuple[BranchKey, float]:
+    """A structure's branch key of one version, unwrapped by Vault (the service's
+    access), and its age in seconds."""
+    row = await conn.fetchrow(sql.SELECT_WRAPPED_BRANCH, structure_id, version)
+    if row is None:
+        raise DecryptionFailed()  # a record names a version that does not exist
+    key = BranchKey(structure_id, version, AESGCM(await kms.unwrap_key(row["wrapped_key"])))
+    return key, float(row["age_seconds"])

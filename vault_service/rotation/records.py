@@ -24,14 +24,13 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault_service.crypto import aead
 from vault_service.crypto.keys import BranchKey, KeyHierarchy
 from vault_service.errors import InvalidParameter
 from vault_service.kms import VaultKms
 from vault_service.rotation import repository as sql
-from vault_service.rotation.common import acquire, release
+from vault_service.rotation.common import acquire, branch_key, release
 from vault_service.rotation.progress import RotationProgress
 
 _decoder = msgspec.msgpack.Decoder(dict[str, bytes])
@@ -159,7 +158,7 @@ async def _reseal(
             for r in rows:
                 version = r["branch_key_version"]
                 if version not in branches:
-                    branches[version] = await _branch_key(conn, kms, item.structure_id, version)
+                    branches[version], _ = await branch_key(conn, kms, item.structure_id, version)
             columns = _reseal_rows(rows, branches, item.target_version)
             async with conn.transaction():
                 done = await conn.fetch(
@@ -175,14 +174,6 @@ async def _reseal(
             bar.advance(len(ids))
         if not found:
             return
-
-
-async def _branch_key(
-    conn: asyncpg.Connection, kms: VaultKms, structure_id: uuid.UUID, version: int
-) -> BranchKey:
-    row = await conn.fetchrow(sql.SELECT_WRAPPED_BRANCH, structure_id, version)
-    assert row is not None
-    return BranchKey(structure_id, version, AESGCM(await kms.unwrap_key(row["wrapped_key"])))
 
 
 def _reseal_rows(
