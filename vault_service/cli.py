@@ -15,12 +15,15 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from vault_service.errors import ConfigurationError, InvalidParameter, VaultServiceError
 from vault_service.settings import Settings
+
+if TYPE_CHECKING:
+    from vault_service.kms import TransitKeyAdmin
 
 _TTL = re.compile(r"^(\d+)([smh]?)$")
 
@@ -186,7 +189,7 @@ async def _key_inventory(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _key_admin(settings: Settings) -> Any:
+def _key_admin(settings: Settings) -> TransitKeyAdmin:
     """The key admin's Vault client (policy `key-admin`), from VAULT_TOKEN: rotating
     and retiring are the operator's, never the service's."""
     from vault_service.kms import TransitKeyAdmin

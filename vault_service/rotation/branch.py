@@ -173,13 +173,20 @@ async def _rewrap(
     progress: RotationProgress,
 ) -> None:
     sources: dict[int, BranchKey] = {}
+    after = uuid.UUID(int=0)
     while True:
         async with conn.transaction():
             rows = await conn.fetch(
-                sql.SELECT_RECORD_BATCH, item.structure_id, item.target_version, batch_size
+                sql.SELECT_RECORD_BATCH, item.structure_id, item.target_version, after, batch_size
             )
             if not rows:
-                return
+                # A record moved into the structure behind the cursor is found by one
+                # more pass from the start; a pass that finds nothing ends.
+                if after == uuid.UUID(int=0):
+                    return
+                after = uuid.UUID(int=0)
+                continue
+            after = rows[-1]["id"]
             ids, keys = [], []
             for r in rows:
                 version = r["branch_key_version"]

@@ -74,11 +74,13 @@ SELECT count(*) FROM records WHERE structure_id = $1 AND branch_key_version < $2
 """
 # Row locks for one batch: a concurrent update of one of these records waits for the
 # batch to commit; reads never wait.
+# Keyset pagination (`id > $3`): each batch starts where the last one ended instead of
+# scanning again past every row already rewrapped.
 SELECT_RECORD_BATCH: Final = """
 SELECT id, branch_key_version, record_key FROM records
-WHERE structure_id = $1 AND branch_key_version < $2
+WHERE structure_id = $1 AND branch_key_version < $2 AND id > $3
 ORDER BY id
-LIMIT $3
+LIMIT $4
 FOR UPDATE
 """
 UPDATE_RECORD_KEYS: Final = """
