@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from vault_service.errors import InvalidParameter, VaultServiceError
+from vault_service.errors import ConfigurationError, InvalidParameter, VaultServiceError
 from vault_service.settings import Settings
 
 if TYPE_CHECKING:
     from vault_service.audit.entry import AccessEvent
+    from vault_service.kms import TransitKeyAdmin
 
 _TTL = re.compile(r"^(\d+)([smh]?)$")
 
@@ -43,6 +44,12 @@ def _uuid(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError("not a UUID") from None
+
+
+def _batch_size(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError("a batch is 1 to 10000 rows")
+    return int(text)
 
 
 # --- commands ------------------------------------------------------------------------
@@ -207,6 +214,109 @@ async def _key_inventory(settings: Settings) -> dict[str, Any]:
             for r in rows
         ],
     }
+
+
+def _key_admin(settings: Settings) -> TransitKeyAdmin:
+    """The key admin's Vault client (policy `key-admin`), from VAULT_TOKEN: rotating
+    and retiring are the operator's, never the service's."""
+    from vault_service.kms import TransitKeyAdmin
+
+    token = os.environ.get("VAULT_TOKEN")
+    if not token:
+        raise ConfigurationError("set VAULT_TOKEN to a key admin's token (policy key-admin)")
+    return TransitKeyAdmin(
+        os.environ.get("VAULT_ADDR") or settings.vault_addr,
+        token,
+        mount=settings.vault_transit_mount,
+        cacert=os.environ.get("VAULT_CACERT") or settings.vault_cacert,
+    )
+
+
+async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Rotations run on the admin's own login (each step and its access-log entry in
+    one transaction) with the service's Vault configuration for the rewraps."""
+    from vault_service.kms import VaultKms
+    from vault_service.rotation.branch import rotate_branch
+    from vault_service.rotation.kek import rotate_kek
+    from vault_service.rotation.records import rotate_records
+
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    conn = await asyncpg.connect(dsn)
+    kms = VaultKms(settings)
+    batch_size = args.batch_size or settings.rotation_batch_size
+    try:
+        if args.target == "records":
+            return (
+                await rotate_records(
+                    conn,
+                    kms,
+                    None if args.all else args.structure,
+                    batch_size=batch_size,
+                    dry_run=args.dry_run,
+                )
+            ).report()
+        if args.target == "branch":
+            # How long a service process may still wrap new records under the old
+            # version: its branch-key TTL, plus a write in flight.
+            ttl = settings.branch_key_ttl_seconds + settings.db_statement_timeout_ms / 1000
+            return (
+                await rotate_branch(
+                    conn,
+                    kms,
+                    None if args.all else args.structure,
+                    batch_size=batch_size,
+                    ttl_seconds=ttl,
+                    dry_run=args.dry_run,
+                )
+            ).report()
+        run = await rotate_kek(
+            conn,
+            kms,
+            lambda: _key_admin(settings),
+            batch_size=batch_size,
+            retire=args.retire,
+            dry_run=args.dry_run,
+        )
+        return run.report()
+    except asyncpg.PostgresError as exc:
+        # The database's text is not echoed; its class says enough to an operator.
+        raise VaultServiceError(
+            f"the database refused ({type(exc).__name__}): is "
+            "VAULT_SERVICE_ADMIN_DATABASE_URL your own admin login?"
+        ) from None
+    finally:
+        kms.close()
+        await conn.close()
+
+
+def _print_rotation(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    verb = "would " if report["dry_run"] else ""
+    if report["kind"] == "records":
+        print(
+            f"records: {verb}start {report['started']} structures; {report['resealed']} of "
+            f"{report['to_reseal']} records re-sealed in {report['batches']} batches"
+        )
+        return
+    if report["kind"] == "branch":
+        print(
+            f"branch keys: {verb}rotate {report['rotated']} structures; "
+            f"{report['rewrapped']} of {report['to_rewrap']} record keys rewrapped in "
+            f"{report['batches']} batches; {report['destroyed']} old versions destroyed"
+        )
+        return
+    if report["rotated"]:
+        print(f"{report['key']}: {verb}rotate to v{report['target_version']}")
+    print(
+        f"{report['key']}: {report['rewrapped']} of {report['to_rewrap']} branch keys "
+        f"rewrapped to v{report['target_version']} in {report['batches']} batches"
+    )
+    if report["retired"]:
+        print(f"{report['key']}: versions below v{report['min_decryption_version']} retired")
 
 
 async def _account_command(args: argparse.Namespace) -> Any:
@@ -571,9 +681,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
     prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
-    keys = sub.add_parser("keys", help="key inventory").add_subparsers(dest="action", required=True)
-    keys.add_parser("list", help="transit keys, signing key versions, branch keys")
+    _keys_parsers(sub)
     return parser
+
+
+def _keys_parsers(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="key inventory and rotations").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("list", help="transit keys, signing key versions, branch keys")
+    status = keys.add_parser("status", help="key versions, ages, and what is due for rotation")
+    status.add_argument("--json", action="store_true")
+    rotate = keys.add_parser(
+        "rotate",
+        help="online, resumable rotations (admin login, the service's Vault configuration, "
+        "and VAULT_TOKEN of a key admin for the Vault steps)",
+    ).add_subparsers(dest="target", required=True)
+    kek = rotate.add_parser(
+        "kek", help="rotate the branch-key KEK and rewrap every branch key inside Vault"
+    )
+    kek.add_argument(
+        "--retire", action="store_true", help="then raise min_decryption_version to the new version"
+    )
+    branch = rotate.add_parser(
+        "branch",
+        help="a new branch-key version per structure, record keys rewrapped under it, "
+        "the old version deleted once unused",
+    )
+    records = rotate.add_parser(
+        "records",
+        help="re-seal every record's fields under a new record key (a data key may have leaked)",
+    )
+    for command in (branch, records):
+        which = command.add_mutually_exclusive_group(required=True)
+        which.add_argument("--structure", type=_uuid, action="append", help="repeatable")
+        which.add_argument("--all", action="store_true", help="every structure")
+    for command in (kek, branch, records):
+        command.add_argument(
+            "--dry-run", action="store_true", help="say what would be done, do nothing"
+        )
+        command.add_argument("--json", action="store_true")
+        command.add_argument(
+            "--batch-size",
+            type=_batch_size,
+            metavar="1..10000",
+            help="rows per transaction (default: VAULT_SERVICE_ROTATION_BATCH_SIZE)",
+        )
 
 
 async def _integrate(settings: Settings) -> int:
@@ -684,6 +837,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 for r in rows:
                     print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
+            return 0
+        if args.command == "keys" and args.action == "status":
+            from vault_service.rotation.inventory import key_status, render_text
+
+            status = asyncio.run(key_status(settings))
+            print(json.dumps(status, indent=2) if args.json else render_text(status))
+            return 0
+        if args.command == "keys" and args.action == "rotate":
+            _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
             return 0
         if args.command == "keys":
             print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))

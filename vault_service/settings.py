@@ -176,6 +176,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retention_programme_end: bool = True
     retention_purge_after_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 1826
     retention_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    # Key rotation policy (`vault-service keys status`): a key whose latest version is
+    # older than this many days is due for rotation; 0 means never by age. The
+    # blind-index roots rotate only as a planned re-indexing, so not by age.
+    rotation_kek_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
+    rotation_branch_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
+    rotation_token_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 90
+    rotation_checkpoint_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
+    rotation_index_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 0
+    # Rows rewrapped per transaction by `keys rotate`: each batch holds its row locks
+    # for one Vault round trip, and is one access-log entry.
+    rotation_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

@@ -108,7 +108,11 @@ class KeyHierarchy:
         self._kms = kms
         self._pool = pool
         self._branch: KeyCache[tuple[uuid.UUID, int], BranchKey] = KeyCache(ttl, max_uses)
-        self._active: dict[uuid.UUID, int] = {}
+        # The version new records are wrapped under, known for one TTL: a branch-key
+        # rotation (`keys rotate branch`) is picked up by every process within it,
+        # and waits that long before it destroys the old version.
+        self._active: dict[uuid.UUID, tuple[int, float]] = {}
+        self._active_ttl = ttl
         self._derived: KeyCache[tuple[str, bytes], bytes] = KeyCache(ttl, max_uses)
 
     async def branch_key(self, structure_id: uuid.UUID, version: int) -> BranchKey:
@@ -124,8 +128,8 @@ class KeyHierarchy:
 
     async def active_branch_key(self, structure_id: uuid.UUID) -> BranchKey:
         """The key new records of a structure are wrapped under; created on first use."""
-        version = self._active.get(structure_id)
-        if version is not None:
+        version, until = self._active.get(structure_id, (0, 0.0))
+        if until > time.monotonic():
             return await self.branch_key(structure_id, version)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(SELECT_ACTIVE_BRANCH_KEY, structure_id)
@@ -136,7 +140,7 @@ class KeyHierarchy:
                 row = await conn.fetchrow(SELECT_ACTIVE_BRANCH_KEY, structure_id)
                 if row is None:
                     raise KmsUnavailable()
-        self._active[structure_id] = int(row["version"])
+        self._active[structure_id] = (int(row["version"]), time.monotonic() + self._active_ttl)
         return await self.branch_key(structure_id, int(row["version"]))
 
     def forget_active(self, structure_id: uuid.UUID) -> None:

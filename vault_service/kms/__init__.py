@@ -7,7 +7,10 @@ from vault_service.kms.vault import (
     NATIONAL_INDEX_KEY,
     SERVICE_KEYS,
     TOKEN_KEY,
+    TransitKeyAdmin,
+    TransitKeyInfo,
     VaultKms,
+    wrapped_version,
 )
 
 __all__ = [
@@ -17,5 +20,8 @@ __all__ = [
     "NATIONAL_INDEX_KEY",
     "SERVICE_KEYS",
     "TOKEN_KEY",
+    "TransitKeyAdmin",
+    "TransitKeyInfo",
     "VaultKms",
+    "wrapped_version",
 ]

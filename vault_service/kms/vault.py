@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import functools
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,49 @@ _RETRYABLE = (
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class TransitKeyInfo:
+    """What `transit/keys/<name>` says of a key: never key material."""
+
+    name: str
+    key_type: str
+    latest_version: int
+    min_decryption_version: int
+    min_encryption_version: int
+    created: dict[int, datetime.datetime]
+
+
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def _creation_time(info: Any) -> datetime.datetime:
+    """Symmetric keys give a Unix time per version, asymmetric ones an RFC 3339 string
+    (nanoseconds, which fromisoformat does not take before Python 3.12)."""
+    if isinstance(info, dict):
+        text = _FRACTION.sub(r"\1", str(info["creation_time"])).replace("Z", "+00:00")
+        return datetime.datetime.fromisoformat(text).astimezone(datetime.UTC)
+    return datetime.datetime.fromtimestamp(int(info), datetime.UTC)
+
+
+def _key_info(name: str, data: dict[str, Any]) -> TransitKeyInfo:
+    return TransitKeyInfo(
+        name=name,
+        key_type=str(data["type"]),
+        latest_version=int(data["latest_version"]),
+        min_decryption_version=int(data.get("min_decryption_version") or 1),
+        min_encryption_version=int(data.get("min_encryption_version") or 0),
+        created={int(v): _creation_time(info) for v, info in data["keys"].items()},
+    )
+
+
+def wrapped_version(wrapped: str) -> int:
+    """The transit key version a 'vault:v<N>:...' value was wrapped under."""
+    prefix, version, _ = wrapped.split(":", 2)
+    if prefix != "vault" or not version.startswith("v"):
+        raise ValueError("not a transit blob")
+    return int(version[1:])
 
 
 def _vault_blob(value: str) -> tuple[int, bytes]:
@@ -186,14 +231,32 @@ class VaultKms:
             raise KmsUnavailable()
         return key
 
-    async def rewrap_key(self, wrapped: str) -> str:
-        def op(c: hvac.Client) -> str:
-            r = c.secrets.transit.rewrap_data(
-                name=BRANCH_KEK, ciphertext=wrapped, mount_point=self._mount
-            )
-            return str(r["data"]["ciphertext"])
+    async def rewrap_keys(self, wrapped: Sequence[str]) -> list[str]:
+        """Rewrap many branch keys to the KEK's latest version in one request (transit
+        batch): the plaintext never leaves Vault. Any item refused fails the whole."""
 
+        def op(c: hvac.Client) -> list[str]:
+            r = c.secrets.transit.rewrap_data(
+                name=BRANCH_KEK,
+                ciphertext=wrapped[0],
+                batch_input=[{"ciphertext": w} for w in wrapped],
+                mount_point=self._mount,
+            )
+            results = r["data"]["batch_results"]
+            if len(results) != len(wrapped) or any(x.get("error") for x in results):
+                raise ValueError("a batch item was refused")
+            return [str(x["ciphertext"]) for x in results]
+
+        if not wrapped:
+            return []
         return await self._call("rewrap", op)
+
+    async def key_info(self, key_name: str) -> TransitKeyInfo:
+        def op(c: hvac.Client) -> TransitKeyInfo:
+            r = c.secrets.transit.read_key(name=key_name, mount_point=self._mount)
+            return _key_info(key_name, r["data"])
+
+        return await self._call("read_key", op)
 
     async def derive(self, key_name: str, label: bytes) -> bytes:
         """HMAC-SHA256 of `label` under a non-exportable transit key, version 1 pinned
@@ -288,6 +351,44 @@ class VaultKms:
             return await self._call("health", op)
         except KmsUnavailable:
             return False
+
+
+class TransitKeyAdmin:
+    """Rotation and retirement of transit keys with a key admin's own token (policy
+    `key-admin`: rotate and config, never use a key). The service's token cannot do
+    either; the operator's token is never the service's.
+    """
+
+    def __init__(self, addr: str, token: str, *, mount: str, cacert: str | None = None) -> None:
+        self._client = hvac.Client(url=addr, token=token, verify=cacert or True, timeout=10)
+        self._mount = mount
+
+    def _run(self, operation: str, fn: Callable[[], T]) -> T:
+        _calls.add(1, {"operation": operation})
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - fail closed, naming only the class
+            _failures.add(1, {"operation": operation, "error": type(exc).__name__})
+            log.error("kms_call_failed", operation=operation, error=type(exc).__name__)
+            raise KmsUnavailable() from None
+
+    async def rotate(self, key_name: str) -> int:
+        """A new latest version; returns it."""
+
+        def op() -> int:
+            self._client.secrets.transit.rotate_key(name=key_name, mount_point=self._mount)
+            r = self._client.secrets.transit.read_key(name=key_name, mount_point=self._mount)
+            return int(r["data"]["latest_version"])
+
+        return await asyncio.to_thread(self._run, "rotate", op)
+
+    async def set_min_decryption_version(self, key_name: str, version: int) -> None:
+        def op() -> None:
+            self._client.secrets.transit.update_key_configuration(
+                name=key_name, min_decryption_version=version, mount_point=self._mount
+            )
+
+        await asyncio.to_thread(self._run, "config", op)
 
 
 def setup_transit(client: hvac.Client, mount: str = "transit") -> list[str]:

@@ -81,14 +81,19 @@ class Sealer:
 
     # --- sealing --------------------------------------------------------------------------
     def split(
-        self, values: Mapping[str, Any], record_key: AESGCM, record_id: uuid.UUID
+        self,
+        values: Mapping[str, Any],
+        record_key: AESGCM,
+        record_id: uuid.UUID,
+        key_version: int = 1,
     ) -> tuple[dict[str, bytes], dict[str, Any]]:
-        """(sealed blobs of the encrypted fields, plain values of the others)."""
+        """(sealed blobs of the encrypted fields, plain values of the others), bound to
+        the record key's version (a re-encrypted record is past version 1)."""
         sealed: dict[str, bytes] = {}
         clear: dict[str, Any] = {}
         for name, value in values.items():
             if self._schema.fields[name].encrypted:
-                aad = aead.field_aad(record_id, name, 1)
+                aad = aead.field_aad(record_id, name, key_version)
                 sealed[name] = aead.seal(record_key, _json_encoder.encode(value), aad)
             else:
                 clear[name] = value

@@ -241,7 +241,9 @@ class RecordService:
             record_key = await self._sealer.record_key(row)
             sealed, clear = self._sealer.stored(row)
             present = {k: v for k, v in changes.items() if v is not None}
-            new_sealed, new_clear = self._sealer.split(present, record_key, record_id)
+            new_sealed, new_clear = self._sealer.split(
+                present, record_key, record_id, row["key_version"]
+            )
             for name, value in changes.items():
                 if value is None:
                     sealed.pop(name, None)

@@ -1,0 +1,34 @@
+"""Progress of `keys rotate` on stderr: plain lines for a pipe or a file, a rich bar on
+a terminal."""
+
+from __future__ import annotations
+
+import io
+
+from vault_service.rotation.progress import RotationProgress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    with RotationProgress("rewrap branch keys", 5, stream=out) as progress:
+        progress.advance(2)
+        progress.advance(3)
+    assert out.getvalue().splitlines() == [
+        "rewrap branch keys: 0/5",
+        "rewrap branch keys: 2/5",
+        "rewrap branch keys: 5/5",
+    ]
+
+
+def test_a_bar_on_a_terminal() -> None:
+    out = _Terminal()
+    with RotationProgress("re-seal records", 4, stream=out) as progress:
+        progress.advance(4)
+    text = out.getvalue()
+    assert "re-seal records" in text and "4/4" in text
+    assert "re-seal records: " not in text  # no plain lines

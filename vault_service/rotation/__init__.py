@@ -1,0 +1,1 @@
+"""Key inventory and online rotations (`vault-service keys status|rotate`)."""
