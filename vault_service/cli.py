@@ -770,26 +770,32 @@ async def _prune(days: int) -> int:
         await conn.close()
 
 
+def _standalone(argv: list[str]) -> int | None:
+    """The tools that outside parties run with no database, no Vault and no settings:
+    the offline verifier, the monitor, the witness (None: not one of them)."""
+    if argv[:2] == ["audit", "verify"]:
+        from vault_service.audit.verify import main as verify_main
+
+        return verify_main(argv[2:])
+    if argv[:2] == ["audit", "monitor"]:
+        from vault_service.audit.monitor import main as monitor_main
+
+        return monitor_main(argv[2:])
+    if argv[:1] == ["witness"]:
+        from vault_service.audit.witness import main as witness_main
+
+        return witness_main(argv[1:])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from vault_service.observability import configure_logging
 
     configure_logging(os.environ.get("VAULT_SERVICE_LOG_LEVEL", "INFO"), stream=sys.stderr)
-    if argv[:2] == ["audit", "verify"]:
-        # No database, no service, no settings: files and pinned keys only.
-        from vault_service.audit.verify import main as verify_main
-
-        return verify_main(argv[2:])
-    if argv[:2] == ["audit", "monitor"]:
-        # A process of its own, with its own state: no database, no settings.
-        from vault_service.audit.monitor import main as monitor_main
-
-        return monitor_main(argv[2:])
-    if argv[:1] == ["witness"]:
-        # Run by someone outside the service: its key and state, nothing of ours.
-        from vault_service.audit.witness import main as witness_main
-
-        return witness_main(argv[1:])
+    standalone = _standalone(argv)
+    if standalone is not None:
+        return standalone
     args = build_parser().parse_args(argv)
     try:
         if args.command == "dev":
