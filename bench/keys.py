@@ -52,7 +52,7 @@ from vault_service import devstack
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.kms import VaultKms
 from vault_service.records import schema
-from vault_service.records.sealing import Sealer
+from vault_service.records.sealing import RowState, Sealer
 from vault_service.seed import youth
 from vault_service.settings import Settings
 
@@ -90,7 +90,8 @@ async def bulk_seed(owner_dsn: str, env: dict[str, str], n: int) -> None:
             rid = uuid.uuid4()
             record_key, wrapped = KeyHierarchy.new_record_key(branch, rid)
             sealed, clear = sealer.split(values[i % len(values)], record_key, rid)
-            sealed_bytes, clear_text = Sealer.pack(sealed, clear)
+            state = RowState(rid, 1, sid, aid, 1)  # a new record, as a create leaves it
+            sealed_bytes, clear_text = Sealer.pack(sealed, clear, record_key, state)
             rows.append((rid, sid, aid, branch.version, wrapped, 1, sealed_bytes, clear_text, aid))
             if len(rows) == 5000:
                 await owner.copy_records_to_table("records", records=rows, columns=COLUMNS)

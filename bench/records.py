@@ -215,7 +215,15 @@ def main() -> int:
         action="store_true",
         help="also read through a benchmark-only build without budgets (bench/budgets_off.py)",
     )
+    parser.add_argument(
+        "--integrity-cost",
+        action="store_true",
+        help="also read through a benchmark-only build without the record integrity "
+        "check (bench/integrity_off.py)",
+    )
     args = parser.parse_args()
+    if args.budget_cost and args.integrity_cost:
+        parser.error("one of --budget-cost and --integrity-cost at a time")
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
@@ -266,11 +274,12 @@ def main() -> int:
             )
         )
         off_port = None
-        if args.budget_cost:
+        if args.budget_cost or args.integrity_cost:
             off_port = devstack.free_port()
+            off_app = "bench.budgets_off:app" if args.budget_cost else "bench.integrity_off:app"
             procs.append(
                 subprocess.Popen(
-                    server_cmd(args.server, "bench.budgets_off:app", off_port),
+                    server_cmd(args.server, off_app, off_port),
                     env={**os.environ, **env, "VAULT_SERVICE_AUDIT_INTEGRATOR": "false"},
                 )
             )
@@ -356,9 +365,13 @@ def main() -> int:
             / results["svc_read"]["requests"],
         }
         if "off_read" in results:
-            report["budget_cost_p50_share"] = (
+            what = "budget" if args.budget_cost else "integrity"
+            report[f"{what}_cost_p50_share"] = (
                 results["svc_read"]["p50_ms"] - results["off_read"]["p50_ms"]
             ) / results["svc_read"]["p50_ms"]
+            report[f"{what}_cost_throughput_share"] = 1 - (
+                results["svc_read"]["rps"] / results["off_read"]["rps"]
+            )
         (RESULTS / f"records-{args.server}.json").write_text(json.dumps(report, indent=2))
         print(f"{'':12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}")
         for name, r in results.items():
@@ -366,8 +379,12 @@ def main() -> int:
                 f"{name:12}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9.0f}"
             )
         print(f"read ratio (service / reference):   {report['read_ratio']:.2f}")
-        if "budget_cost_p50_share" in report:
-            print(f"budgets' share of the read p50:     {report['budget_cost_p50_share']:.1%}")
+        for what in ("budget", "integrity"):
+            if f"{what}_cost_p50_share" in report:
+                print(
+                    f"{what} checks' share of the read p50: {report[f'{what}_cost_p50_share']:.1%}"
+                    f", of read throughput: {report[f'{what}_cost_throughput_share']:.1%}"
+                )
         print(f"create ratio (service / reference): {report['create_ratio']:.2f}")
         print(
             f"Vault calls per 1,000 reads:        {report['vault_calls_per_1000_reads']:.2f} "

@@ -164,6 +164,7 @@ async def _start_records(
         caseload_page_max=settings.caseload_page_max,
         on_honeytoken=defence.honeytoken,
         is_canary=canaries.named,
+        on_integrity_failure=defence.integrity_failed,
         retention=RetentionRule(settings.retention_age_years, settings.retention_programme_end),
     )
 

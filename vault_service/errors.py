@@ -154,6 +154,15 @@ class DecryptionFailed(VaultServiceError):
     title = "A stored value failed its integrity check"
 
 
+class RecordIntegrityFailed(DecryptionFailed):
+    """Every field opened, but the record as a whole is not what the service wrote: an
+    older ciphertext swapped in, a clear field edited, another referent or structure
+    written by someone holding the database. Nothing of it is served."""
+
+    code = "record_integrity"
+    title = "The record failed its integrity check"
+
+
 class AuditUnavailable(VaultServiceError):
     status = 503
     code = "audit_unavailable"

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from tests.conftest import World, load_fixture
+from vault_service.auth.permissions import Role
 
 pytestmark = pytest.mark.integration
 FULL = json.loads(load_fixture("full_record.json"))
@@ -134,3 +135,82 @@ async def test_moved_or_flipped_ciphertexts_fail_loudly(client, world: World) ->
         "UPDATE records SET record_key = $2 WHERE id = $1", uuid.UUID(rid2), key2
     )
     assert (await _read(client, c, rid2)).status_code == 200
+
+
+async def _alerts_on(client, world: World, rid: str) -> list[dict]:
+    auditor = await world.account(Role.AUDITOR, None)
+    r = await client.get("/v1/alerts", headers=auditor.headers(purpose="audit"))
+    return [
+        a
+        for a in r.json()["items"]
+        if a["kind"] == "record.integrity_failed" and a["details"].get("record_id") == rid
+    ]
+
+
+async def test_a_database_writer_cannot_roll_back_edit_or_move_a_record(
+    client, world: World, stack
+) -> None:
+    """Issue 10: each done in SQL as a superuser; the next read refuses (500
+    record_integrity, nothing of the record in the body) and raises a critical alert;
+    transfers and updates made by the service keep working."""
+    import asyncpg
+
+    sid = await world.structure()
+    c, other = await world.counsellor(sid), await world.counsellor(sid)
+    su = await asyncpg.connect(stack.dsn(None))  # the server's superuser
+    try:
+        for attack in ("replay", "clear", "referent"):
+            rid = (await client.post("/v1/records", json=FULL, headers=c.headers())).json()["id"]
+            old = await su.fetchval("SELECT sealed FROM records WHERE id = $1", uuid.UUID(rid))
+            # A legitimate update by the service: new ciphertexts, a new tag.
+            r = await client.patch(
+                f"/v1/records/{rid}",
+                json={"email": "nouvelle.adresse@example.org", "programme_kind": "CEJ_JR"},
+                headers={**c.headers(), "If-Match": '"1"'},
+            )
+            assert r.status_code == 200, r.text
+            assert (await _read(client, c, rid)).status_code == 200
+            if attack == "replay":
+                # The older e-mail ciphertext of the same record and field: it opens
+                # (same record, field and key version), but the record is not what the
+                # service wrote last.
+                now = msgspec.msgpack.decode(
+                    await su.fetchval("SELECT sealed FROM records WHERE id = $1", uuid.UUID(rid))
+                )
+                now["email"] = msgspec.msgpack.decode(old)["email"]
+                await su.execute(
+                    "UPDATE records SET sealed = $2 WHERE id = $1",
+                    uuid.UUID(rid),
+                    msgspec.msgpack.encode(now),
+                )
+            elif attack == "clear":
+                await su.execute(
+                    "UPDATE records SET clear = jsonb_set(clear, '{programme_kind}', '\"PACEA\"')"
+                    " WHERE id = $1",
+                    uuid.UUID(rid),
+                )
+            else:  # into another counsellor's caseload
+                await su.execute(
+                    "UPDATE records SET referent_id = $2 WHERE id = $1", uuid.UUID(rid), other.id
+                )
+            reader = other if attack == "referent" else c
+            r = await _read(client, reader, rid)
+            assert (r.status_code, r.json()["code"]) == (500, "record_integrity"), attack
+            assert "nouvelle" not in r.text and FULL["birth_name"] not in r.text
+            assert len(await _alerts_on(client, world, rid)) == 1, attack
+            # Nor does a caseload list it in summary.
+            listed = await client.get("/v1/caseload", headers=reader.headers())
+            assert listed.status_code == 500 and FULL["birth_name"] not in listed.text
+            await su.execute("DELETE FROM records WHERE id = $1", uuid.UUID(rid))
+    finally:
+        await su.close()
+    # Transfers re-tag the record: a youth moved by the service reads fine.
+    sup = await world.account(Role.SUPERVISOR, sid)
+    rid = (await client.post("/v1/records", json=FULL, headers=c.headers())).json()["id"]
+    r = await client.post(
+        f"/v1/records/{rid}/transfer",
+        json={"to_account": str(other.id), "kind": "definitive"},
+        headers=sup.headers(purpose="transfer"),
+    )
+    assert r.status_code == 200, r.text
+    assert (await _read(client, other, rid)).status_code == 200

@@ -23,8 +23,8 @@ FULL = json.loads(load_fixture("full_record.json"))
 MINIMAL = json.loads(load_fixture("minimal_record.json"))
 
 ROW: str = (
-    "SELECT id, structure_id, branch_key_version, record_key, key_version, sealed, "
-    "clear::text AS clear, retain_until FROM records WHERE id = $1"
+    "SELECT id, structure_id, referent_id, branch_key_version, record_key, key_version, "
+    "sealed, clear::text AS clear, version, retain_until FROM records WHERE id = $1"
 )
 
 

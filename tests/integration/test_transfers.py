@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -205,7 +206,12 @@ async def test_a_request_moves_nothing_until_the_receiving_structure_accepts(
     after = await _record(world, sc.rid)
     assert (after["structure_id"], after["referent_id"]) == (sc.s2, sc.new.id)
     assert after["record_key"] != before["record_key"]  # rewrapped under s2's branch key
-    assert after["sealed"] == before["sealed"]  # the fields themselves are not touched
+    # The fields themselves are not touched; only the record's integrity tag is new
+    # (it binds the structure, the referent and the version).
+    fields_before = msgspec.msgpack.decode(before["sealed"])
+    fields_after = msgspec.msgpack.decode(after["sealed"])
+    assert fields_after.pop("") != fields_before.pop("")
+    assert fields_after == fields_before
     active = await world.owner.fetchval(
         "SELECT max(version) FROM structure_keys WHERE structure_id = $1", sc.s2
     )

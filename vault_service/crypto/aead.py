@@ -29,6 +29,7 @@ NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
 _FIELD_AAD: Final = b"vault-service/field/v1\x00"
 _RECORD_KEY_AAD: Final = b"vault-service/record-key/v1\x00"
+_INTEGRITY_AAD: Final = b"vault-service/record-integrity/v1\x00"
 
 
 def new_key() -> bytes:
@@ -46,6 +47,32 @@ def field_aad_prefix(record_id: uuid.UUID, key_version: int) -> bytes:
 
 def field_aad(record_id: uuid.UUID, path: str, key_version: int) -> bytes:
     return field_aad_prefix(record_id, key_version) + path.encode("utf-8")
+
+
+def record_integrity_aad(
+    record_id: uuid.UUID,
+    version: int,
+    structure_id: uuid.UUID,
+    referent_id: uuid.UUID,
+    key_version: int,
+    content_digest: bytes,
+) -> bytes:
+    """What a record's integrity tag binds (records/sealing.py): the row's identity, its
+    version, who holds it, the key version, and a digest of every sealed and clear
+    field. A database writer who swaps in an older ciphertext, edits a clear field or
+    moves the youth to another referent changes it, and cannot make a new tag without
+    the record key."""
+    return b"".join(
+        (
+            _INTEGRITY_AAD,
+            record_id.bytes,
+            struct.pack(">Q", version),
+            structure_id.bytes,
+            referent_id.bytes,
+            struct.pack(">I", key_version),
+            content_digest,
+        )
+    )
 
 
 def record_key_aad(record_id: uuid.UUID, structure_id: uuid.UUID, branch_version: int) -> bytes:

@@ -113,6 +113,7 @@ class BulkReadDefence:
         self._pool = pool
         self._alerts = alerts
         self._suspend_after = suspend_after
+        self._integrity_alerted: set[uuid.UUID] = set()
 
     async def refused(self, principal: Principal, decision: Decision) -> None:
         """After a budget refusal (its entry is already durable). Raises nothing the
@@ -143,6 +144,27 @@ class BulkReadDefence:
                 error_type=type(exc).__name__,
                 account_id=str(principal.account_id),
             )
+
+    async def integrity_failed(self, principal: Principal, record_id: uuid.UUID) -> None:
+        """A record failed its integrity check (written by someone holding the database,
+        not by the service): a critical alert, once per record and process. The request
+        is refused either way; a failure to alert is logged, not raised."""
+        if record_id in self._integrity_alerted:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await self._alerts.raise_on(
+                    conn,
+                    "critical",
+                    "record.integrity_failed",
+                    account_id=None,
+                    structure_id=principal.structure_id,
+                    details={"record_id": str(record_id)},
+                )
+            if len(self._integrity_alerted) < 10_000:
+                self._integrity_alerted.add(record_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            alerts_log.error("integrity_alert_failed", error_type=type(exc).__name__)
 
     async def honeytoken(self, principal: Principal, record_id: uuid.UUID) -> None:
         """A request named a honeytoken: suspend on that request. Unlike a budget

@@ -29,7 +29,7 @@ from vault_service.errors import Conflict, Forbidden, InvalidBody, NotFound, Vau
 from vault_service.limits.budgets import Charge
 from vault_service.records import access
 from vault_service.records.repository import Connection, RecordRepository
-from vault_service.records.sealing import Sealer
+from vault_service.records.sealing import RowState, Sealer
 
 if TYPE_CHECKING:
     from vault_service.records.service import RecordService
@@ -172,7 +172,11 @@ class CustodyService:
             if request.kind == "temporary":
                 outcome = await self._assign(conn, principal, row, target_structure, request)
             elif target_structure == source_structure:
-                version = await self._repo.set_referent(conn, record_id, request.to_account)
+                record_key = await self._sealer.record_key(row)
+                sealed = self._resealed(row, record_key, source_structure, request.to_account)
+                version = await self._repo.set_referent(
+                    conn, record_id, request.to_account, int(row["version"]), sealed
+                )
                 outcome = Moved(record_id, version, target_structure, request.to_account)
             else:
                 outcome = await self._ask(conn, principal, row, target_structure, request)
@@ -288,9 +292,32 @@ class CustodyService:
         scoped = [p for p in self._sealer.schema.indexed if p.index and not p.index.national]
         values = self._sealer.decrypt_values(row, record_key, [p.name for p in scoped])
         names, digests = await self._sealer.index_values(target_structure, values, scoped)
+        sealed = self._resealed(row, record_key, target_structure, to_account)
         return await self._repo.move(
-            conn, row["id"], target_structure, to_account, target_version, rewrapped, names, digests
+            conn,
+            row["id"],
+            target_structure,
+            to_account,
+            target_version,
+            rewrapped,
+            names,
+            digests,
+            int(row["version"]),
+            sealed,
         )
+
+    def _resealed(
+        self, row: Any, record_key: Any, structure_id: uuid.UUID, referent_id: uuid.UUID
+    ) -> bytes:
+        """The row's sealed fields with a new integrity tag for its new holder and next
+        version, once the row as it is has passed its own check (a tampered row is
+        never re-tagged as ours)."""
+        self._sealer.check_integrity(row, record_key)
+        sealed, clear = self._sealer.stored(row)
+        state = RowState(
+            row["id"], int(row["version"]) + 1, structure_id, referent_id, int(row["key_version"])
+        )
+        return self._sealer.pack(sealed, clear, record_key, state)[0]
 
     async def decline(
         self, principal: Principal, transfer_id: uuid.UUID, log: WriteLog

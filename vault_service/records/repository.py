@@ -148,14 +148,17 @@ END_GRANTS: Final = """
 UPDATE break_glass_grants SET expires_at = greatest(now(), opened_at + interval '1 millisecond')
 WHERE record_id = $1 AND expires_at > now()
 """
+# Both re-tag the row (sealed, $6/$4) for its next version: the caller read it locked
+# at version $5/$3.
 MOVE_RECORD: Final = """
 UPDATE records SET structure_id = $2, referent_id = $3, branch_key_version = $4, record_key = $5,
-                   version = version + 1, updated_at = now()
-WHERE id = $1
+                   sealed = $7, version = version + 1, updated_at = now()
+WHERE id = $1 AND version = $6
 RETURNING version
 """
 SET_REFERENT: Final = """
-UPDATE records SET referent_id = $2, version = version + 1, updated_at = now() WHERE id = $1
+UPDATE records SET referent_id = $2, sealed = $4, version = version + 1, updated_at = now()
+WHERE id = $1 AND version = $3
 RETURNING version
 """
 DELETE_ASSIGNMENTS: Final = "DELETE FROM record_assignments WHERE record_id = $1"
@@ -426,12 +429,19 @@ class RecordRepository:
         await conn.execute(UPSERT_ASSIGNMENT, record_id, account_id, kind, until, created_by)
 
     async def set_referent(
-        self, conn: Connection, record_id: uuid.UUID, referent_id: uuid.UUID
+        self,
+        conn: Connection,
+        record_id: uuid.UUID,
+        referent_id: uuid.UUID,
+        version: int,
+        sealed: bytes,
     ) -> int:
         """A new referent in the same structure; every assignment ends. The new version."""
-        version = await conn.fetchval(SET_REFERENT, record_id, referent_id)
+        new_version = await conn.fetchval(SET_REFERENT, record_id, referent_id, version, sealed)
+        if new_version is None:
+            raise InternalError()  # the row changed under its lock: never expected
         await conn.execute(DELETE_ASSIGNMENTS, record_id)
-        return int(version)
+        return int(new_version)
 
     async def move(
         self,
@@ -443,6 +453,8 @@ class RecordRepository:
         record_key: bytes,
         names: Sequence[str],
         digests: Sequence[bytes],
+        version: int,
+        sealed: bytes,
     ) -> int:
         """Another structure: the rewrapped record key, the structure-scoped indexes
         recomputed under that structure's keys, no assignment and no live break-the-glass
@@ -453,10 +465,19 @@ class RecordRepository:
         )
         await conn.execute(DELETE_ASSIGNMENTS, record_id)
         await conn.execute(END_GRANTS, record_id)
-        version = await conn.fetchval(
-            MOVE_RECORD, record_id, structure_id, referent_id, branch_key_version, record_key
+        new_version = await conn.fetchval(
+            MOVE_RECORD,
+            record_id,
+            structure_id,
+            referent_id,
+            branch_key_version,
+            record_key,
+            version,
+            sealed,
         )
-        return int(version)
+        if new_version is None:
+            raise InternalError()
+        return int(new_version)
 
     # --- custody: cross-structure transfer requests --------------------------------------------
     async def request_transfer(

@@ -13,6 +13,7 @@ import datetime
 import hmac
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Final
 
@@ -22,7 +23,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from vault_service.crypto import aead
 from vault_service.crypto import blind_index as bi
 from vault_service.crypto.keys import KeyHierarchy
-from vault_service.errors import DecryptionFailed, InvalidBody, InvalidParameter
+from vault_service.errors import (
+    DecryptionFailed,
+    InvalidBody,
+    InvalidParameter,
+    RecordIntegrityFailed,
+)
 from vault_service.records.access import AccessFacts
 from vault_service.records.schema import FieldPlan, RecordSchema
 
@@ -100,9 +106,36 @@ class Sealer:
         return sealed, clear
 
     @staticmethod
-    def pack(sealed: Mapping[str, bytes], clear: Mapping[str, Any]) -> tuple[bytes, str]:
-        """The stored form of both halves: the `sealed` and `clear` columns."""
-        return _msgpack_encoder.encode(sealed), _json_encoder.encode(clear).decode()
+    def pack(
+        sealed: Mapping[str, bytes],
+        clear: Mapping[str, Any],
+        record_key: AESGCM,
+        at: RowState,
+    ) -> tuple[bytes, str]:
+        """The stored form of both halves (the `sealed` and `clear` columns), the sealed
+        half carrying the record's integrity tag for the row as it will be (`at`)."""
+        fields = {k: v for k, v in sealed.items() if k != INTEGRITY_FIELD}
+        fields[INTEGRITY_FIELD] = aead.seal(record_key, b"", _integrity_aad(at, fields, clear))
+        return _msgpack_encoder.encode(fields), _json_encoder.encode(clear).decode()
+
+    @staticmethod
+    def check_integrity(
+        row: StoredRow, record_key: AESGCM, sealed: Mapping[str, bytes] | None = None
+    ) -> None:
+        """RecordIntegrityFailed unless the row is, as a whole, what the service wrote
+        (a row without a tag included: removing it is no way around the check)."""
+        fields = _msgpack_decoder.decode(row["sealed"]) if sealed is None else sealed
+        tag = fields.get(INTEGRITY_FIELD)
+        if tag is None:
+            raise RecordIntegrityFailed()
+        at = RowState(
+            row["id"], int(row["version"]), row["structure_id"], row["referent_id"],
+            int(row["key_version"]),
+        )  # fmt: skip
+        try:
+            aead.open_(record_key, tag, _integrity_aad(at, fields, clear_values(row)))
+        except DecryptionFailed:
+            raise RecordIntegrityFailed() from None
 
     @staticmethod
     def stored(row: StoredRow) -> tuple[dict[str, bytes], dict[str, Any]]:
@@ -115,11 +148,18 @@ class Sealer:
     ) -> dict[str, bytes]:
         """JSON plaintext of the sealed fields (all, or those of `names` present)."""
         sealed = _msgpack_decoder.decode(row["sealed"])
-        wanted = list(sealed) if names is None else [n for n in names if n in sealed]
+        wanted = (
+            [n for n in sealed if n != INTEGRITY_FIELD]
+            if names is None
+            else [n for n in names if n in sealed]
+        )
         if not self._known.issuperset(wanted):
             raise DecryptionFailed()  # a field the schema does not know: tampered row
         prefix = aead.field_aad_prefix(row["id"], row["key_version"])
-        return aead.open_fields(record_key, prefix, sealed, wanted)
+        opened = aead.open_fields(record_key, prefix, sealed, wanted)
+        # Each field authenticated on its own; now the record as a whole.
+        self.check_integrity(row, record_key, sealed)
+        return opened
 
     def full(self, row: StoredRow, record_key: AESGCM) -> dict[str, Any]:
         """Every field, the sealed ones as raw JSON (never decoded, re-encoded as is)."""
@@ -213,6 +253,36 @@ class Sealer:
         """Keyed digest of a request body: a replay is recognised without storing it."""
         key = await self._keys.derived_key(False, _IDEMPOTENCY_LABEL)
         return hmac.new(key, body, sha256).digest()
+
+
+INTEGRITY_FIELD: Final = ""
+"""The entry of the `sealed` map that holds the record's integrity tag (no field has an
+empty name): an AES-GCM tag, under the record key, over nothing, with the row's
+identity, version, holder, key version and content digest as AAD."""
+_sorted_json = msgspec.json.Encoder(order="sorted")
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    """What the integrity tag binds besides the fields: the row as it will be stored."""
+
+    record_id: uuid.UUID
+    version: int
+    structure_id: uuid.UUID
+    referent_id: uuid.UUID
+    key_version: int
+
+
+def _integrity_aad(at: RowState, sealed: Mapping[str, bytes], clear: Mapping[str, Any]) -> bytes:
+    # One unambiguous encoding of both halves (msgpack of the sorted sealed pairs, then
+    # the clear values as sorted JSON), hashed once: the read path pays it per record.
+    pairs = [(name, sealed[name]) for name in sorted(sealed) if name != INTEGRITY_FIELD]
+    digest = sha256(_msgpack_encoder.encode(pairs))
+    digest.update(b"\x00clear\x00" + _sorted_json.encode(clear))
+    return aead.record_integrity_aad(
+        at.record_id, at.version, at.structure_id, at.referent_id, at.key_version,
+        digest.digest(),
+    )  # fmt: skip
 
 
 def clear_values(row: StoredRow) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from vault_service.errors import (
     InvalidParameter,
     NotFound,
     PreconditionFailed,
+    RecordIntegrityFailed,
     invalid_body,
 )
 from vault_service.limits.budgets import Charge
@@ -36,7 +37,7 @@ from vault_service.records.access import View
 from vault_service.records.repository import IdempotencyRace, RecordRepository
 from vault_service.records.retention import RetentionRule
 from vault_service.records.schema import RecordSchema
-from vault_service.records.sealing import Sealer
+from vault_service.records.sealing import RowState, Sealer
 
 __all__ = ["Created", "Page", "RecordDocument", "RecordService", "View"]
 
@@ -85,6 +86,7 @@ class RecordService:
         on_honeytoken: HoneytokenHook | None = None,
         is_canary: Callable[[uuid.UUID], bool] | None = None,
         retention: RetentionRule | None = None,
+        on_integrity_failure: HoneytokenHook | None = None,
     ) -> None:
         # Built here so every caller keeps constructing the service as before; the
         # custody service shares these two rather than anything of this class.
@@ -94,6 +96,7 @@ class RecordService:
         self._create = msgspec.json.Decoder(schema.create_type)
         self._patch = msgspec.json.Decoder(schema.patch_type)
         self._on_honeytoken = on_honeytoken
+        self._on_integrity_failure = on_integrity_failure
         self.is_canary: Callable[[uuid.UUID], bool] = is_canary or _never
         """Whether an id is a honeytoken's (limits/honeytokens.py `Canaries.named`)."""
         self._search_page_max = search_page_max
@@ -130,6 +133,12 @@ class RecordService:
             "view": view,
         }
 
+    async def integrity_failed(self, principal: Principal, record_id: uuid.UUID) -> None:
+        """A record failed its integrity check: the defence raises the alert; the caller
+        then lets RecordIntegrityFailed answer the request (nothing served)."""
+        if self._on_integrity_failure is not None:
+            await self._on_integrity_failure(principal, record_id)
+
     async def honeytoken_touched(self, principal: Principal, record_id: uuid.UUID) -> None:
         """A request named a honeytoken: the defence acts, then the caller answers as
         for a record it may not see (the canary stays indistinguishable)."""
@@ -163,7 +172,9 @@ class RecordService:
         )
         sealed, clear = self._sealer.split(values, record_key, record_id)
         names, digests = await self._sealer.index_values(structure_id, values, self._schema.indexed)
-        sealed_bytes, clear_text = self._sealer.pack(sealed, clear)
+        sealed_bytes, clear_text = self._sealer.pack(
+            sealed, clear, record_key, RowState(record_id, 1, structure_id, principal.account_id, 1)
+        )
         try:
             # The record and its access-log entry commit together or not at all.
             row = await self._repo.create(
@@ -204,7 +215,12 @@ class RecordService:
         view = None if row is None else access.decide(principal, row, purpose)
         if row is None or view is None:
             raise NotFound()
-        return self._document(row, view, await self._sealer.record_key(row))
+        record_key = await self._sealer.record_key(row)
+        try:
+            return self._document(row, view, record_key)
+        except RecordIntegrityFailed:
+            await self.integrity_failed(principal, record_id)
+            raise
 
     def _document(self, row: asyncpg.Record, view: View, record_key: AESGCM) -> RecordDocument:
         if view is View.FULL:
@@ -239,6 +255,12 @@ class RecordService:
             if row["version"] != expected_version:
                 raise PreconditionFailed()
             record_key = await self._sealer.record_key(row)
+            # A row someone else wrote is never re-sealed as ours.
+            try:
+                self._sealer.check_integrity(row, record_key)
+            except RecordIntegrityFailed:
+                await self.integrity_failed(principal, record_id)
+                raise
             sealed, clear = self._sealer.stored(row)
             present = {k: v for k, v in changes.items() if v is not None}
             new_sealed, new_clear = self._sealer.split(
@@ -252,7 +274,18 @@ class RecordService:
             clear.update(new_clear)
             touched = [p for p in self._schema.indexed if p.name in changes]
             names, digests = await self._sealer.index_values(row["structure_id"], present, touched)
-            sealed_bytes, clear_text = self._sealer.pack(sealed, clear)
+            sealed_bytes, clear_text = self._sealer.pack(
+                sealed,
+                clear,
+                record_key,
+                RowState(
+                    record_id,
+                    expected_version + 1,
+                    row["structure_id"],
+                    row["referent_id"],
+                    int(row["key_version"]),
+                ),
+            )
             updated = await self._repo.update(
                 conn, record_id, sealed_bytes, clear_text, expected_version
             )
@@ -356,7 +389,11 @@ class RecordService:
         for row in rows:
             record_key = await self._sealer.record_key(row)
             summary = {"id": row["id"], "referent_id": row["referent_id"]}
-            summary.update(self._sealer.masked(row, record_key))
+            try:
+                summary.update(self._sealer.masked(row, record_key))
+            except RecordIntegrityFailed:
+                await self.integrity_failed(principal, row["id"])
+                raise
             items.append(summary)
         next_after = page[-1]["id"] if more and page else None
         return Page(items, next_after, tuple(r["id"] for r in rows))

@@ -29,12 +29,12 @@ from vault_service.crypto import aead
 from vault_service.crypto.keys import BranchKey, KeyHierarchy
 from vault_service.errors import InvalidParameter
 from vault_service.kms import VaultKms
+from vault_service.records.sealing import INTEGRITY_FIELD, RowState, Sealer, clear_values
 from vault_service.rotation import repository as sql
 from vault_service.rotation.common import acquire, branch_key, release
 from vault_service.rotation.progress import RotationProgress
 
 _decoder = msgspec.msgpack.Decoder(dict[str, bytes])
-_encoder = msgspec.msgpack.Encoder()
 _NO_ID = uuid.UUID(int=0)
 
 
@@ -184,18 +184,25 @@ def _reseal_rows(
         branch = branches[r["branch_key_version"]]
         old = KeyHierarchy.open_record_key(branch, r["id"], r["record_key"])
         new, wrapped = KeyHierarchy.new_record_key(branch, r["id"])
+        stored = _decoder.decode(r["sealed"])
+        # A row that fails its own integrity check is never re-sealed as ours: the run
+        # stops on it (fail closed) and resumes once someone has looked.
+        Sealer.check_integrity(r, old, stored)
         fields = {
             name: aead.seal(
                 new,
                 aead.open_(old, blob, aead.field_aad(r["id"], name, r["key_version"])),
                 aead.field_aad(r["id"], name, target),
             )
-            for name, blob in _decoder.decode(r["sealed"]).items()
+            for name, blob in stored.items()
+            if name != INTEGRITY_FIELD
         }
+        state = RowState(r["id"], int(r["version"]), r["structure_id"], r["referent_id"], target)
+        resealed, _ = Sealer.pack(fields, clear_values(r), new, state)
         ids.append(r["id"])
         versions.append(r["version"])
         old_versions.append(r["key_version"])
         old_keys.append(r["record_key"])
         new_keys.append(wrapped)
-        sealed.append(_encoder.encode(fields))
+        sealed.append(resealed)
     return ids, versions, old_versions, old_keys, new_keys, sealed

@@ -122,7 +122,8 @@ SELECT count(*) FROM records WHERE structure_id = $1 AND key_version < $2
 # Read without locks: the re-sealing happens in memory, and the write below only
 # lands on a row nobody changed meanwhile.
 SELECT_RESEAL_BATCH: Final = """
-SELECT id, branch_key_version, record_key, key_version, sealed, version FROM records
+SELECT id, structure_id, referent_id, branch_key_version, record_key, key_version, sealed,
+       clear, version FROM records
 WHERE structure_id = $1 AND key_version < $2 AND id > $3
 ORDER BY id
 LIMIT $4
