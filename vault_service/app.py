@@ -26,6 +26,7 @@ from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder
 from vault_service.audit.routes import AlertsController, AuditController
 from vault_service.audit.sequencer import Sequencer
 from vault_service.auth.accounts import AccountGate
+from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
 from vault_service.crypto.keys import KeyHierarchy
@@ -284,6 +285,13 @@ def create_app(settings: Settings) -> Litestar:
             state.signing_keys = signing
             state.token_issuer = TokenIssuer(settings, kms, signing)
             state.token_verifier = TokenVerifier(settings, signing)
+            # Tokens of the configured external OpenID providers (auth/oidc.py), routed
+            # to by their `iss` in auth/guards.py; None when none is configured.
+            state.external_issuers = (
+                ExternalIssuers(settings.oidc_issuers, cache_size=settings.token_cache_size)
+                if settings.oidc_issuers
+                else None
+            )
             state.account_gate = gate
             state.records = records
             state.custody = CustodyService(

@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import math
 import re
 import ssl
 import time
 import urllib.request
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPMessage
@@ -69,6 +71,13 @@ _MAX_LIFETIME_CAP: Final = 86400
 _MAX_LEEWAY: Final = 60
 _MAX_ISSUER_LENGTH: Final = 300  # external_identities.issuer CHECK (length(issuer) <= 300)
 _JTI_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vault-service:external-jti")
+_SUBJECT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vault-service:external-subject")
+
+
+def external_actor_id(issuer: str, subject: str) -> uuid.UUID:
+    """The access log's actor id for an external identity linked to no account: an id,
+    never the subject itself, that an auditor who knows (issuer, subject) recomputes."""
+    return uuid.uuid5(_SUBJECT_NAMESPACE, issuer + "\x00" + subject)
 
 
 class InvalidIssuerConfig(ConfigurationError, ValueError):
@@ -104,8 +113,13 @@ class IssuerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audience: str
     jwks_uri: str
     algorithms: tuple[str, ...]
+    # Every token of this issuer: `acr` one of these (when any), all these `amr` members.
     required_acr: tuple[str, ...] = ()
     required_amr: tuple[str, ...] = ()
+    # What counts as multi-factor, for routes whose permission needs it: an `acr` among
+    # `mfa_acr`, or every member of `mfa_amr` (when configured) in `amr`.
+    mfa_acr: tuple[str, ...] = ()
+    mfa_amr: tuple[str, ...] = ("mfa",)
     max_lifetime_seconds: int = 3600
     leeway_seconds: int = 30
 
@@ -126,8 +140,8 @@ class IssuerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise InvalidIssuerConfig("algorithms must be among RS256, PS256, ES256, EdDSA")
         if len(set(self.algorithms)) != len(self.algorithms):
             raise InvalidIssuerConfig("algorithms must not repeat")
-        if not all(self.required_acr) or not all(self.required_amr):
-            raise InvalidIssuerConfig("required_acr and required_amr entries must not be empty")
+        if not all((*self.required_acr, *self.required_amr, *self.mfa_acr, *self.mfa_amr)):
+            raise InvalidIssuerConfig("acr and amr entries must not be empty")
         if not 1 <= self.max_lifetime_seconds <= _MAX_LIFETIME_CAP:
             raise InvalidIssuerConfig("max_lifetime_seconds must be between 1 and 86400")
         if not 0 <= self.leeway_seconds <= _MAX_LEEWAY:
@@ -367,6 +381,7 @@ class ExternalIssuers:
         cache_seconds: float = 3600.0,
         max_stale_seconds: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
+        cache_size: int = 10_000,
     ) -> None:
         if len({i.issuer for i in issuers}) != len(issuers):
             raise ConfigurationError("an external issuer is configured twice")
@@ -380,6 +395,10 @@ class ExternalIssuers:
         # stop being trusted after this long.
         self._max_stale_seconds = max_stale_seconds
         self._clock = clock
+        # sha256(token) -> (claims, kid), as for our own tokens (auth/tokens.py): a hit
+        # is honoured until the token's expiry and while its key is still published.
+        self._cache: OrderedDict[bytes, tuple[ExternalClaims, str]] = OrderedDict()
+        self._cache_size = cache_size
 
     @property
     def issuers(self) -> tuple[str, ...]:
@@ -389,6 +408,28 @@ class ExternalIssuers:
         return unverified_iss in self._states
 
     async def verify(self, token: str) -> ExternalClaims:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            claims, kid = cached
+            state = self._states[claims.issuer]
+            keys = self._usable(state, self._clock())
+            if (
+                claims.exp > time.time() - state.config.leeway_seconds
+                and keys is not None
+                and kid in keys
+            ):
+                self._cache.move_to_end(digest)
+                return claims
+            del self._cache[digest]
+        claims, kid = await self._verify_uncached(token)
+        if self._cache_size:
+            self._cache[digest] = (claims, kid)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return claims
+
+    async def _verify_uncached(self, token: str) -> tuple[ExternalClaims, str]:
         try:
             state, alg, kid = self._route(token)
         except Unauthenticated as exc:
@@ -396,7 +437,7 @@ class ExternalIssuers:
             log.info("external_token_refused", issuer=None, reason=exc.reason)
             raise
         try:
-            return await self._verify(state, token, alg, kid)
+            return await self._verify(state, token, alg, kid), kid
         except Unauthenticated as exc:
             log.info("external_token_refused", issuer=state.config.issuer, reason=exc.reason)
             raise
@@ -470,10 +511,8 @@ class ExternalIssuers:
             raise Unauthenticated(reason="token_claims") from None
         if not 0 < claims.exp - claims.iat <= config.max_lifetime_seconds:
             raise Unauthenticated(reason="token_lifetime")
-        if config.required_acr and claims.acr not in config.required_acr:
-            raise Unauthenticated(reason="token_mfa_required")
-        if not set(config.required_amr).issubset(claims.amr):
-            raise Unauthenticated(reason="token_mfa_required")
+        # Assurance (acr/amr) is checked by `assurance`, once the token's account is
+        # known, so that such a refusal is logged as that account's.
         return ExternalClaims(
             issuer=config.issuer,
             subject=claims.sub,
@@ -483,6 +522,18 @@ class ExternalIssuers:
             acr=claims.acr,
             amr=claims.amr,
         )
+
+    def assurance(self, claims: ExternalClaims) -> bool:
+        """Refuses a token below its issuer's floor (`required_acr`, `required_amr`);
+        returns whether it counts as multi-factor (`mfa_acr`, `mfa_amr`)."""
+        config = self._states[claims.issuer].config
+        if config.required_acr and claims.acr not in config.required_acr:
+            raise Unauthenticated(reason="token_assurance_insufficient")
+        if not set(config.required_amr).issubset(claims.amr):
+            raise Unauthenticated(reason="token_assurance_insufficient")
+        if config.mfa_acr and claims.acr in config.mfa_acr:
+            return True
+        return bool(config.mfa_amr) and set(config.mfa_amr).issubset(claims.amr)
 
     def _usable(self, state: _IssuerState, now: float) -> _KeySet | None:
         if state.keys is None or now - state.fetched_at > self._max_stale_seconds:
