@@ -405,11 +405,18 @@ async def test_not_yet_valid_refused(issuers: ExternalIssuers, keys: Keys) -> No
     assert await reason_of(issuers, token) == "token_not_yet_valid"
 
 
+async def test_token_without_jti_named_by_its_hash(issuers: ExternalIssuers, keys: Keys) -> None:
+    """OIDC ID tokens need not carry a jti: each token is then named by its own hash."""
+    first = await issuers.verify(sign(keys, jti=None))
+    second = await issuers.verify(sign(keys, jti=None, exp=int(time.time()) + 200))
+    assert first.jti.startswith("sha256:")
+    assert first.token_id() != second.token_id()
+
+
 @pytest.mark.parametrize(
     "over",
     [
         {"sub": None},
-        {"jti": None},
         {"exp": None},
         {"iat": None},
         {"aud": None},

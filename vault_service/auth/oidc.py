@@ -52,8 +52,9 @@ SUPPORTED_ALGORITHMS: Final = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
 MAX_TOKEN_BYTES: Final = 8192
 MAX_JWKS_BYTES: Final = 256 * 1024
 FETCH_TIMEOUT_SECONDS: Final = 5.0
-# nbf is optional in OIDC; PyJWT checks it whenever it is present.
-REQUIRED_CLAIMS: Final = ["iss", "aud", "exp", "iat", "sub", "jti"]
+# nbf is optional in OIDC; PyJWT checks it whenever it is present. So is jti: an ID
+# token (OIDC Core 2) need not carry one; without it the token is named by its hash.
+REQUIRED_CLAIMS: Final = ["iss", "aud", "exp", "iat", "sub"]
 _KID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")  # always used with fullmatch
 # The key type (and curve) each algorithm may be used with. Ed448 is left out on
 # purpose: no provider we trust uses it, and a smaller surface is easier to reason about.
@@ -178,13 +179,13 @@ class ExternalClaims(msgspec.Struct, frozen=True):
         return uuid.uuid5(_JTI_NAMESPACE, self.issuer + "\x00" + self.jti)
 
 
-class _Payload(msgspec.Struct, frozen=True):
+class _Payload(msgspec.Struct, frozen=True, kw_only=True):
     """The claims we rely on, strictly typed (no float or bool timestamps); IdPs add
     many more claims, which are ignored."""
 
     iss: str
     sub: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]  # OIDC Core 2
-    jti: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    jti: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     iat: int
     exp: int
     nbf: int | None = None
@@ -516,7 +517,9 @@ class ExternalIssuers:
         return ExternalClaims(
             issuer=config.issuer,
             subject=claims.sub,
-            jti=claims.jti,
+            jti=claims.jti
+            if claims.jti is not None
+            else "sha256:" + hashlib.sha256(token.encode("ascii")).hexdigest(),
             iat=claims.iat,
             exp=claims.exp,
             acr=claims.acr,
