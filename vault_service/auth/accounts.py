@@ -188,6 +188,17 @@ class AccountGate:
             self._links[key] = account
         return account
 
+    async def external_actor(self, issuer: str, subject: str, jti: uuid.UUID) -> VerifiedActor:
+        """Whom a refusal of a signed external token names: its linked account, or the
+        external identity itself."""
+        account_id = await self._linked(issuer, subject)
+        if account_id is None:
+            return VerifiedActor(external_actor_id(issuer, subject), None, None, jti)
+        state = await self._state(account_id, jti)
+        return VerifiedActor(
+            account_id, state.role if state else None, state.structure_id if state else None, jti
+        )
+
     async def external_principal(
         self, claims: ExternalClaims, mfa_of: Callable[[ExternalClaims], bool]
     ) -> Principal:

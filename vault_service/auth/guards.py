@@ -15,7 +15,12 @@ from typing import Any, Final
 from litestar.types import Scope
 
 from vault_service.auth.accounts import AccountGate, ExternalRefusal
-from vault_service.auth.oidc import ExternalIssuers, unverified_issuer
+from vault_service.auth.oidc import (
+    ExternalIssuers,
+    SignedButRefused,
+    external_token_id,
+    unverified_issuer,
+)
 from vault_service.auth.permissions import (
     MFA_PERMISSIONS,
     ROLE_PERMISSIONS,
@@ -76,7 +81,14 @@ async def authenticate(scope: Scope) -> Principal:
     # decode goes to our verifier, which names what is wrong with it.
     iss = unverified_issuer(token)
     if external is not None and iss is not None and external.handles(iss):
-        ext = await external.verify(token)
+        try:
+            ext = await external.verify(token)
+        except SignedButRefused as exc:
+            if exc.subject is not None:
+                scope["state"][VERIFIED_CLAIMS] = await gate.external_actor(
+                    exc.issuer, exc.subject, external_token_id(exc.issuer, exc.jti)
+                )
+            raise
         try:
             return await gate.external_principal(ext, external.assurance)
         except ExternalRefusal as exc:

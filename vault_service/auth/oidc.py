@@ -173,10 +173,14 @@ class ExternalClaims(msgspec.Struct, frozen=True):
     amr: tuple[str, ...]
 
     def token_id(self) -> uuid.UUID:
-        """A UUID for this token, for `revoked_tokens.jti` and `Principal.jti`: an
-        external jti is any string, unique only within its issuer, so the issuer is
-        part of the name."""
-        return uuid.uuid5(_JTI_NAMESPACE, self.issuer + "\x00" + self.jti)
+        return external_token_id(self.issuer, self.jti)
+
+
+def external_token_id(issuer: str, jti: str) -> uuid.UUID:
+    """A UUID for an external token, for `revoked_tokens.jti` and `Principal.jti`: an
+    external jti is any string, unique only within its issuer, so the issuer is part
+    of the name."""
+    return uuid.uuid5(_JTI_NAMESPACE, issuer + "\x00" + jti)
 
 
 class _Payload(msgspec.Struct, frozen=True, kw_only=True):
@@ -370,6 +374,29 @@ _EXTRA_REFUSALS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
 )
 
 
+# Raised by PyJWT only after the signature verified: the claims are the issuer's own.
+_AFTER_SIGNATURE: Final = (
+    jwt.ExpiredSignatureError,
+    jwt.ImmatureSignatureError,
+    jwt.InvalidAudienceError,
+    jwt.InvalidIssuedAtError,
+    jwt.MissingRequiredClaimError,
+    jwt.exceptions.InvalidSubjectError,
+    jwt.exceptions.InvalidJTIError,
+)
+
+
+class SignedButRefused(Unauthenticated):
+    """A token whose signature verified, refused for its claims (expired, another
+    audience, ...): its `sub` is the issuer's word, so the refusal can name the actor."""
+
+    def __init__(self, reason: str, issuer: str, subject: str | None, jti: str) -> None:
+        super().__init__(reason=reason)
+        self.issuer = issuer
+        self.subject = subject
+        self.jti = jti
+
+
 class ExternalIssuers:
     """Verifies tokens of the configured external issuers."""
 
@@ -500,30 +527,43 @@ class ExternalIssuers:
                 },
             )
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(
-                reason=refusal_reason(exc, _EXTRA_REFUSALS, default="token_malformed")
-            ) from None
+            reason = refusal_reason(exc, _EXTRA_REFUSALS, default="token_malformed")
+            if isinstance(exc, _AFTER_SIGNATURE):
+                raise self._signed_refusal(reason, config, token) from None
+            raise Unauthenticated(reason=reason) from None
         if "events" in payload:
             # A security event or back-channel logout token is never an access credential.
-            raise Unauthenticated(reason="token_claims")
+            raise self._signed_refusal("token_claims", config, token)
         try:
             claims = msgspec.convert(payload, _Payload)
         except msgspec.ValidationError:
-            raise Unauthenticated(reason="token_claims") from None
+            raise self._signed_refusal("token_claims", config, token) from None
         if not 0 < claims.exp - claims.iat <= config.max_lifetime_seconds:
-            raise Unauthenticated(reason="token_lifetime")
+            raise self._signed_refusal("token_lifetime", config, token)
         # Assurance (acr/amr) is checked by `assurance`, once the token's account is
         # known, so that such a refusal is logged as that account's.
         return ExternalClaims(
             issuer=config.issuer,
             subject=claims.sub,
-            jti=claims.jti
-            if claims.jti is not None
-            else "sha256:" + hashlib.sha256(token.encode("ascii")).hexdigest(),
+            jti=claims.jti or "sha256:" + hashlib.sha256(token.encode("ascii")).hexdigest(),
             iat=claims.iat,
             exp=claims.exp,
             acr=claims.acr,
             amr=claims.amr,
+        )
+
+    @staticmethod
+    def _signed_refusal(reason: str, config: IssuerConfig, token: str) -> SignedButRefused:
+        _, payload = _split(token)
+        sub = payload.get("sub")
+        subject = sub if isinstance(sub, str) and 0 < len(sub) <= 255 else None
+        jti = payload.get("jti")
+        named = jti if isinstance(jti, str) and 0 < len(jti) <= 255 else None
+        return SignedButRefused(
+            reason,
+            config.issuer,
+            subject,
+            named or "sha256:" + hashlib.sha256(token.encode("ascii")).hexdigest(),
         )
 
     def assurance(self, claims: ExternalClaims) -> bool:
