@@ -61,6 +61,7 @@ class AccountGate:
         self._cache: dict[tuple[uuid.UUID, uuid.UUID], _State] = {}
         # (issuer, subject) -> account: dropped with the account's NOTIFY (an unlink).
         self._links: dict[tuple[str, str], uuid.UUID] = {}
+        self._link_generation = 0  # bumped by every account NOTIFY
         # Bumped by every NOTIFY for an account: a state read while a change was being
         # announced is used for that one request but never cached.
         self._generation: dict[uuid.UUID, int] = {}
@@ -115,6 +116,7 @@ class AccountGate:
         except ValueError:
             return
         self._generation[account] = self._generation.get(account, 0) + 1
+        self._link_generation += 1
         for key in [k for k in self._cache if k[0] == account]:
             del self._cache[key]
         for link in [k for k, v in self._links.items() if v == account]:
@@ -178,11 +180,11 @@ class AccountGate:
             found = self._links.get(key)
             if found is not None:
                 return found
-        generation = sum(self._generation.values())
+        generation = self._link_generation
         async with self._pool.acquire() as conn:
             account: uuid.UUID | None = await conn.fetchval(SELECT_LINKED_ACCOUNT, issuer, subject)
         # Only links are cached (never "not linked"), and not while a change was announced.
-        if account is not None and self._caching() and sum(self._generation.values()) == generation:
+        if account is not None and self._caching() and self._link_generation == generation:
             if len(self._links) > 100_000:
                 self._links.clear()
             self._links[key] = account
