@@ -29,6 +29,7 @@ from vault_service.auth.accounts import AccountGate
 from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
+from vault_service.auth.verified import VerifiedTokens
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import Unauthenticated, VaultServiceError
 from vault_service.gate import RequestGate
@@ -200,6 +201,19 @@ async def _start_watchers(
         stack.push_async_callback(webhook.stop)
 
 
+def _verifiers(
+    settings: Settings, signing: SigningKeys
+) -> tuple[TokenVerifier, ExternalIssuers | None]:
+    """Our own tokens' verifier, and the configured external OpenID providers'
+    (auth/oidc.py; None when none is configured), routed to by the token's `iss` in
+    auth/guards.py, with one verified-token cache for both (auth/verified.py)."""
+    verified = VerifiedTokens(settings.token_cache_size)
+    external = (
+        ExternalIssuers(settings.oidc_issuers, cache=verified) if settings.oidc_issuers else None
+    )
+    return TokenVerifier(settings, signing, verified), external
+
+
 def create_app(settings: Settings) -> Litestar:
     configure_telemetry()
     schema = record_schema.load()
@@ -284,14 +298,7 @@ def create_app(settings: Settings) -> Litestar:
             state.key_hierarchy = keys
             state.signing_keys = signing
             state.token_issuer = TokenIssuer(settings, kms, signing)
-            state.token_verifier = TokenVerifier(settings, signing)
-            # Tokens of the configured external OpenID providers (auth/oidc.py), routed
-            # to by their `iss` in auth/guards.py; None when none is configured.
-            state.external_issuers = (
-                ExternalIssuers(settings.oidc_issuers, cache_size=settings.token_cache_size)
-                if settings.oidc_issuers
-                else None
-            )
+            state.token_verifier, state.external_issuers = _verifiers(settings, signing)
             state.account_gate = gate
             state.records = records
             state.custody = CustodyService(

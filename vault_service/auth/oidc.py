@@ -30,7 +30,6 @@ import ssl
 import time
 import urllib.request
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPMessage
@@ -43,6 +42,7 @@ import structlog
 from jwt import PyJWK
 
 from vault_service.auth.refusals import refusal_reason
+from vault_service.auth.verified import VerifiedTokens, digest_of
 from vault_service.errors import ConfigurationError, Unauthenticated
 
 log = structlog.get_logger(__name__)
@@ -409,7 +409,7 @@ class ExternalIssuers:
         cache_seconds: float = 3600.0,
         max_stale_seconds: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
-        cache_size: int = 10_000,
+        cache: VerifiedTokens | None = None,
     ) -> None:
         if len({i.issuer for i in issuers}) != len(issuers):
             raise ConfigurationError("an external issuer is configured twice")
@@ -423,10 +423,9 @@ class ExternalIssuers:
         # stop being trusted after this long.
         self._max_stale_seconds = max_stale_seconds
         self._clock = clock
-        # sha256(token) -> (claims, kid), as for our own tokens (auth/tokens.py): a hit
-        # is honoured until the token's expiry and while its key is still published.
-        self._cache: OrderedDict[bytes, tuple[ExternalClaims, str]] = OrderedDict()
-        self._cache_size = cache_size
+        # Shared with our own tokens' verifier (auth/verified.py): a hit is honoured
+        # until the token's expiry and while its key is still published.
+        self._cache = VerifiedTokens(10_000) if cache is None else cache
 
     @property
     def issuers(self) -> tuple[str, ...]:
@@ -436,25 +435,24 @@ class ExternalIssuers:
         return unverified_iss in self._states
 
     async def verify(self, token: str) -> ExternalClaims:
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = digest_of(token)
         cached = self._cache.get(digest)
         if cached is not None:
             claims, kid = cached
-            state = self._states[claims.issuer]
-            keys = self._usable(state, self._clock())
+            state = self._states.get(claims.issuer) if isinstance(claims, ExternalClaims) else None
+            keys = self._usable(state, self._clock()) if state is not None else None
             if (
-                claims.exp > time.time() - state.config.leeway_seconds
+                isinstance(claims, ExternalClaims)
+                and state is not None
+                and claims.exp > time.time() - state.config.leeway_seconds
                 and keys is not None
                 and kid in keys
             ):
-                self._cache.move_to_end(digest)
+                self._cache.hit(digest)
                 return claims
-            del self._cache[digest]
+            self._cache.drop(digest)
         claims, kid = await self._verify_uncached(token)
-        if self._cache_size:
-            self._cache[digest] = (claims, kid)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(digest, claims, kid)
         return claims
 
     async def _verify_uncached(self, token: str) -> tuple[ExternalClaims, str]:
