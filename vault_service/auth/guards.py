@@ -1,9 +1,15 @@
 """Authentication and authorization of every request (called by vault_service/gate.py).
 
+One front door for two kinds of token, chosen by the token's `iss` alone: the
+service's own (auth/tokens.py, the account named by `sub`), or a configured external
+OpenID provider's (auth/oidc.py, the account its (issuer, subject) is linked to); one
+principal type, one refusal mapping, one verified-token cache (auth/verified.py).
+
 Deny by default: a route is public only if its handler says `opt={"public": True}`
 (never through a path regex); every other route must name one `Permission` in
 `opt["permission"]`, held both by the token's scopes and by the caller's current
-role. Data routes (`opt["data"]`) also need a valid `X-Purpose` for the role.
+role; a permission in MFA_PERMISSIONS also needs a multi-factor principal. Data
+routes (`opt["data"]`) also need a valid `X-Purpose` for the role.
 """
 
 from __future__ import annotations
