@@ -1,12 +1,15 @@
 """Record read/create benchmark: the real service against a plaintext reference.
 
     python -m bench.records [--duration 15] [--connections 32] [--server granian|uvicorn]
+                            [--external]
 
 Starts its own embedded PostgreSQL and OpenBao dev server, seeds records through
 the service's own code, runs the service and the reference app (bench/reference_app.py)
 as separate server processes with one worker each, drives both with wrk on the same
 machine, one after the other, and reports requests/s, p50, p99 and the ratio.
 Vault calls during the read phase are counted from OpenBao's own audit log.
+With --external, the same reads run a second time with an ID token of OpenBao's OIDC
+identity provider (RS256, linked to the same account), reported beside the own-token run.
 """
 
 from __future__ import annotations
@@ -131,7 +134,9 @@ def server_cmd(server: str, target: str, port: int) -> list[str]:
     ]
 
 
-async def prepare(pg: devstack.Postgres, env: dict[str, str], n: int) -> tuple[list[str], str]:
+async def prepare(
+    pg: devstack.Postgres, env: dict[str, str], n: int, external: tuple[str, str] | None
+) -> tuple[list[str], str]:
     await devstack.bootstrap_database(pg.admin_dsn, devstack.DATABASE)
     await devstack.migrate_database(pg.admin_dsn, devstack.DATABASE)
     owner = await asyncpg.connect(
@@ -147,6 +152,12 @@ async def prepare(pg: devstack.Postgres, env: dict[str, str], n: int) -> tuple[l
         aid,
         sid,
     )
+    if external is not None:
+        await owner.execute(
+            "INSERT INTO external_identities (issuer, subject, account_id) VALUES ($1, $2, $3)",
+            *external,
+            aid,
+        )
     await owner.execute("CREATE TABLE bench_reference (id uuid PRIMARY KEY, body jsonb NOT NULL)")
     await owner.execute("GRANT SELECT, INSERT ON bench_reference TO vault_service_app")
     settings = Settings.from_env(env)
@@ -187,6 +198,43 @@ async def prepare(pg: devstack.Postgres, env: dict[str, str], n: int) -> tuple[l
     return ids, token
 
 
+def external_provider(bao: devstack.OpenBao, audience: str) -> tuple[dict[str, object], str, str]:
+    """OpenBao's identity OIDC provider as the external issuer: its configuration
+    (VAULT_SERVICE_OIDC_ISSUERS entry), a user's subject, and an hour-long ID token
+    with a second factor."""
+    import hvac
+
+    c = bao.client()
+    c.write("identity/oidc/config", issuer=bao.addr)
+    c.write("identity/oidc/key/bench", algorithm="RS256", allowed_client_ids=["*"])
+    c.write(
+        "identity/oidc/role/bench",
+        key="bench",
+        client_id=audience,
+        ttl="1h",
+        template=json.dumps({"acr": "eidas2", "amr": ["pwd", "mfa"]}),
+    )
+    c.sys.create_or_update_policy(
+        "bench-oidc", 'path "identity/oidc/token/*" { capabilities = ["read"] }'
+    )
+    c.sys.enable_auth_method("userpass")
+    c.write("auth/userpass/users/bench", password="bench-password", token_policies=["bench-oidc"])
+    login = c.auth.userpass.login("bench", "bench-password")
+    user = hvac.Client(url=bao.addr, token=login["auth"]["client_token"])
+    token = str(user.read("identity/oidc/token/bench")["data"]["token"])
+    base = bao.addr + "/v1/identity/oidc"
+    with urllib.request.urlopen(base + "/.well-known/openid-configuration") as r:
+        issuer = json.load(r)["issuer"]
+    config = {
+        "issuer": issuer,
+        "audience": audience,
+        "jwks_uri": base + "/.well-known/keys",
+        "algorithms": ["RS256"],
+        "required_acr": ["eidas2"],
+    }
+    return config, login["auth"]["entity_id"], token
+
+
 def vault_requests(audit_log: Path) -> list[str]:
     """Paths of the requests OpenBao itself logged (its audit device), in order."""
     if not audit_log.exists():
@@ -210,6 +258,11 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     parser.add_argument("--profile", action="store_true", help="py-spy the service during reads")
+    parser.add_argument(
+        "--external",
+        action="store_true",
+        help="also read with an external OIDC token (OpenBao's identity provider)",
+    )
     parser.add_argument(
         "--budget-cost",
         action="store_true",
@@ -252,7 +305,13 @@ def main() -> int:
             "VAULT_SERVICE_BUDGET_STRUCTURE_HOUR": "10000000",
             "VAULT_SERVICE_SUMMARY_BUDGET_COUNSELLOR_HOUR": "10000000",
         }
-        ids, token = asyncio.run(prepare(pg, env, args.records))
+        ext_token = None
+        linked = None
+        if args.external:
+            config, subject, ext_token = external_provider(bao, env["VAULT_SERVICE_JWT_AUDIENCE"])
+            env["VAULT_SERVICE_OIDC_ISSUERS"] = json.dumps([config])
+            linked = (str(config["issuer"]), subject)
+        ids, token = asyncio.run(prepare(pg, env, args.records, linked))
         # Integration (tree hashes, tiles) runs in a process of its own, as a deployment
         # would run it beside its replicas; the service only sequences entries.
         procs.append(
@@ -292,10 +351,11 @@ def main() -> int:
             json.loads((ROOT / "tests" / "fixtures" / "full_record.json").read_text())
         ).decode()
         scripts = {}
-        for name, prefix, headers in (
-            ("svc_read", "/v1/records/", auth),
-            ("ref_read", "/ref/records/", {}),
-        ):
+        reads = [("svc_read", "/v1/records/", auth), ("ref_read", "/ref/records/", {})]
+        if ext_token is not None:
+            ext_auth = {"Authorization": f"Bearer {ext_token}", "X-Purpose": "follow_up"}
+            reads.append(("ext_read", "/v1/records/", ext_auth))
+        for name, prefix, headers in reads:
             scripts[name] = tmp / f"{name}.lua"
             scripts[name].write_text(lua_headers(headers) + READ_LUA % (id_list, prefix))
         for name, path, headers in (
@@ -313,9 +373,11 @@ def main() -> int:
         if off_port is not None:
             base["off"] = f"http://127.0.0.1:{off_port}"
             scripts["off_read"] = scripts["svc_read"]
+        base["ext"] = base["svc"]
+        read_sides = ["ref", "svc"] + (["ext"] if ext_token else []) + (["off"] if off_port else [])
         results: dict[str, dict[str, float]] = {}
         for phase in ("read", "create"):
-            for side in ("ref", "svc", "off") if phase == "read" and off_port else ("ref", "svc"):
+            for side in read_sides if phase == "read" else ("ref", "svc"):
                 name = f"{side}_{phase}"
                 wrk(scripts[name], base[side], 3, args.connections)  # warm-up
                 before = len(vault_requests(audit_log))
@@ -364,6 +426,8 @@ def main() -> int:
             )
             / results["svc_read"]["requests"],
         }
+        if "ext_read" in results:
+            report["external_read_ratio"] = results["ext_read"]["rps"] / results["ref_read"]["rps"]
         if "off_read" in results:
             what = "budget" if args.budget_cost else "integrity"
             report[f"{what}_cost_p50_share"] = (
@@ -379,6 +443,8 @@ def main() -> int:
                 f"{name:12}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9.0f}"
             )
         print(f"read ratio (service / reference):   {report['read_ratio']:.2f}")
+        if "external_read_ratio" in report:
+            print(f"read ratio, external OIDC token:    {report['external_read_ratio']:.2f}")
         for what in ("budget", "integrity"):
             if f"{what}_cost_p50_share" in report:
                 print(

@@ -26,8 +26,10 @@ from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder
 from vault_service.audit.routes import AlertsController, AuditController
 from vault_service.audit.sequencer import Sequencer
 from vault_service.auth.accounts import AccountGate
+from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
+from vault_service.auth.verified import VerifiedTokens
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import Unauthenticated, VaultServiceError
 from vault_service.gate import RequestGate
@@ -200,6 +202,19 @@ async def _start_watchers(
         stack.push_async_callback(webhook.stop)
 
 
+def _verifiers(
+    settings: Settings, signing: SigningKeys
+) -> tuple[TokenVerifier, ExternalIssuers | None]:
+    """Our own tokens' verifier, and the configured external OpenID providers'
+    (auth/oidc.py; None when none is configured), routed to by the token's `iss` in
+    auth/guards.py, with one verified-token cache for both (auth/verified.py)."""
+    verified = VerifiedTokens(settings.token_cache_size)
+    external = (
+        ExternalIssuers(settings.oidc_issuers, cache=verified) if settings.oidc_issuers else None
+    )
+    return TokenVerifier(settings, signing, verified), external
+
+
 def create_app(settings: Settings) -> Litestar:
     configure_telemetry()
     schema = record_schema.load()
@@ -284,7 +299,7 @@ def create_app(settings: Settings) -> Litestar:
             state.key_hierarchy = keys
             state.signing_keys = signing
             state.token_issuer = TokenIssuer(settings, kms, signing)
-            state.token_verifier = TokenVerifier(settings, signing)
+            state.token_verifier, state.external_issuers = _verifiers(settings, signing)
             state.account_gate = gate
             state.records = records
             state.custody = CustodyService(

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,15 @@ def _batch_size(text: str) -> int:
 
 
 # --- commands ------------------------------------------------------------------------
+def _bounded(limit: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not 0 < len(text) <= limit or not text.isprintable():
+            raise argparse.ArgumentTypeError(f"1 to {limit} printable characters")
+        return text
+
+    return parse
+
+
 def cmd_serve(settings: Settings) -> int:
     from granian import Granian
     from granian.constants import Interfaces
@@ -163,8 +172,16 @@ async def _accounts(settings: Settings) -> list[dict[str, Any]]:
         rows = await conn.fetch(
             "SELECT id, role, structure_id, state, created_at FROM accounts ORDER BY created_at, id"
         )
+        links = await conn.fetch(
+            "SELECT account_id, issuer, subject FROM external_identities ORDER BY issuer, subject"
+        )
     finally:
         await conn.close()
+    identities: dict[uuid.UUID, list[dict[str, str]]] = {}
+    for link in links:
+        identities.setdefault(link["account_id"], []).append(
+            {"issuer": link["issuer"], "subject": link["subject"]}
+        )
     return [
         {
             "id": str(r["id"]),
@@ -172,6 +189,7 @@ async def _accounts(settings: Settings) -> list[dict[str, Any]]:
             "structure_id": str(r["structure_id"]) if r["structure_id"] else None,
             "state": r["state"],
             "created_at": r["created_at"].isoformat(),
+            "external_identities": identities.get(r["id"], []),
         }
         for r in rows
     ]
@@ -361,6 +379,14 @@ async def _account_command(args: argparse.Namespace) -> Any:
         if args.action == "reactivate":
             ref = await admin.request_change("reactivate", args.account)
             return {"request_id": str(ref.request_id), "state": "pending"}
+        if args.action in ("link", "unlink"):
+            ref = await admin.request_identity(args.action, args.account, args.issuer, args.subject)
+            return {
+                "request_id": str(ref.request_id),
+                "account_id": str(args.account),
+                "state": "pending",
+                "next": "a second admin runs `accounts approve`",
+            }
         state = {"suspend": "suspended", "disable": "disabled"}[args.action]
         request = await admin.set_state(args.account, state)
         if request is not None:
@@ -583,6 +609,17 @@ def _records_parsers(sub: Any) -> None:
     pending.add_argument("--all", action="store_true")
 
 
+def _link_parsers(accounts: Any) -> None:
+    for name, text in (
+        ("link", "request linking an external OpenID identity to the account (four-eyes)"),
+        ("unlink", "request unlinking an external OpenID identity (four-eyes)"),
+    ):
+        link = accounts.add_parser(name, help=text)
+        link.add_argument("account", type=_uuid)
+        link.add_argument("--issuer", type=_bounded(300), required=True, help="exact `iss`")
+        link.add_argument("--subject", type=_bounded(255), required=True, help="exact `sub`")
+
+
 def _defence_parsers(sub: Any) -> None:
     """Honeytokens and alerts: the bulk-read defence's admin commands."""
     honey = sub.add_parser("honeytokens", help="canary records (admin login)").add_subparsers(
@@ -649,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         state = accounts.add_parser(name, help=text)
         state.add_argument("account", type=_uuid)
+    _link_parsers(accounts)
     revoke_all = accounts.add_parser(
         "revoke-tokens", help="refuse every token of an account issued until now (admin login)"
     )

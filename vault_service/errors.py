@@ -87,6 +87,18 @@ class Unauthenticated(VaultServiceError):
         self.reason = reason
 
 
+class AssuranceInsufficient(Unauthenticated):
+    """A token that verified, for a route whose permission needs a second factor the
+    token does not show (RFC 9470 step-up: the client signs in again, with MFA)."""
+
+    def __init__(self) -> None:
+        super().__init__(reason="token_assurance_insufficient")
+        self.headers = {
+            "WWW-Authenticate": 'Bearer error="insufficient_user_authentication", '
+            'error_description="a second factor is required"'
+        }
+
+
 class Forbidden(VaultServiceError):
     status = 403
     code = "forbidden"

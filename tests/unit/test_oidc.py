@@ -405,11 +405,18 @@ async def test_not_yet_valid_refused(issuers: ExternalIssuers, keys: Keys) -> No
     assert await reason_of(issuers, token) == "token_not_yet_valid"
 
 
+async def test_token_without_jti_named_by_its_hash(issuers: ExternalIssuers, keys: Keys) -> None:
+    """OIDC ID tokens need not carry a jti: each token is then named by its own hash."""
+    first = await issuers.verify(sign(keys, jti=None))
+    second = await issuers.verify(sign(keys, jti=None, exp=int(time.time()) + 200))
+    assert first.jti.startswith("sha256:")
+    assert first.token_id() != second.token_id()
+
+
 @pytest.mark.parametrize(
     "over",
     [
         {"sub": None},
-        {"jti": None},
         {"exp": None},
         {"iat": None},
         {"aud": None},
@@ -450,21 +457,42 @@ async def test_lifetime_refused(make: Callable[..., ExternalIssuers], keys: Keys
     assert await reason_of(issuers, token) == "token_lifetime"
 
 
+async def assurance_reason(issuers: ExternalIssuers, token: str) -> str:
+    claims = await issuers.verify(token)  # the signature verifies: the actor is known
+    with pytest.raises(Unauthenticated) as caught:
+        issuers.assurance(claims)
+    return caught.value.reason
+
+
 async def test_acr_policy(make: Callable[..., ExternalIssuers], keys: Keys) -> None:
     issuers = make(config(required_acr=("eidas2", "eidas3")))
-    await issuers.verify(sign(keys, acr="eidas3"))
-    assert await reason_of(issuers, sign(keys, acr="eidas1")) == "token_mfa_required"
-    assert await reason_of(issuers, sign(keys, acr=None)) == "token_mfa_required"
+    issuers.assurance(await issuers.verify(sign(keys, acr="eidas3")))
+    assert await assurance_reason(issuers, sign(keys, acr="eidas1")) == (
+        "token_assurance_insufficient"
+    )
+    assert await assurance_reason(issuers, sign(keys, acr=None)) == "token_assurance_insufficient"
 
 
 async def test_amr_policy(make: Callable[..., ExternalIssuers], keys: Keys) -> None:
     issuers = make(config(required_amr=("mfa",)))
-    await issuers.verify(sign(keys, amr=["pwd", "mfa"]))
-    assert await reason_of(issuers, sign(keys, amr=["pwd"])) == "token_mfa_required"
-    assert await reason_of(issuers, sign(keys, amr=None)) == "token_mfa_required"
+    assert issuers.assurance(await issuers.verify(sign(keys, amr=["pwd", "mfa"])))
+    assert await assurance_reason(issuers, sign(keys, amr=["pwd"])) == (
+        "token_assurance_insufficient"
+    )
+    assert await assurance_reason(issuers, sign(keys, amr=None)) == "token_assurance_insufficient"
     both = make(config(required_amr=("pwd", "otp")))
-    await both.verify(sign(keys, amr=["otp", "pwd"]))
-    assert await reason_of(both, sign(keys, amr=["otp"])) == "token_mfa_required"
+    both.assurance(await both.verify(sign(keys, amr=["otp", "pwd"])))
+    assert await assurance_reason(both, sign(keys, amr=["otp"])) == "token_assurance_insufficient"
+
+
+async def test_mfa_levels(make: Callable[..., ExternalIssuers], keys: Keys) -> None:
+    """Multi-factor for the routes that need it, apart from each issuer's floor."""
+    issuers = make(config())
+    assert issuers.assurance(await issuers.verify(sign(keys, amr=["pwd", "mfa"])))
+    assert not issuers.assurance(await issuers.verify(sign(keys, amr=["pwd"])))
+    by_acr = make(config(mfa_acr=("eidas2",), mfa_amr=()))
+    assert by_acr.assurance(await by_acr.verify(sign(keys, acr="eidas2", amr=["pwd"])))
+    assert not by_acr.assurance(await by_acr.verify(sign(keys, acr="eidas1", amr=["mfa"])))
 
 
 # --- the JWKS: which keys count, rotation, rate limit, outages --------------------------

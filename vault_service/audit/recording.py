@@ -36,8 +36,7 @@ from vault_service.audit.sequencer import (
     entry_arguments,
 )
 from vault_service.auth.guards import VERIFIED_CLAIMS
-from vault_service.auth.principal import Principal
-from vault_service.auth.tokens import Claims
+from vault_service.auth.principal import Principal, VerifiedActor
 from vault_service.errors import VaultServiceError
 from vault_service.limits.budgets import BudgetExceeded, BudgetPolicy, Charge
 from vault_service.limits.defence import BulkReadDefence
@@ -254,8 +253,8 @@ class AccessRecorder:
         failure here is reported to the operator and not to the client. A request
         that named no verified actor is only counted (audit/anonymous.py)."""
         state = scope.get("state", {})
-        claims: Claims | None = state.get(VERIFIED_CLAIMS)
-        if claims is None and principal_of(scope) is None:
+        verified: VerifiedActor | None = state.get(VERIFIED_CLAIMS)
+        if verified is None and principal_of(scope) is None:
             self._anonymous.count(self.fingerprint(scope), action, code)
             return
         raw_id = scope.get("path_params", {}).get("record_id")
@@ -264,14 +263,14 @@ class AccessRecorder:
         except (ValueError, TypeError):
             record_ids = ()
         event = self.event(scope, action, "refused", record_ids=record_ids, refusal_code=code)
-        if claims is not None:
-            # Verified, then refused by the account's state: the token's own claims.
+        if verified is not None:
+            # Verified, then refused (account state, link, assurance): the token's actor.
             event = msgspec.structs.replace(
                 event,
-                actor_id=claims.sub,
-                role=str(claims.role),
-                structure_id=claims.structure,
-                token_jti=claims.jti,
+                actor_id=verified.actor_id,
+                role=verified.role,
+                structure_id=verified.structure_id,
+                token_jti=verified.jti,
             )
         try:
             await self.sequencer.commit(event)

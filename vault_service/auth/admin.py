@@ -79,6 +79,21 @@ class LastAdmins(Conflict):
     title = "At least two active admins must remain"
 
 
+class IdentityLinked(Conflict):
+    code = "identity_already_linked"
+    title = "This external identity is already linked to an account"
+
+
+class IdentityNotLinked(NotFound):
+    code = "identity_not_linked"
+    title = "This external identity is not linked to this account"
+
+
+class IdentityRequestPending(Conflict):
+    code = "identity_request_pending"
+    title = "A request for this external identity is already pending"
+
+
 _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS001": ActorNotAdmin,
     "VS002": RoleAboveActor,
@@ -90,11 +105,14 @@ _ERRORS: Final[dict[str, type[VaultServiceError]]] = {
     "VS010": StillReferent,
     "VS011": NoOpenAlert,
     "VS013": LastAdmins,
+    "VS014": IdentityLinked,
+    "VS015": IdentityNotLinked,
+    "VS016": IdentityRequestPending,
 }
 
 SELECT_REQUESTS: Final = """
 SELECT id, kind, account_id, role, structure_id, requested_by, requested_at, state,
-       decided_by, decided_at
+       decided_by, decided_at, issuer, subject
 FROM account_requests WHERE ($1::text IS NULL OR state = $1) ORDER BY requested_at, id
 """
 SELECT_ACTOR: Final = "SELECT account_id FROM admin_logins WHERE rolname = session_user"
@@ -209,6 +227,30 @@ class AccountAdmin:
             account_id,
             str(role) if role else None,
             structure_id,
+        )
+        await self._alert(
+            "account_change_requested",
+            kind=kind,
+            request_id=str(ref.request_id),
+            account_id=str(account_id),
+        )
+        return ref
+
+    async def request_identity(
+        self, kind: str, account_id: uuid.UUID, issuer: str, subject: str
+    ) -> RequestRef:
+        """Ask to link (`link`) or unlink (`unlink`) an external OpenID identity; a
+        second admin approves. The subject stays out of the logs: ids only."""
+        ref = RequestRef(uuid.uuid4(), account_id)
+        await _call(
+            self._pool,
+            _Act(f"account.request_{kind}", (account_id,), ref.request_id),
+            "SELECT vs_request_identity($1, $2, $3, $4, $5)",
+            ref.request_id,
+            kind,
+            account_id,
+            issuer,
+            subject,
         )
         await self._alert(
             "account_change_requested",

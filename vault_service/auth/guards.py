@@ -1,9 +1,15 @@
 """Authentication and authorization of every request (called by vault_service/gate.py).
 
+One front door for two kinds of token, chosen by the token's `iss` alone: the
+service's own (auth/tokens.py, the account named by `sub`), or a configured external
+OpenID provider's (auth/oidc.py, the account its (issuer, subject) is linked to); one
+principal type, one refusal mapping, one verified-token cache (auth/verified.py).
+
 Deny by default: a route is public only if its handler says `opt={"public": True}`
 (never through a path regex); every other route must name one `Permission` in
 `opt["permission"]`, held both by the token's scopes and by the caller's current
-role. Data routes (`opt["data"]`) also need a valid `X-Purpose` for the role.
+role; a permission in MFA_PERMISSIONS also needs a multi-factor principal. Data
+routes (`opt["data"]`) also need a valid `X-Purpose` for the role.
 """
 
 from __future__ import annotations
@@ -14,15 +20,33 @@ from typing import Any, Final
 
 from litestar.types import Scope
 
-from vault_service.auth.accounts import AccountGate
-from vault_service.auth.permissions import ROLE_PERMISSIONS, ROLE_PURPOSES, Permission, Purpose
-from vault_service.auth.principal import Principal
+from vault_service.auth.accounts import AccountGate, ExternalRefusal
+from vault_service.auth.oidc import (
+    ExternalIssuers,
+    SignedButRefused,
+    external_token_id,
+    unverified_issuer,
+)
+from vault_service.auth.permissions import (
+    MFA_PERMISSIONS,
+    ROLE_PERMISSIONS,
+    ROLE_PURPOSES,
+    Permission,
+    Purpose,
+)
+from vault_service.auth.principal import Principal, VerifiedActor
 from vault_service.auth.tokens import TokenVerifier
-from vault_service.errors import Forbidden, PurposeNotAllowed, PurposeRequired, Unauthenticated
+from vault_service.errors import (
+    AssuranceInsufficient,
+    Forbidden,
+    PurposeNotAllowed,
+    PurposeRequired,
+    Unauthenticated,
+)
 
 PUBLIC_OPT: Final = "public"
 VERIFIED_CLAIMS: Final = "verified_claims"
-"""Request state: the claims of a token that verified and was then refused."""
+"""Request state: the actor (VerifiedActor) of a token that verified and was then refused."""
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*)$")
 # A short reference ("rdv 12/03", "courrier CAF"), not a place for personal data,
 # kept seven months in the access log: plain characters only, and nothing shaped like
@@ -54,15 +78,42 @@ async def authenticate(scope: Scope) -> Principal:
     match = _BEARER.match(header)
     if match is None:
         raise Unauthenticated(reason="token_malformed")
-    verifier: TokenVerifier = state.token_verifier
+    token = match[1]
     gate: AccountGate = state.account_gate
-    claims = await verifier.verify(match[1])
+    external: ExternalIssuers | None = state.external_issuers
+    # The verifier is chosen by the token's `iss` and nothing else: our own issuer, or
+    # one configured external issuer. The claim is read unverified, only to route; each
+    # verifier then checks it against its own configuration. A payload that does not
+    # decode goes to our verifier, which names what is wrong with it.
+    iss = unverified_issuer(token)
+    if external is not None and iss is not None and external.handles(iss):
+        try:
+            ext = await external.verify(token)
+        except SignedButRefused as exc:
+            if exc.subject is not None:
+                scope["state"][VERIFIED_CLAIMS] = await gate.external_actor(
+                    exc.issuer, exc.subject, external_token_id(exc.issuer, exc.jti)
+                )
+            raise
+        try:
+            return await gate.external_principal(ext, external.assurance)
+        except ExternalRefusal as exc:
+            # The signature verified: logged as the linked account's (or the external
+            # identity's, when linked to none), never counted as anonymous.
+            scope["state"][VERIFIED_CLAIMS] = exc.actor
+            raise
+    if iss is not None and iss != state.settings.jwt_issuer:
+        raise Unauthenticated(reason="token_issuer_unknown")
+    verifier: TokenVerifier = state.token_verifier
+    claims = await verifier.verify(token)
     try:
         return await gate.principal(claims)
     except Unauthenticated:
         # The signature verified: the refusal names the account (revoked, suspended,
         # stale), and is logged as that account's, never counted as anonymous.
-        scope["state"][VERIFIED_CLAIMS] = claims
+        scope["state"][VERIFIED_CLAIMS] = VerifiedActor(
+            claims.sub, str(claims.role), claims.structure, claims.jti
+        )
         raise
 
 
@@ -82,6 +133,8 @@ def authorize(scope: Scope, opt: Mapping[str, Any]) -> None:
         or str(permission) not in principal.scopes
     ):
         raise Forbidden()
+    if permission in MFA_PERMISSIONS and not principal.mfa:
+        raise AssuranceInsufficient()
     if opt.get("data"):
         wanted: dict[str, str] = {}
         for key, value in scope["headers"]:

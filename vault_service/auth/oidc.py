@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import math
 import re
 import ssl
@@ -41,6 +42,7 @@ import structlog
 from jwt import PyJWK
 
 from vault_service.auth.refusals import refusal_reason
+from vault_service.auth.verified import VerifiedTokens, digest_of
 from vault_service.errors import ConfigurationError, Unauthenticated
 
 log = structlog.get_logger(__name__)
@@ -50,8 +52,9 @@ SUPPORTED_ALGORITHMS: Final = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
 MAX_TOKEN_BYTES: Final = 8192
 MAX_JWKS_BYTES: Final = 256 * 1024
 FETCH_TIMEOUT_SECONDS: Final = 5.0
-# nbf is optional in OIDC; PyJWT checks it whenever it is present.
-REQUIRED_CLAIMS: Final = ["iss", "aud", "exp", "iat", "sub", "jti"]
+# nbf is optional in OIDC; PyJWT checks it whenever it is present. So is jti: an ID
+# token (OIDC Core 2) need not carry one; without it the token is named by its hash.
+REQUIRED_CLAIMS: Final = ["iss", "aud", "exp", "iat", "sub"]
 _KID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")  # always used with fullmatch
 # The key type (and curve) each algorithm may be used with. Ed448 is left out on
 # purpose: no provider we trust uses it, and a smaller surface is easier to reason about.
@@ -69,6 +72,13 @@ _MAX_LIFETIME_CAP: Final = 86400
 _MAX_LEEWAY: Final = 60
 _MAX_ISSUER_LENGTH: Final = 300  # external_identities.issuer CHECK (length(issuer) <= 300)
 _JTI_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vault-service:external-jti")
+_SUBJECT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vault-service:external-subject")
+
+
+def external_actor_id(issuer: str, subject: str) -> uuid.UUID:
+    """The access log's actor id for an external identity linked to no account: an id,
+    never the subject itself, that an auditor who knows (issuer, subject) recomputes."""
+    return uuid.uuid5(_SUBJECT_NAMESPACE, issuer + "\x00" + subject)
 
 
 class InvalidIssuerConfig(ConfigurationError, ValueError):
@@ -104,8 +114,13 @@ class IssuerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audience: str
     jwks_uri: str
     algorithms: tuple[str, ...]
+    # Every token of this issuer: `acr` one of these (when any), all these `amr` members.
     required_acr: tuple[str, ...] = ()
     required_amr: tuple[str, ...] = ()
+    # What counts as multi-factor, for routes whose permission needs it: an `acr` among
+    # `mfa_acr`, or every member of `mfa_amr` (when configured) in `amr`.
+    mfa_acr: tuple[str, ...] = ()
+    mfa_amr: tuple[str, ...] = ("mfa",)
     max_lifetime_seconds: int = 3600
     leeway_seconds: int = 30
 
@@ -126,8 +141,8 @@ class IssuerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise InvalidIssuerConfig("algorithms must be among RS256, PS256, ES256, EdDSA")
         if len(set(self.algorithms)) != len(self.algorithms):
             raise InvalidIssuerConfig("algorithms must not repeat")
-        if not all(self.required_acr) or not all(self.required_amr):
-            raise InvalidIssuerConfig("required_acr and required_amr entries must not be empty")
+        if not all((*self.required_acr, *self.required_amr, *self.mfa_acr, *self.mfa_amr)):
+            raise InvalidIssuerConfig("acr and amr entries must not be empty")
         if not 1 <= self.max_lifetime_seconds <= _MAX_LIFETIME_CAP:
             raise InvalidIssuerConfig("max_lifetime_seconds must be between 1 and 86400")
         if not 0 <= self.leeway_seconds <= _MAX_LEEWAY:
@@ -158,19 +173,23 @@ class ExternalClaims(msgspec.Struct, frozen=True):
     amr: tuple[str, ...]
 
     def token_id(self) -> uuid.UUID:
-        """A UUID for this token, for `revoked_tokens.jti` and `Principal.jti`: an
-        external jti is any string, unique only within its issuer, so the issuer is
-        part of the name."""
-        return uuid.uuid5(_JTI_NAMESPACE, self.issuer + "\x00" + self.jti)
+        return external_token_id(self.issuer, self.jti)
 
 
-class _Payload(msgspec.Struct, frozen=True):
+def external_token_id(issuer: str, jti: str) -> uuid.UUID:
+    """A UUID for an external token, for `revoked_tokens.jti` and `Principal.jti`: an
+    external jti is any string, unique only within its issuer, so the issuer is part
+    of the name."""
+    return uuid.uuid5(_JTI_NAMESPACE, issuer + "\x00" + jti)
+
+
+class _Payload(msgspec.Struct, frozen=True, kw_only=True):
     """The claims we rely on, strictly typed (no float or bool timestamps); IdPs add
     many more claims, which are ignored."""
 
     iss: str
     sub: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]  # OIDC Core 2
-    jti: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    jti: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     iat: int
     exp: int
     nbf: int | None = None
@@ -355,6 +374,29 @@ _EXTRA_REFUSALS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
 )
 
 
+# Raised by PyJWT only after the signature verified: the claims are the issuer's own.
+_AFTER_SIGNATURE: Final = (
+    jwt.ExpiredSignatureError,
+    jwt.ImmatureSignatureError,
+    jwt.InvalidAudienceError,
+    jwt.InvalidIssuedAtError,
+    jwt.MissingRequiredClaimError,
+    jwt.exceptions.InvalidSubjectError,
+    jwt.exceptions.InvalidJTIError,
+)
+
+
+class SignedButRefused(Unauthenticated):
+    """A token whose signature verified, refused for its claims (expired, another
+    audience, ...): its `sub` is the issuer's word, so the refusal can name the actor."""
+
+    def __init__(self, reason: str, issuer: str, subject: str | None, jti: str) -> None:
+        super().__init__(reason=reason)
+        self.issuer = issuer
+        self.subject = subject
+        self.jti = jti
+
+
 class ExternalIssuers:
     """Verifies tokens of the configured external issuers."""
 
@@ -367,6 +409,7 @@ class ExternalIssuers:
         cache_seconds: float = 3600.0,
         max_stale_seconds: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
+        cache: VerifiedTokens | None = None,
     ) -> None:
         if len({i.issuer for i in issuers}) != len(issuers):
             raise ConfigurationError("an external issuer is configured twice")
@@ -380,6 +423,9 @@ class ExternalIssuers:
         # stop being trusted after this long.
         self._max_stale_seconds = max_stale_seconds
         self._clock = clock
+        # Shared with our own tokens' verifier (auth/verified.py): a hit is honoured
+        # until the token's expiry and while its key is still published.
+        self._cache = VerifiedTokens(10_000) if cache is None else cache
 
     @property
     def issuers(self) -> tuple[str, ...]:
@@ -389,6 +435,27 @@ class ExternalIssuers:
         return unverified_iss in self._states
 
     async def verify(self, token: str) -> ExternalClaims:
+        digest = digest_of(token)
+        cached = self._cache.get(digest)
+        if cached is not None:
+            claims, kid = cached
+            state = self._states.get(claims.issuer) if isinstance(claims, ExternalClaims) else None
+            keys = self._usable(state, self._clock()) if state is not None else None
+            if (
+                isinstance(claims, ExternalClaims)
+                and state is not None
+                and claims.exp > time.time() - state.config.leeway_seconds
+                and keys is not None
+                and kid in keys
+            ):
+                self._cache.hit(digest)
+                return claims
+            self._cache.drop(digest)
+        claims, kid = await self._verify_uncached(token)
+        self._cache.put(digest, claims, kid)
+        return claims
+
+    async def _verify_uncached(self, token: str) -> tuple[ExternalClaims, str]:
         try:
             state, alg, kid = self._route(token)
         except Unauthenticated as exc:
@@ -396,7 +463,7 @@ class ExternalIssuers:
             log.info("external_token_refused", issuer=None, reason=exc.reason)
             raise
         try:
-            return await self._verify(state, token, alg, kid)
+            return await self._verify(state, token, alg, kid), kid
         except Unauthenticated as exc:
             log.info("external_token_refused", issuer=state.config.issuer, reason=exc.reason)
             raise
@@ -458,31 +525,56 @@ class ExternalIssuers:
                 },
             )
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(
-                reason=refusal_reason(exc, _EXTRA_REFUSALS, default="token_malformed")
-            ) from None
+            reason = refusal_reason(exc, _EXTRA_REFUSALS, default="token_malformed")
+            if isinstance(exc, _AFTER_SIGNATURE):
+                raise self._signed_refusal(reason, config, token) from None
+            raise Unauthenticated(reason=reason) from None
         if "events" in payload:
             # A security event or back-channel logout token is never an access credential.
-            raise Unauthenticated(reason="token_claims")
+            raise self._signed_refusal("token_claims", config, token)
         try:
             claims = msgspec.convert(payload, _Payload)
         except msgspec.ValidationError:
-            raise Unauthenticated(reason="token_claims") from None
+            raise self._signed_refusal("token_claims", config, token) from None
         if not 0 < claims.exp - claims.iat <= config.max_lifetime_seconds:
-            raise Unauthenticated(reason="token_lifetime")
-        if config.required_acr and claims.acr not in config.required_acr:
-            raise Unauthenticated(reason="token_mfa_required")
-        if not set(config.required_amr).issubset(claims.amr):
-            raise Unauthenticated(reason="token_mfa_required")
+            raise self._signed_refusal("token_lifetime", config, token)
+        # Assurance (acr/amr) is checked by `assurance`, once the token's account is
+        # known, so that such a refusal is logged as that account's.
         return ExternalClaims(
             issuer=config.issuer,
             subject=claims.sub,
-            jti=claims.jti,
+            jti=claims.jti or "sha256:" + hashlib.sha256(token.encode("ascii")).hexdigest(),
             iat=claims.iat,
             exp=claims.exp,
             acr=claims.acr,
             amr=claims.amr,
         )
+
+    @staticmethod
+    def _signed_refusal(reason: str, config: IssuerConfig, token: str) -> SignedButRefused:
+        _, payload = _split(token)
+        sub = payload.get("sub")
+        subject = sub if isinstance(sub, str) and 0 < len(sub) <= 255 else None
+        jti = payload.get("jti")
+        named = jti if isinstance(jti, str) and 0 < len(jti) <= 255 else None
+        return SignedButRefused(
+            reason,
+            config.issuer,
+            subject,
+            named or "sha256:" + hashlib.sha256(token.encode("ascii")).hexdigest(),
+        )
+
+    def assurance(self, claims: ExternalClaims) -> bool:
+        """Refuses a token below its issuer's floor (`required_acr`, `required_amr`);
+        returns whether it counts as multi-factor (`mfa_acr`, `mfa_amr`)."""
+        config = self._states[claims.issuer].config
+        if config.required_acr and claims.acr not in config.required_acr:
+            raise Unauthenticated(reason="token_assurance_insufficient")
+        if not set(config.required_amr).issubset(claims.amr):
+            raise Unauthenticated(reason="token_assurance_insufficient")
+        if config.mfa_acr and claims.acr in config.mfa_acr:
+            return True
+        return bool(config.mfa_amr) and set(config.mfa_amr).issubset(claims.amr)
 
     def _usable(self, state: _IssuerState, now: float) -> _KeySet | None:
         if state.keys is None or now - state.fetched_at > self._max_stale_seconds:

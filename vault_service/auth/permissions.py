@@ -111,5 +111,21 @@ ROLE_PURPOSES: Final[dict[Role, frozenset[Purpose]]] = {
 }
 
 
+# Routes whose permission is one of these need a second factor (Principal.mfa): reaching
+# outside the caseload, the NIR, moving youth between counsellors or structures, and
+# everything an auditor reads (the whole access log, breach reports).
+MFA_PERMISSIONS: Final[frozenset[Permission]] = frozenset(
+    {
+        Permission.RECORDS_BREAK_GLASS,
+        Permission.BREAK_GLASS_REVIEW,
+        Permission.RECORDS_SEARCH_NIR,
+        Permission.RECORDS_TRANSFER,
+        Permission.TRANSFERS_DECIDE,
+        Permission.TRANSFERS_CANCEL,
+        Permission.AUDIT_READ,
+    }
+)
+
+
 def scopes_for(role: Role) -> frozenset[str]:
     return frozenset(str(p) for p in ROLE_PERMISSIONS[role])

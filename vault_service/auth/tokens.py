@@ -16,7 +16,6 @@ import json
 import re
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vault_service.auth.permissions import Role, scopes_for
 from vault_service.auth.refusals import refusal_reason
+from vault_service.auth.verified import VerifiedTokens, digest_of
 from vault_service.errors import ConfigurationError, Unauthenticated
 from vault_service.kms import TOKEN_KEY, VaultKms
 from vault_service.settings import Settings
@@ -182,30 +182,31 @@ class TokenIssuer:
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings, keys: SigningKeys) -> None:
+    def __init__(
+        self, settings: Settings, keys: SigningKeys, cache: VerifiedTokens | None = None
+    ) -> None:
         self._settings = settings
         self._keys = keys
-        # sha256(token) -> (claims, kid): a hit is honoured only while its key is live.
-        self._cache: OrderedDict[bytes, tuple[Claims, str]] = OrderedDict()
-        self._cache_size = settings.token_cache_size
+        # A hit is honoured only while its key is live.
+        self._cache = VerifiedTokens(settings.token_cache_size) if cache is None else cache
 
     async def verify(self, token: str) -> Claims:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated(reason="token_too_large")
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = digest_of(token)
         cached = self._cache.get(digest)
-        now = time.time()
         if cached is not None:
             claims, kid = cached
-            if claims.exp > now - self._settings.jwt_leeway_seconds and kid in self._keys.by_kid:
-                self._cache.move_to_end(digest)
+            if (
+                isinstance(claims, Claims)
+                and claims.exp > time.time() - self._settings.jwt_leeway_seconds
+                and kid in self._keys.by_kid
+            ):
+                self._cache.hit(digest)
                 return claims
-            del self._cache[digest]
+            self._cache.drop(digest)
         claims, kid = await self._verify_uncached(token)
-        if self._cache_size:
-            self._cache[digest] = (claims, kid)
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(digest, claims, kid)
         return claims
 
     async def _verify_uncached(self, token: str) -> tuple[Claims, str]:
