@@ -275,6 +275,18 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
                     dry_run=args.dry_run,
                 )
             ).report()
+        if args.target in ("token", "checkpoint"):
+            from vault_service.rotation.signing import rotate_signing
+
+            return await rotate_signing(
+                conn,
+                kms,
+                lambda: _key_admin(settings),
+                args.target,
+                retire=args.retire,
+                dry_run=args.dry_run,
+                token_lifetime_seconds=settings.jwt_max_lifetime_seconds,
+            )
         if args.target == "branch":
             # How long a service process may still wrap new records under the old
             # version: its branch-key TTL, plus a write in flight.
@@ -327,8 +339,12 @@ def _print_rotation(report: dict[str, Any], as_json: bool) -> None:
             f"{report['batches']} batches; {report['destroyed']} old versions destroyed"
         )
         return
-    if report["rotated"]:
+    if report["rotated"] or (report["kind"] != "kek" and not report["retire"]):
         print(f"{report['key']}: {verb}rotate to v{report['target_version']}")
+    if report["kind"] != "kek":
+        if report["retired"]:
+            print(f"{report['key']}: versions below v{report['min_decryption_version']} retired")
+        return
     print(
         f"{report['key']}: {report['rewrapped']} of {report['to_rewrap']} branch keys "
         f"rewrapped to v{report['target_version']} in {report['batches']} batches"
@@ -750,11 +766,23 @@ def _keys_parsers(sub: Any) -> None:
         "records",
         help="re-seal every record's fields under a new record key (a data key may have leaked)",
     )
+    signing = [
+        rotate.add_parser(
+            name,
+            help=f"a new version of the {what} signing key; --retire once the older "
+            "versions may stop verifying",
+        )
+        for name, what in (("token", "token"), ("checkpoint", "checkpoint"))
+    ]
+    for command in signing:
+        command.add_argument(
+            "--retire", action="store_true", help="raise min_decryption_version to the latest"
+        )
     for command in (branch, records):
         which = command.add_mutually_exclusive_group(required=True)
         which.add_argument("--structure", type=_uuid, action="append", help="repeatable")
         which.add_argument("--all", action="store_true", help="every structure")
-    for command in (kek, branch, records):
+    for command in (kek, branch, records, *signing):
         command.add_argument(
             "--dry-run", action="store_true", help="say what would be done, do nothing"
         )

@@ -636,3 +636,47 @@ async def test_rotate_records_killed_half_way_resumes(stack: Stack, world: World
     planned = json.loads(out)["structures"][0]
     assert planned["started"] and planned["target_key_version"] == 3
     assert await key_versions() == {2: 240}
+
+
+async def test_rotate_the_signing_keys_with_overlap(stack: Stack, world: World, client) -> None:
+    """keys rotate token|checkpoint: a new version; the older one keeps verifying, and
+    retiring it is refused while it would refuse something still valid."""
+    op = await _operator(stack, world)
+    c = await world.counsellor()
+    transit = stack.bao.client().secrets.transit
+    before = transit.read_key(name="vault-service-token")["data"]["latest_version"]
+    code, out, err = await _cli(op.env, "keys", "rotate", "token", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["rotated"], report["target_version"]) == (True, before + 1)
+    # A token signed by the previous version still authenticates (the overlap).
+    r = await client.get("/v1/caseload", headers=c.headers())
+    assert r.status_code == 200
+    # Retiring now would refuse tokens that may live up to the longest lifetime.
+    code, _, err = await _cli(op.env, "keys", "rotate", "token", "--retire")
+    assert code == 1 and "retire_refused" in err
+    data = transit.read_key(name="vault-service-token")["data"]
+    assert data["min_decryption_version"] < data["latest_version"]
+
+    cp_before = transit.read_key(name="vault-service-checkpoint")["data"]["latest_version"]
+    code, out, err = await _cli(op.env, "keys", "rotate", "checkpoint", "--json")
+    assert code == 0, err
+    assert json.loads(out)["target_version"] == cp_before + 1
+    signed_by = await world.owner.fetchval(
+        "SELECT key_version FROM audit_checkpoints ORDER BY size DESC LIMIT 1"
+    )
+    code, out, err = await _cli(op.env, "keys", "rotate", "checkpoint", "--retire", "--dry-run")
+    if signed_by is not None and signed_by < cp_before + 1:
+        assert code == 1 and "retire_refused" in err
+    else:
+        assert code == 0, err
+    # Each rotation is one access-log entry naming the admin.
+    for _ in range(100):
+        if not await world.owner.fetchval("SELECT count(*) FROM audit_pending"):
+            break
+        await asyncio.sleep(0.05)
+    actions = await world.owner.fetch(
+        "SELECT body ->> 'action' AS a FROM audit_bodies WHERE body ->> 'actor_id' = $1",
+        str(op.actor_id),
+    )
+    assert sorted(r["a"] for r in actions) == ["key.rotate_checkpoint", "key.rotate_token"]

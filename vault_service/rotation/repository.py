@@ -12,7 +12,13 @@ from typing import Final
 # Session-level advisory locks, one per kind of rotation: a second run of the same
 # kind anywhere is refused while the first one's connection lives (kill -9 included:
 # PostgreSQL drops the lock with the session).
-LOCK_IDS: Final = {"kek": 0x7661756C74_21, "branch": 0x7661756C74_22, "records": 0x7661756C74_23}
+LOCK_IDS: Final = {
+    "kek": 0x7661756C74_21,
+    "branch": 0x7661756C74_22,
+    "records": 0x7661756C74_23,
+    "token": 0x7661756C74_24,
+    "checkpoint": 0x7661756C74_25,
+}
 TRY_LOCK: Final = "SELECT pg_try_advisory_lock($1)"
 UNLOCK: Final = "SELECT pg_advisory_unlock($1)"
 
