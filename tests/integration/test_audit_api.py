@@ -11,6 +11,7 @@ import asyncio
 import csv
 import datetime
 import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -386,3 +387,37 @@ async def test_no_answer_without_a_durable_entry(api, auditor, stack: Stack, acc
     assert r.headers["retry-after"] == "5"
     r = await api.get("/v1/audit/events", params={"limit": "5"}, headers=audit_headers(auditor))
     assert r.status_code == 200
+
+
+async def test_a_reports_entries_come_with_their_inclusion_proofs(
+    api, auditor, access_log, publisher, tmp_path: Path
+):
+    """Issue 10: one file holds the inclusion proof of every entry of a breach-impact
+    window in the latest checkpoint; `audit verify` checks them offline, and a body
+    changed in that file is reported."""
+    scraper = uuid.uuid4()
+    since = datetime.datetime.now(datetime.UTC)
+    await access_log.append_many([event(scraper, uuid.uuid4()) for _ in range(12)])
+    await access_log.append_many([event() for _ in range(5)])  # someone else's
+    until = datetime.datetime.now(datetime.UTC)
+    await publisher.publish_once()
+    headers = audit_headers(auditor)
+    window = {"actor_id": str(scraper), "since": since.isoformat(), "until": until.isoformat()}
+    r = await api.get("/v1/audit/reports/breach-impact/proofs", params=window, headers=headers)
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    assert len(bundle["entries"]) == 12
+    (tmp_path / "c.txt").write_text(bundle["checkpoint"])
+    (tmp_path / "p.json").write_bytes(r.content)
+    keys = await api.get("/v1/audit/keys", headers=headers)
+    (tmp_path / "keys.json").write_bytes(keys.content)
+    args = ["--keys", str(tmp_path / "keys.json"), "--checkpoint", str(tmp_path / "c.txt")]
+    assert verify.main([*args, "--report-proofs", str(tmp_path / "p.json")]) == 0
+    # The same file with one body changed (another youth named): reported.
+    entry = bundle["entries"][4]
+    entry["body"]["record_ids"] = [str(uuid.uuid4())]
+    (tmp_path / "forged.json").write_text(json.dumps(bundle))
+    assert verify.main([*args, "--report-proofs", str(tmp_path / "forged.json")]) == 1
+    # A window without parameters is refused with a stable code.
+    r = await api.get("/v1/audit/reports/breach-impact/proofs", headers=headers)
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter")

@@ -39,6 +39,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit/proofs/inclusion"): {AU},
     ("GET", "/v1/audit/proofs/consistency"): {AU},
     ("GET", "/v1/audit/reports/breach-impact"): {AU},
+    ("GET", "/v1/audit/reports/breach-impact/proofs"): {AU},
     ("GET", "/v1/audit/reports/subject/{record_id}"): {AU},
     ("GET", "/v1/alerts"): {AU},
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import hashlib
 import hmac
 import io
@@ -44,6 +45,7 @@ from vault_service.audit.verify import (
     INCLUSION_FORMAT,
     KEYS_FORMAT,
     MAX_BUNDLE_ENTRIES,
+    REPORT_PROOFS_FORMAT,
     Bundle,
     BundleEntry,
     ConsistencyProofFile,
@@ -195,6 +197,24 @@ class BreachImpactPage(msgspec.Struct, kw_only=True):
     unverified_count: int
     records: list[ImpactedRecord]
     next_cursor: str | None
+
+
+MAX_REPORT_PROOFS: Final = 10_000
+
+
+class ReportProofs(msgspec.Struct, kw_only=True):
+    """Every entry of a breach-impact window with its inclusion proof in the latest
+    checkpoint, and that checkpoint: verified offline by `audit verify
+    --checkpoint <this checkpoint> --report-proofs <this file>`."""
+
+    format: str
+    origin: str
+    actor_id: uuid.UUID
+    since: datetime.datetime
+    until: datetime.datetime
+    checkpoint: str
+    tree_size: int
+    entries: list[InclusionProofFile]
 
 
 class SubjectPage(msgspec.Struct, kw_only=True):
@@ -494,6 +514,57 @@ class AuditProofs:
             unverified_count=len(unverified),
             records=records,
             next_cursor=next_cursor,
+        )
+
+    async def report_proofs(
+        self, actor_id: uuid.UUID, since: datetime.datetime, until: datetime.datetime
+    ) -> ReportProofs:
+        """The inclusion proofs of a breach-impact window's entries in the latest
+        checkpoint (entries after it wait for the next one); refused above
+        MAX_REPORT_PROOFS entries (narrow the window)."""
+        if until <= since:
+            raise InvalidParameter("until must be after since")
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            latest = await conn.fetchrow(sql.SELECT_LATEST_CHECKPOINT)
+            if latest is None:
+                raise NotFound("no checkpoint has been published yet")
+            size = int(latest["size"])
+            rows = await conn.fetch(
+                sql.REPORT_ENTRIES, str(actor_id), since, until, size, MAX_REPORT_PROOFS + 1
+            )
+            if len(rows) > MAX_REPORT_PROOFS:
+                raise InvalidParameter(
+                    f"more than {MAX_REPORT_PROOFS} entries: narrow since and until"
+                )
+            fetcher = TileFetcher(conn)
+            entries = []
+            for r in rows:
+                index = int(r["idx"])
+                proof = await fetcher.compute(functools.partial(inclusion_proof, index, size))
+                entries.append(
+                    InclusionProofFile(
+                        format=INCLUSION_FORMAT,
+                        origin=self.origin,
+                        index=index,
+                        tree_size=size,
+                        leaf=bytes(r["leaf"]),
+                        salt=None if r["salt"] is None else bytes(r["salt"]),
+                        body=_served_body(r["body"]),
+                        proof=proof,
+                    )
+                )
+        return ReportProofs(
+            format=REPORT_PROOFS_FORMAT,
+            origin=self.origin,
+            actor_id=actor_id,
+            since=since,
+            until=until,
+            checkpoint=str(latest["note"]),
+            tree_size=size,
+            entries=entries,
         )
 
     async def breach_impact_csv(self, first: BreachImpactPage) -> AsyncIterator[bytes]:

@@ -249,6 +249,15 @@ SELECT b.idx, b.body::text AS body, b.salt, e.leaf
 FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
 WHERE b.body ->> 'actor_id' = $1 AND b.at >= $2 AND b.at < $3
 """
+# The entries of a breach-impact window inside a tree of size $4, with their leaves:
+# what a report's inclusion proofs prove.
+REPORT_ENTRIES: Final = """
+SELECT e.idx, e.leaf, b.salt, b.body::text AS body
+FROM audit_bodies b JOIN audit_entries e ON e.idx = b.idx
+WHERE b.body ->> 'actor_id' = $1 AND b.at >= $2 AND b.at < $3 AND b.idx < $4
+ORDER BY b.idx
+LIMIT $5
+"""
 # The oldest body still held: a window that starts before it may have lost entries to
 # retention, and a report must say so rather than look complete.
 OLDEST_BODY: Final = "SELECT min(at) FROM audit_bodies"

@@ -258,6 +258,21 @@ class AuditController(Controller):
         )
 
     @get(
+        "/reports/breach-impact/proofs",
+        opt=_opt("audit.report_proofs"),
+        summary="The inclusion proofs of a breach-impact window's entries, in one file",
+    )
+    async def report_proofs(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"actor_id", "since", "until"}))
+        actor_id = _uuid(params.get("actor_id"), "actor_id")
+        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        if actor_id is None or since is None or until is None:
+            raise InvalidParameter("actor_id, since and until are required")
+        bundle = await _proofs(request).report_proofs(actor_id, since, until)
+        await _log(request, params)
+        return _json(bundle)
+
+    @get(
         "/reports/subject/{record_id:str}",
         opt=_opt("audit.subject"),
         summary="Who accessed one youth's record, when and why",

@@ -90,6 +90,7 @@ __all__ = [
 BUNDLE_FORMAT: Final = "vault-service/audit-bundle/v1"
 INCLUSION_FORMAT: Final = "vault-service/audit-inclusion/v1"
 CONSISTENCY_FORMAT: Final = "vault-service/audit-consistency/v1"
+REPORT_PROOFS_FORMAT: Final = "vault-service/audit-report-proofs/v1"
 KEYS_FORMAT: Final = "vault-service/audit-keys/v1"
 STATE_FORMAT: Final = "vault-service/audit-verifier-state/v1"
 MAX_BUNDLE_ENTRIES: Final = 10_000
@@ -139,6 +140,19 @@ class InclusionProofFile(_File):
     proof: list[bytes]
     salt: bytes | None = None
     body: msgspec.Raw = msgspec.Raw(_NULL)
+
+
+class ReportProofsFile(_File):
+    """A report's entries with their inclusion proofs (`/reports/breach-impact/proofs`)."""
+
+    format: str
+    origin: str
+    actor_id: str
+    since: str
+    until: str
+    checkpoint: str
+    tree_size: int
+    entries: list[InclusionProofFile]
 
 
 class ConsistencyProofFile(_File):
@@ -584,6 +598,7 @@ def run(
     bundles: Sequence[Path] = (),
     inclusions: Sequence[Path] = (),
     jobs: int = 1,
+    report_proofs: Sequence[Path] = (),
     witness_keys: Sequence[str] = (),
     min_witnesses: int = 0,
 ) -> Report:
@@ -650,6 +665,11 @@ def run(
             verifier.bundle(str(path), _decode(path, Bundle, BUNDLE_FORMAT))
     for path in inclusions:
         verifier.inclusion(str(path), _decode(path, InclusionProofFile, INCLUSION_FORMAT))
+    for path in report_proofs:
+        report_file = _decode(path, ReportProofsFile, REPORT_PROOFS_FORMAT)
+        for entry in report_file.entries:
+            verifier.inclusion(f"{path}#{entry.index}", entry)
+        report.ok.append(f"{path}: {len(report_file.entries)} report entries checked")
 
     if not verifier.linked and saved is not None:
         report.fail(
@@ -674,6 +694,13 @@ def build_parser(prog: str = "vault-service audit verify") -> argparse.ArgumentP
     parser.add_argument("--consistency", type=Path, action="append", default=[])
     parser.add_argument("--bundle", type=Path, action="append", default=[])
     parser.add_argument("--inclusion", type=Path, action="append", default=[])
+    parser.add_argument(
+        "--report-proofs",
+        type=Path,
+        action="append",
+        default=[],
+        help="a report's inclusion proofs (/v1/audit/reports/breach-impact/proofs)",
+    )
     parser.add_argument(
         "--jobs",
         type=int,
@@ -706,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             consistency=args.consistency,
             bundles=args.bundle,
             inclusions=args.inclusion,
+            report_proofs=args.report_proofs,
             jobs=max(1, args.jobs),
             witness_keys=args.witness_key,
             min_witnesses=(

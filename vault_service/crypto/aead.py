@@ -55,11 +55,11 @@ def record_integrity_aad(
     structure_id: uuid.UUID,
     referent_id: uuid.UUID,
     key_version: int,
-    content_digest: bytes,
+    content: bytes,
 ) -> bytes:
     """What a record's integrity tag binds (records/sealing.py): the row's identity, its
-    version, who holds it, the key version, and a digest of every sealed and clear
-    field. A database writer who swaps in an older ciphertext, edits a clear field or
+    version, who holds it, the key version, and every sealed and clear field (their
+    encoding, `content`). A database writer who swaps in an older ciphertext, edits a clear field or
     moves the youth to another referent changes it, and cannot make a new tag without
     the record key."""
     return b"".join(
@@ -70,7 +70,7 @@ def record_integrity_aad(
             structure_id.bytes,
             referent_id.bytes,
             struct.pack(">I", key_version),
-            content_digest,
+            content,
         )
     )
 
