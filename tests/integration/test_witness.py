@@ -45,8 +45,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def _witness(key: Path, state: Path, logs: list[str], port: int) -> Iterator[str]:
-    args = ["witness", "serve", "--name", "dpo.test/w1", "--key-file", str(key)]
+def _witness(
+    key: Path, state: Path, logs: list[str], port: int, name: str = "dpo.test/w1"
+) -> Iterator[str]:
+    args = ["witness", "serve", "--name", name, "--key-file", str(key)]
     args += ["--state", str(state), "--listen", f"127.0.0.1:{port}"]
     for vkey in logs:
         args += ["--log", vkey]
@@ -152,6 +154,47 @@ async def test_checkpoints_are_cosigned_by_an_outside_witness(stack: Stack, tmp_
         note = await publisher().publish_once()
         assert note is not None
         assert valid_cosigners(note, [parse_cosigner_key(witness_vkey)]) == set()
+    finally:
+        await log.stop()
+        await pool.close()
+        kms.close()
+        await drop_database(db)
+
+
+async def test_two_witnesses_cosign_within_two_seconds(stack: Stack, tmp_path: Path) -> None:
+    db = await new_database(stack)
+    pool = await db.pool()
+    kms = VaultKms(stack.settings())
+    log = AccessLog(pool, max_batch=64)
+    await log.start()
+    origin = f"vault-service.test/two-witnesses-{uuid.uuid4().hex[:8]}"
+    try:
+        log_vkeys = (await load_key_set(kms, origin)).verifier_keys()
+        vkeys, ports = [], []
+        for name in ("w1", "w2"):
+            made = _cli("witness", "keygen", "--name", f"dpo.test/{name}",
+                        "--key-file", str(tmp_path / f"{name}.pem"))  # fmt: skip
+            assert made.returncode == 0, made.stderr
+            vkeys.append(made.stdout.strip())
+            ports.append(devstack.free_port())
+        with (
+            _witness(tmp_path / "w1.pem", tmp_path / "s1.json", log_vkeys, ports[0], "dpo.test/w1"),
+            _witness(tmp_path / "w2.pem", tmp_path / "s2.json", log_vkeys, ports[1], "dpo.test/w2"),
+        ):
+            publisher = CheckpointPublisher(
+                pool,
+                kms,
+                origin,
+                witnesses=[f"http://127.0.0.1:{p}|{k}" for p, k in zip(ports, vkeys, strict=True)],
+            )
+            for batch in (20, 5):
+                await log.append_many([event() for _ in range(batch)])
+                started = time.monotonic()
+                note = await publisher.publish_once()
+                elapsed = time.monotonic() - started
+                assert note is not None and elapsed < 2, elapsed
+                cosigners = [parse_cosigner_key(k) for k in vkeys]
+                assert valid_cosigners(note, cosigners) == {"dpo.test/w1", "dpo.test/w2"}
     finally:
         await log.stop()
         await pool.close()
