@@ -135,7 +135,7 @@ def server_cmd(server: str, target: str, port: int) -> list[str]:
 
 
 async def prepare(
-    pg: devstack.Postgres, env: dict[str, str], n: int, external: tuple[str, str] | None
+    pg: devstack.Postgres, env: dict[str, str], n: int, external: tuple[str, str] | None = None
 ) -> tuple[list[str], str]:
     await devstack.bootstrap_database(pg.admin_dsn, devstack.DATABASE)
     await devstack.migrate_database(pg.admin_dsn, devstack.DATABASE)

@@ -273,6 +273,7 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
                     None if args.all else args.structure,
                     batch_size=batch_size,
                     dry_run=args.dry_run,
+                    max_rate=settings.rotation_records_per_second,
                 )
             ).report()
         if args.target in ("token", "checkpoint"):

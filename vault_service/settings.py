@@ -187,6 +187,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Rows rewrapped per transaction by `keys rotate`: each batch holds its row locks
     # for one Vault round trip, and is one access-log entry.
     rotation_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    # `keys rotate records` re-seals at most this many records a second (0: no limit),
+    # so that the service keeps serving reads meanwhile (bench/keys.py measures both).
+    rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

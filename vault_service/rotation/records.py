@@ -17,6 +17,8 @@ alone cannot tell).
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,10 +84,15 @@ async def rotate_records(
     *,
     batch_size: int,
     dry_run: bool,
+    max_rate: float = 0.0,
 ) -> RecordsRotation:
+    """`max_rate` records a second at most (0: as fast as it goes): a re-encryption
+    shares the machine and the database with the service, and the service must keep
+    serving reads while it runs."""
     await acquire(conn, "records")
     try:
-        return await _rotate(conn, kms, structures, batch_size, dry_run=dry_run)
+        pace = _Pace(max_rate)
+        return await _rotate(conn, kms, structures, batch_size, dry_run=dry_run, pace=pace)
     finally:
         await release(conn, "records")
 
@@ -97,6 +104,7 @@ async def _rotate(
     batch_size: int,
     *,
     dry_run: bool,
+    pace: _Pace,
 ) -> RecordsRotation:
     run = RecordsRotation(dry_run=dry_run)
     known = {r["structure_id"]: r for r in await conn.fetch(sql.SELECT_RECORD_KEY_VERSIONS)}
@@ -132,7 +140,7 @@ async def _rotate(
                     await conn.execute(
                         sql.LOG_ADMIN_ACT, "key.rotate_records", item.structure_id, 1
                     )
-            await _reseal(conn, kms, item, batch_size, bar)
+            await _reseal(conn, kms, item, batch_size, bar, pace)
             await conn.execute(sql.FINISH_RECORD_ROTATION, item.structure_id, item.target_version)
     return run
 
@@ -143,6 +151,7 @@ async def _reseal(
     item: StructureReseal,
     batch_size: int,
     bar: RotationProgress,
+    pace: _Pace,
 ) -> None:
     branches: dict[int, BranchKey] = {}
     while True:  # passes, until one finds nothing behind
@@ -172,6 +181,7 @@ async def _reseal(
             item.resealed += len(ids)
             item.batches += 1
             bar.advance(len(ids))
+            await pace.after(len(rows))
         if not found:
             return
 
@@ -206,3 +216,21 @@ def _reseal_rows(
         new_keys.append(wrapped)
         sealed.append(resealed)
     return ids, versions, old_versions, old_keys, new_keys, sealed
+
+
+class _Pace:
+    """Sleeps between batches so that the run stays at or under `rate` records a second
+    on average (0: no pacing)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._started = time.monotonic()
+        self._done = 0
+
+    async def after(self, n: int) -> None:
+        if self._rate <= 0:
+            return
+        self._done += n
+        ahead = self._done / self._rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
