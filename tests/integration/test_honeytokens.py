@@ -9,11 +9,12 @@ import uuid
 
 import pytest
 
-from tests.conftest import Account, Stack, World
+from tests.conftest import Account, Stack, World, load_fixture
 from tests.integration.test_cli import _admin_env, _cli
 from vault_service.auth.permissions import Role
 
 pytestmark = pytest.mark.integration
+MINIMAL = json.loads(load_fixture("minimal_record.json"))
 
 
 async def _plant(stack: Stack, world: World, sid: uuid.UUID) -> list[str]:
@@ -228,3 +229,31 @@ async def test_rotation_retires_the_earlier_canaries_and_they_still_trip(
             await conn.execute("UPDATE honeytokens SET retired_on = NULL")
     finally:
         await conn.close()
+
+
+async def test_paging_never_hands_out_a_canarys_id(client, stack: Stack, world: World) -> None:
+    """Review finding: a supervisor paging with limit=1 got the canaries' ids in the
+    cursors of the pages they were left out of."""
+    from vault_service.paging import decode_uuid_cursor
+
+    sid = await world.structure()
+    canaries = set(await _plant(stack, world, sid))
+    referent = await world.counsellor(sid)
+    supervisor = await world.account(Role.SUPERVISOR, sid)
+    created = set()
+    for _ in range(4):
+        r = await client.post("/v1/records", json=MINIMAL, headers=referent.headers())
+        assert r.status_code == 201, r.text
+        created.add(r.json()["id"])
+    seen, cursors, cursor = [], [], None
+    for _ in range(20):
+        params = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+        r = await client.get("/v1/caseload", params=params, headers=supervisor.headers())
+        assert r.status_code == 200, r.text
+        seen += [i["id"] for i in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+        cursors.append(str(decode_uuid_cursor(cursor)))
+    assert set(seen) == created
+    assert not canaries & set(cursors)

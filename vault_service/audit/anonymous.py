@@ -89,8 +89,12 @@ class AnonymousRefusals:
         made = 0
         for (key, n), result in zip(counts.items(), results, strict=True):
             if isinstance(result, BaseException):
-                # Not lost: back into the next window (keys past the cap fold as usual).
-                self._counts[key] = min(self._counts.get(key, 0) + n, _MAX_COUNT)
+                # Not lost: back into the next window, past the cap folded as `count`
+                # folds them (a long log outage must not grow this without bound).
+                back: _Key = key
+                if back not in self._counts and len(self._counts) >= self._max_keys:
+                    back = (None, key[1], key[2])
+                self._counts[back] = min(self._counts.get(back, 0) + n, _MAX_COUNT)
                 continue
             made += 1
         if made < len(events):

@@ -229,6 +229,13 @@ class CheckpointPublisher:
             await self._check_consistent(fetcher, keys, str(previous["note"]), size, root)
         anchors = await self._kms.read_anchors()
         await self._check_anchor(fetcher, anchors.heads.get(self._origin), size, root)
+        # The anchor moves before anything is signed: a checkpoint that exists is always
+        # one the anchor knows (else deleting its row would let a rewrite through). A
+        # failed or lost write signs nothing; the next round reads the anchor again.
+        if anchors.heads.get(self._origin) != (size, root) and not await self._kms.write_anchor(
+            anchors, self._origin, size, root
+        ):
+            raise await self._refuse("anchor_moved")
 
         body = format_checkpoint(self._origin, size, root)
         message = body.encode("utf-8")
@@ -248,10 +255,6 @@ class CheckpointPublisher:
             raise KmsUnavailable("checkpoint key changed; retrying next round") from None
         note = await self._cosigned(fetcher, note, size)
         await conn.execute(sql.INSERT_CHECKPOINT, size, root, version, note)
-        # Then the anchor. Another signer writing in between only makes this write fail
-        # (check-and-set): the next round reads its head and checks against it.
-        if not await self._kms.write_anchor(anchors, self._origin, size, root):
-            log.warning("audit_anchor_moved", size=size)
         _published.add(1)
         log.info("audit_checkpoint_published", size=size, key_version=version)
         return note

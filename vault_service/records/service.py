@@ -22,6 +22,7 @@ from vault_service.auth.permissions import Purpose
 from vault_service.auth.principal import Principal
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import (
+    DecryptionFailed,
     IdempotencyKeyReused,
     InternalError,
     InvalidBody,
@@ -215,10 +216,9 @@ class RecordService:
         view = None if row is None else access.decide(principal, row, purpose)
         if row is None or view is None:
             raise NotFound()
-        record_key = await self._sealer.record_key(row)
         try:
-            return self._document(row, view, record_key)
-        except RecordIntegrityFailed:
+            return self._document(row, view, await self._sealer.record_key(row))
+        except (RecordIntegrityFailed, DecryptionFailed):
             await self.integrity_failed(principal, record_id)
             raise
 
@@ -333,10 +333,13 @@ class RecordService:
             structure_id, criteria, restricted=restricted
         )
         limit = min(limit, self._search_page_max)
-        rows = await self._repo.search_page(
-            names, digests, structure_id, referent, after or _BEFORE_ALL, limit + 1
+        rows, canaries = await self._visible(
+            lambda start: self._repo.search_page(
+                names, digests, structure_id, referent, start, limit + 1
+            ),
+            after,
+            limit,
         )
-        canaries = [r["id"] for r in rows if self.is_canary(r["id"])]
         if canaries and _IDENTIFYING.intersection(criteria):
             # Found by a value that identifies one person (a NIR, an e-mail, a phone,
             # a France Travail id): whoever searched holds the canary's data, a copy of
@@ -372,19 +375,43 @@ class RecordService:
     async def caseload(self, principal: Principal, after: uuid.UUID | None, limit: int) -> Page:
         structure_id, referent = access.list_scope(principal)
         limit = min(limit, self._caseload_page_max)
-        rows = await self._repo.caseload_page(
-            structure_id, referent, after or _BEFORE_ALL, limit + 1
+        rows, _ = await self._visible(
+            lambda start: self._repo.caseload_page(structure_id, referent, start, limit + 1),
+            after,
+            limit,
         )
         return await self._page(principal, rows, limit)
+
+    async def _visible(
+        self,
+        fetch: Callable[[uuid.UUID], Awaitable[list[asyncpg.Record]]],
+        after: uuid.UUID | None,
+        limit: int,
+    ) -> tuple[list[asyncpg.Record], list[uuid.UUID]]:
+        """Up to `limit` + 1 rows that are not canaries, and the canaries met on the
+        way. Canaries are left out before the page is cut, and the query runs again
+        past them when they made it short: a cursor only ever carries the id of a row
+        that was shown (a canary's id in a cursor would tell a supervisor which
+        records to avoid)."""
+        shown: list[asyncpg.Record] = []
+        canaries: list[uuid.UUID] = []
+        start = after or _BEFORE_ALL
+        while True:
+            rows = await fetch(start)
+            for row in rows:
+                if self.is_canary(row["id"]):
+                    canaries.append(row["id"])
+                else:
+                    shown.append(row)
+            if len(shown) > limit or len(rows) <= limit:
+                return shown, canaries
+            start = rows[-1]["id"]
 
     async def _page(self, principal: Principal, rows: list[asyncpg.Record], limit: int) -> Page:
         """Masked summaries of up to `limit` rows; the query asked for one more, whose
         presence alone says that there is a next page."""
         more = len(rows) > limit
-        page = rows[:limit]
-        # Canaries are never shown (a caseload does not even list them); the next page
-        # starts after the last row read, shown or not.
-        rows = [r for r in page if not self.is_canary(r["id"])]
+        rows = rows[:limit]  # no canary among them (`_visible`)
         items = []
         for row in rows:
             record_key = await self._sealer.record_key(row)
@@ -395,7 +422,7 @@ class RecordService:
                 await self.integrity_failed(principal, row["id"])
                 raise
             items.append(summary)
-        next_after = page[-1]["id"] if more and page else None
+        next_after = rows[-1]["id"] if more and rows else None
         return Page(items, next_after, tuple(r["id"] for r in rows))
 
 
