@@ -45,6 +45,7 @@ from bench.records import (
     lua_headers,
     prepare,
     server_cmd,
+    stop_all,
     wait_http,
     wrk,
 )
@@ -260,16 +261,7 @@ def main() -> int:
             )
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        bao.stop()
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, bao, pg, tmp)
 
 
 if __name__ == "__main__":

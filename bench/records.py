@@ -235,6 +235,25 @@ def external_provider(bao: devstack.OpenBao, audience: str) -> tuple[dict[str, o
     return config, login["auth"]["entity_id"], token
 
 
+def stop_all(
+    procs: list[subprocess.Popen[bytes]],
+    bao: devstack.OpenBao,
+    pg: devstack.Postgres,
+    tmp: Path,
+) -> None:
+    """A benchmark's processes, then its OpenBao and PostgreSQL, then its files."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    bao.stop()
+    pg.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def vault_requests(audit_log: Path) -> list[str]:
     """Paths of the requests OpenBao itself logged (its audit device), in order."""
     if not audit_log.exists():
@@ -459,16 +478,7 @@ def main() -> int:
         )
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        bao.stop()
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, bao, pg, tmp)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from bench.records import (
     lua_headers,
     prepare,
     server_cmd,
+    stop_all,
     wait_http,
     wrk,
 )
@@ -237,15 +238,7 @@ def main() -> int:
             )
         return 0 if all(p["lag_s"] is not None for p in probes) else 1
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        bao.stop()
-        pg.stop()
+        stop_all(procs, bao, pg, tmp)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -380,11 +381,7 @@ class TransfersController(Controller):
         self, request: Request[Principal, Any, Any], transfer_id: FromPath[str]
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
-        log = request_log(request.scope)
-        answered = await custody.accept(
-            request.user, _transfer_id(transfer_id, await request.body()), log
-        )
-        return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
+        return await _answer_transfer(request, transfer_id, custody.accept)
 
     @post(
         "/{transfer_id:str}/decline",
@@ -400,11 +397,7 @@ class TransfersController(Controller):
         self, request: Request[Principal, Any, Any], transfer_id: FromPath[str]
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
-        log = request_log(request.scope)
-        answered = await custody.decline(
-            request.user, _transfer_id(transfer_id, await request.body()), log
-        )
-        return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
+        return await _answer_transfer(request, transfer_id, custody.decline)
 
     @post(
         "/{transfer_id:str}/cancel",
@@ -420,11 +413,18 @@ class TransfersController(Controller):
         self, request: Request[Principal, Any, Any], transfer_id: FromPath[str]
     ) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
-        log = request_log(request.scope)
-        answered = await custody.cancel(
-            request.user, _transfer_id(transfer_id, await request.body()), log
-        )
-        return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
+        return await _answer_transfer(request, transfer_id, custody.cancel)
+
+
+async def _answer_transfer(
+    request: Request[Principal, Any, Any],
+    transfer_id: str,
+    answer: Callable[[Principal, uuid.UUID, RequestLog], Awaitable[Any]],
+) -> Response[bytes]:
+    """Accept, decline or cancel: the same request shape, the same answer shape."""
+    log = request_log(request.scope)
+    answered = await answer(request.user, _transfer_id(transfer_id, await request.body()), log)
+    return Response(msgspec.json.encode(answered), media_type=JSON, headers=_headers(log))
 
 
 class NoBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
