@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint snapshot bench clean
+.PHONY: run test lint snapshot bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/vault-service dev $(ARGS)
 
+## Debian's Chromium for the console's browser test (never Playwright's own download).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 ## Every test, against a real PostgreSQL and a real OpenBao started by the tests.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -p no:cacheprovider -q $(ARGS)
 
 lint: $(STAMP)

@@ -30,6 +30,7 @@ from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
 from vault_service.auth.verified import VerifiedTokens
+from vault_service.console.routes import console_file, console_index
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import Unauthenticated, VaultServiceError
 from vault_service.gate import RequestGate
@@ -359,6 +360,8 @@ def create_app(settings: Settings) -> Litestar:
             AuditController,
             AlertsController,
             jwks,
+            console_index,
+            console_file,
             live,
             ready,
         ],

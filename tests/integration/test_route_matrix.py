@@ -41,6 +41,8 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit/reports/breach-impact"): {AU},
     ("GET", "/v1/audit/reports/breach-impact/proofs"): {AU},
     ("GET", "/v1/audit/reports/subject/{record_id}"): {AU},
+    ("GET", "/v1/audit/volume"): {AU},
+    ("GET", "/v1/audit/break-glass"): {AU},
     ("GET", "/v1/alerts"): {AU},
 }
 PUBLIC = {"/health/live", "/health/ready", "/.well-known/jwks.json"}

@@ -275,3 +275,27 @@ PRUNE_BODIES: Final = """
 WITH pruned AS (DELETE FROM audit_bodies WHERE at < $1 RETURNING idx)
 SELECT count(*) FROM pruned
 """
+
+# The console's charts: entries and records named per day and per actor or structure
+# in a window, from the bodies themselves (ids and counts only). The BRIN index on
+# `at` bounds the scan to the window.
+VOLUME_BY_ACTOR: Final = """
+SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'actor_id' AS key,
+       count(*) AS entries,
+       sum(jsonb_array_length(COALESCE(b.body -> 'record_ids', '[]'::jsonb))) AS records
+FROM audit_bodies b
+WHERE b.at >= $1 AND b.at < $2
+GROUP BY 1, 2
+ORDER BY 1, 2
+LIMIT $3
+"""
+VOLUME_BY_STRUCTURE: Final = """
+SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'structure_id' AS key,
+       count(*) AS entries,
+       sum(jsonb_array_length(COALESCE(b.body -> 'record_ids', '[]'::jsonb))) AS records
+FROM audit_bodies b
+WHERE b.at >= $1 AND b.at < $2
+GROUP BY 1, 2
+ORDER BY 1, 2
+LIMIT $3
+"""

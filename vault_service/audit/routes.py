@@ -28,6 +28,7 @@ from vault_service.errors import InvalidParameter
 from vault_service.limits.budgets import Charge
 from vault_service.limits.defence import Alerts
 from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
+from vault_service.records.custody import CustodyService
 
 JSON: Final = "application/json"
 
@@ -129,6 +130,9 @@ def _proofs(request: Request[Any, Any, Any]) -> AuditProofs:
 _EVENTS: Final = frozenset({"record_id", "actor_id", "action", "since", "until", "cursor", "limit"})
 _REPORT: Final = frozenset({"actor_id", "since", "until", "cursor", "limit", "format"})
 _PAGE: Final = frozenset({"cursor", "limit"})
+# The console's charts: a quarter at most, and a bound on the groups it answers.
+_VOLUME_WINDOW: Final = datetime.timedelta(days=93)
+_VOLUME_ROWS: Final = 5000
 
 
 class AuditController(Controller):
@@ -271,6 +275,47 @@ class AuditController(Controller):
         bundle = await _proofs(request).report_proofs(actor_id, since, until)
         await _log(request, params)
         return _json(bundle)
+
+    @get(
+        "/volume",
+        opt=_opt("audit.volume"),
+        summary="Entries and records named per day and per actor or structure (counts only)",
+    )
+    async def volume(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"by", "since", "until"}))
+        by = params.get("by", "actor")
+        if by not in ("actor", "structure"):
+            raise InvalidParameter("by must be actor or structure")
+        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        if since is None or until is None:
+            raise InvalidParameter("since and until are required")
+        if until <= since:
+            raise InvalidParameter("until must be after since")
+        if until - since > _VOLUME_WINDOW:
+            raise InvalidParameter("the window is at most 93 days")
+        await _settled(request)
+        page = await _proofs(request).volume(by, since, until, _VOLUME_ROWS)
+        await _log(request, params)
+        return _json(page)
+
+    @get(
+        "/break-glass",
+        opt=_opt("audit.break_glass"),
+        summary="Break-the-glass grants and their reviews (ids, reasons, times, outcomes)",
+    )
+    async def break_glass(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"state", "cursor", "limit"}))
+        state = params.get("state")
+        if state is not None and state not in ("pending", "reviewed"):
+            raise InvalidParameter("state must be pending or reviewed")
+        limit = _limit(params, 100, 500)
+        custody: CustodyService = request.app.state.custody
+        items = await custody.grants_for_audit(
+            request.user, state, decode_uuid_cursor(params.get("cursor")), limit
+        )
+        await _log(request, params, tuple(i["record_id"] for i in items))
+        next_cursor = encode_uuid_cursor(items[-1]["id"]) if len(items) == limit else None
+        return _json({"items": items, "next_cursor": next_cursor})
 
     @get(
         "/reports/subject/{record_id:str}",

@@ -230,6 +230,19 @@ FROM break_glass_grants
 WHERE structure_id = $1 AND reviewed_by IS NULL AND id > $2
 ORDER BY id LIMIT $3
 """
+# Auditors: every break-the-glass grant and its review, newest structure first by id
+# (uuid cursor), optionally only those awaiting review or only those reviewed.
+SELECT_GRANTS_FOR_AUDIT: Final = """
+SELECT id, record_id, account_id, structure_id, reason, opened_at, expires_at,
+       reviewed_by, reviewed_at, review_outcome
+FROM break_glass_grants
+WHERE ($1::text IS NULL
+       OR ($1 = 'pending' AND reviewed_by IS NULL)
+       OR ($1 = 'reviewed' AND reviewed_by IS NOT NULL))
+  AND id > $2
+ORDER BY id
+LIMIT $3
+"""
 REVIEW_GRANT: Final = """
 UPDATE break_glass_grants SET reviewed_by = $3, reviewed_at = now(), review_outcome = $4
 WHERE id = $1 AND structure_id = $2 AND reviewed_by IS NULL AND account_id <> $3
@@ -566,6 +579,12 @@ class RecordRepository:
     ) -> list[asyncpg.Record]:
         async with self._pool.acquire() as conn:
             return await conn.fetch(SELECT_REVIEW_QUEUE, structure_id, after, limit)
+
+    async def grants_for_audit(
+        self, state: str | None, after: uuid.UUID, limit: int
+    ) -> list[asyncpg.Record]:
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(SELECT_GRANTS_FOR_AUDIT, state, after, limit)
 
     async def review_grant(
         self,
