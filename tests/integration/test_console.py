@@ -263,6 +263,24 @@ async def test_console_end_to_end(
             alert_row = page.locator("#alerts-table tbody tr", has_text=counsellor_id)
             assert "budget.exceeded" in (await alert_row.first.text_content() or "")
             await check_view("alerts")
+            # Acknowledged from the console: a comment is required, then the alert leaves
+            # the open list, acknowledged by this auditor, with an entry in the log.
+            alert_id = str(seeded["alert"])
+            await page.click(f'#alerts-table tbody tr:has-text("{counsellor_id}") button')
+            assert (
+                await page.text_content("#status")
+                == "Un commentaire est nécessaire pour acquitter."
+            )
+            await page.fill(f"#ack-{alert_id}", "Vérifié avec la structure")
+            await page.click(f'#alerts-table tbody tr:has-text("{counsellor_id}") button')
+            await page.wait_for_function(
+                "() => document.querySelector('#status').textContent.startsWith('Alerte ')"
+            )
+            assert await alert_row.count() == 0
+            row = await owner.fetchrow(
+                "SELECT state, acked_by, ack_comment FROM alerts WHERE id = $1", seeded["alert"]
+            )
+            assert tuple(row) == ("acknowledged", auditor.id, "Vérifié avec la structure")
 
             # --- break-the-glass ----------------------------------------------------------
             await show(page, "grants", errors)
@@ -435,6 +453,34 @@ async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
             action,
             outcomes,
         )
+    # Acknowledgement: a comment, an open alert, once; the entry in the log.
+    alert = uuid.uuid4()
+    await world.owner.execute(
+        "INSERT INTO alerts (id, severity, kind) VALUES ($1, 'info', 'rule.test')", alert
+    )
+    path = f"/v1/alerts/{alert}/ack"
+    for body in ({}, {"comment": ""}, {"comment": "x" * 501}, {"comment": "ok", "more": 1}):
+        r = await client.post(path, json=body, headers=h)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_body"), body
+    r = await client.post("/v1/alerts/not-a-uuid/ack", json={"comment": "ok"}, headers=h)
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter")
+    r = await client.post(f"/v1/alerts/{uuid.uuid4()}/ack", json={"comment": "ok"}, headers=h)
+    assert (r.status_code, r.json()["code"]) == (404, "not_found")
+    assert await world.owner.fetchval("SELECT state FROM alerts WHERE id = $1", alert) == "open"
+    r = await client.post(path, json={"comment": "vu"}, headers=h)
+    assert r.status_code == 204, r.text
+    r = await client.post(path, json={"comment": "encore"}, headers=h)
+    assert (r.status_code, r.json()["code"]) == (404, "not_found")  # only an open alert
+    row = await world.owner.fetchrow(
+        "SELECT state, acked_by, ack_comment FROM alerts WHERE id = $1", alert
+    )
+    assert tuple(row) == ("acknowledged", auditor.id, "vu")
+    r = await client.get(
+        "/v1/audit/events", params={"actor_id": str(auditor.id), "action": "alert.ack"}, headers=h
+    )
+    outcomes = [e["outcome"] for e in r.json()["items"]]
+    assert outcomes.count("allowed") == 1 and outcomes.count("refused") == 7, outcomes
+    assert all("vu" not in json.dumps(e) for e in r.json()["items"])
     # Other roles are refused by the gate (the route matrix checks every role).
     counsellor = await world.counsellor()
     r = await client.get("/v1/audit/break-glass", headers=counsellor.headers())

@@ -44,6 +44,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit/volume"): {AU},
     ("GET", "/v1/audit/break-glass"): {AU},
     ("GET", "/v1/alerts"): {AU},
+    ("POST", "/v1/alerts/{alert_id}/ack"): {AU},
 }
 PUBLIC = {"/health/live", "/health/ready", "/.well-known/jwks.json"}
 
@@ -64,7 +65,7 @@ async def test_every_route_and_role(client, world: World) -> None:
     checked = 0
     for method, path in sorted(routes):
         url = path
-        for name in ("{record_id}", "{grant_id}", "{transfer_id}"):
+        for name in ("{record_id}", "{grant_id}", "{transfer_id}", "{alert_id}"):
             url = url.replace(name, str(uuid.uuid4()))
         for role, account in accounts.items():
             purpose = sorted(ROLE_PURPOSES[role])[0] if ROLE_PURPOSES[role] else "follow_up"

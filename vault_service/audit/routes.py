@@ -12,10 +12,10 @@ import datetime
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -24,7 +24,7 @@ from vault_service.audit.proofs import AuditProofs
 from vault_service.audit.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
-from vault_service.errors import InvalidParameter
+from vault_service.errors import InvalidParameter, NotFound, invalid_body
 from vault_service.limits.budgets import Charge
 from vault_service.limits.defence import Alerts
 from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
@@ -340,6 +340,14 @@ class AuditController(Controller):
 _ALERTS: Final = frozenset({"state", "since", "cursor", "limit"})
 
 
+class AckRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Why the alert is closed, kept with the alert (never in a log line or an entry).
+    comment: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+_ack_decoder = msgspec.json.Decoder(AckRequest)
+
+
 class AlertsController(Controller):
     """Auditors: the alerts of the bulk-read defence (ids, codes and counts only)."""
 
@@ -379,3 +387,27 @@ class AlertsController(Controller):
         await _log(request, params)
         next_cursor = encode_uuid_cursor(rows[-1]["id"]) if len(rows) == limit else None
         return _json({"items": items, "next_cursor": next_cursor})
+
+    @post(
+        "/alerts/{alert_id:str}/ack",
+        opt={"permission": Permission.ALERTS_ACK, "data": True, "action": "alert.ack"},
+        status_code=204,
+        summary="Acknowledge an open alert, with a comment (auditors)",
+    )
+    async def ack(
+        self, request: Request[Principal, Any, Any], alert_id: FromPath[str]
+    ) -> Response[None]:
+        if request.query_params:
+            raise InvalidParameter("unknown query parameter")
+        aid = _uuid(alert_id, "alert id")
+        assert aid is not None
+        try:
+            body = _ack_decoder.decode(await request.body())
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise invalid_body(exc) from None
+        source: Alerts = request.app.state.alerts
+        if not await source.acknowledge(
+            aid, request.user.account_id, body.comment, request_log(request.scope)
+        ):
+            raise NotFound("no open alert with this id")
+        return Response(None, status_code=204)

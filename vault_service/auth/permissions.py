@@ -32,6 +32,7 @@ class Permission(StrEnum):
     TRANSFERS_DECIDE = "case:transfers:decide"
     TRANSFERS_CANCEL = "case:transfers:cancel"
     AUDIT_READ = "audit:events:read"
+    ALERTS_ACK = "audit:alerts:ack"
 
 
 class Purpose(StrEnum):
@@ -78,7 +79,7 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     ),
     # Admins manage accounts and keys through the CLI; never case data.
     Role.ADMIN: frozenset(),
-    Role.AUDITOR: frozenset({Permission.AUDIT_READ}),
+    Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.ALERTS_ACK}),
     Role.ANALYST: frozenset(),
 }
 
@@ -123,6 +124,7 @@ MFA_PERMISSIONS: Final[frozenset[Permission]] = frozenset(
         Permission.TRANSFERS_DECIDE,
         Permission.TRANSFERS_CANCEL,
         Permission.AUDIT_READ,
+        Permission.ALERTS_ACK,
     }
 )
 

@@ -25,9 +25,13 @@ class ApiError extends Error {
   }
 }
 
-async function api(path) {
+async function api(path, body) {
+  const headers = { Authorization: `Bearer ${token}`, "X-Purpose": "audit" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
-    headers: { Authorization: `Bearer ${token}`, "X-Purpose": "audit" },
+    method: body === undefined ? "GET" : "POST",
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
     cache: "no-store",
     credentials: "omit",
   });
@@ -252,7 +256,31 @@ async function loadAlerts() {
     cell(row, a.account_id, "id");
     cell(row, a.structure_id, "id");
     cell(row, a.state);
+    const td = cell(row, "");
+    const input = document.createElement("input");
+    input.id = `ack-${a.id}`;
+    input.maxLength = 500;
+    input.autocomplete = "off";
+    input.setAttribute("aria-label", t("ack_comment_for", { id: a.id.slice(0, 8) }));
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = t("ack");
+    button.addEventListener("click", () => acknowledge(a.id, input).catch(failed));
+    td.append(input, " ", button);
   });
+}
+
+async function acknowledge(id, input) {
+  const comment = input.value.trim();
+  if (!comment) {
+    status(t("ack_needs_comment"));
+    input.focus();
+    return;
+  }
+  await api(`/v1/alerts/${encodeURIComponent(id)}/ack`, { comment });
+  await loadAlerts();
+  status(t("acked", { id: id.slice(0, 8) }));
+  $("#h-alerts").focus();
 }
 
 async function loadGrants() {
