@@ -12,6 +12,7 @@ Chromium missing is a failure, not a skip: `make test` installs it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import struct
@@ -22,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page, async_playwright
 
 from tests.conftest import Stack, World, load_fixture, serve_processes
+from vault_service.audit.witness import CosignatureVerifier, cosign
 from vault_service.auth.permissions import Role
 from vault_service.console.routes import CONTENT_SECURITY_POLICY
 
@@ -309,6 +313,56 @@ async def test_console_end_to_end(
             sig = await page.locator("#signatures-table tbody tr").first.all_text_contents()
             assert "valide" in sig[0]
             await check_view("checkpoint")
+
+            # Cosignatures: the served checkpoint with a line of the witness code's own
+            # (vault_service.audit.witness.cosign, byte for byte what `witness serve`
+            # returns), checked in the browser against the witness key pasted in; a
+            # cosignature by another key under the same name and id fails.
+            witness_key = Ed25519PrivateKey.generate()
+            witness = CosignatureVerifier(
+                "dpo.test/console",
+                witness_key.public_key().public_bytes(
+                    serialization.Encoding.Raw, serialization.PublicFormat.Raw
+                ),
+            )
+            forged = {"on": False}
+
+            async def cosigned(route: Any) -> None:
+                answer = await route.fetch()
+                note = await answer.text()
+                body = note[: note.index("\n\n") + 1]
+                signer = Ed25519PrivateKey.generate() if forged["on"] else witness_key
+                line = cosign(signer, witness.name, body, int(time.time()))
+                if forged["on"]:  # the same name and key id, another key's signature
+                    raw = base64.b64decode(line.rsplit(" ", 1)[1])
+                    line = (
+                        line.rsplit(" ", 1)[0]
+                        + " "
+                        + base64.b64encode(witness.key_id.to_bytes(4, "big") + raw[4:]).decode()
+                        + "\n"
+                    )
+                await route.fulfill(response=answer, body=note + line)
+
+            await page.route("**/v1/audit/checkpoint", cosigned)
+            await page.fill("#witness-keys", witness.vkey)
+            await page.click("#witness-form button[type=submit]")
+            await page.wait_for_function("() => document.body.dataset.checkpoint")
+            assert await page.evaluate("document.body.dataset.checkpoint") == "verified"
+            rows = await page.locator("#signatures-table tbody tr").all_text_contents()
+            assert any(
+                "dpo.test/console" in r and "cosignature" in r and "valide" in r for r in rows
+            )
+            assert "1 cosignature(s) de témoin vérifiée(s)" in (
+                await page.text_content("#checkpoint-status") or ""
+            )
+            forged["on"] = True
+            await page.click("#witness-form button[type=submit]")
+            await page.wait_for_function("() => document.body.dataset.checkpoint")
+            assert await page.evaluate("document.body.dataset.checkpoint") == "failed"
+            rows = await page.locator("#signatures-table tbody tr").all_text_contents()
+            assert any("dpo.test/console" in r and "INVALIDE" in r for r in rows)
+            await page.unroute("**/v1/audit/checkpoint")
+            await page.fill("#witness-keys", "")
 
             # A checkpoint whose root was changed in transit fails in the browser.
             async def tamper(route: Any) -> None:

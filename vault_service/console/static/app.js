@@ -298,6 +298,7 @@ async function loadGrants() {
 
 // --- checkpoint ----------------------------------------------------------------------
 async function loadCheckpoint() {
+  delete document.body.dataset.checkpoint; // set again once this verification is done
   const [noteText, keysFile] = await Promise.all([
     api("/v1/audit/checkpoint").then((r) => r.text()),
     api("/v1/audit/keys").then((r) => r.json()),
