@@ -438,6 +438,11 @@ async def test_console_end_to_end(
             assert await page.text_content("#view-reports h2") == VIEWS["reports"][1]
             await show(page, "alerts", errors)
             assert await page.text_content("#view-alerts h2") == VIEWS["alerts"][1]
+            await show(page, "volume", errors)
+            assert await page.text_content("#view-volume h2") == VIEWS["volume"][1]
+            assert await axe_violations(page) == []
+            r = await served.http.get(f"{base}/console")
+            assert r.status_code == 200 and "<h1" in r.text
 
             # --- keyboard: Tab reaches the navigation, Enter opens a view, focus visible ---
             await page.focus("#lang")
