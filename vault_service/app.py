@@ -30,7 +30,7 @@ from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
 from vault_service.auth.verified import VerifiedTokens
-from vault_service.console.routes import console_file, console_index
+from vault_service.console.routes import console_config, console_file, console_index
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import Unauthenticated, VaultServiceError
 from vault_service.gate import RequestGate
@@ -361,6 +361,7 @@ def create_app(settings: Settings) -> Litestar:
             AlertsController,
             jwks,
             console_index,
+            console_config,
             console_file,
             live,
             ready,

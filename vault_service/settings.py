@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from vault_service.auth.oidc import IssuerConfig, parse_issuers
+from vault_service.console.signin import ConsoleSignIn, parse_console_signin
 from vault_service.errors import ConfigurationError
 from vault_service.limits.schedule import parse_working_hours
 
@@ -192,6 +193,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
+    # The console's sign-in with one of those providers (JSON object, see
+    # vault_service/console/signin.py); none: auditors paste a token.
+    console_oidc: ConsoleSignIn | None = None
 
     def __post_init__(self) -> None:
         if not self.vault_token and not (self.vault_role_id and self.vault_secret_id_file):
@@ -241,6 +245,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for origin in self.cors_origins:
             if origin == "*" or not _tls_or_loopback(origin):
                 raise ConfigurationError("CORS origins must be explicit https origins")
+        if self.console_oidc is not None:
+            self._check_console_oidc(self.console_oidc)
+
+    def _check_console_oidc(self, signin: ConsoleSignIn) -> None:
+        # The page's ID token must be one the service accepts: a configured issuer,
+        # whose audience is the console's client (an ID token's `aud`).
+        issuer = next((i for i in self.oidc_issuers if i.issuer == signin.issuer), None)
+        if issuer is None or issuer.audience != signin.client_id:
+            raise ConfigurationError(
+                "VAULT_SERVICE_CONSOLE_OIDC: its issuer must be in VAULT_SERVICE_OIDC_ISSUERS "
+                "with the console's client id as audience"
+            )
+        for url in (signin.authorization_endpoint, signin.token_endpoint):
+            parts = urlsplit(url)
+            if not _tls_or_loopback(url) or parts.username or parts.password or parts.fragment:
+                raise ConfigurationError(
+                    "VAULT_SERVICE_CONSOLE_OIDC: endpoints must be https (http only to loopback)"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -254,6 +276,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
             elif field.name == "oidc_issuers":
                 raw[field.name] = parse_issuers(value)
+            elif field.name == "console_oidc":
+                raw[field.name] = parse_console_signin(value)
             else:
                 raw[field.name] = value
         try:

@@ -22,17 +22,21 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page, async_playwright
 
 from tests.conftest import Stack, World, load_fixture, serve_processes
+from tests.integration.test_admin_acts import _login, _ok
+from tests.integration.test_cli import _cli, _env
 from vault_service.audit.witness import CosignatureVerifier, cosign
 from vault_service.auth.permissions import Role
-from vault_service.console.routes import CONTENT_SECURITY_POLICY
+from vault_service.console.routes import content_security_policy
 
 pytestmark = pytest.mark.integration
+CONTENT_SECURITY_POLICY = content_security_policy(None)
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -544,3 +548,171 @@ async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
     counsellor = await world.counsellor()
     r = await client.get("/v1/audit/break-glass", headers=counsellor.headers())
     assert r.status_code == 403
+
+
+class ConsoleProvider:
+    """OpenBao's OpenID provider (authorization code, PKCE, public client) with its own
+    login pages (OpenBao's UI, userpass), as an auditor's identity provider."""
+
+    def __init__(self, bao: Any) -> None:
+        self.bao = bao
+        suffix = secrets.token_hex(3)
+        c = bao.client()
+        self.key, self.scope, self.name = f"console-{suffix}", f"mfa_{suffix}", f"console-{suffix}"
+        c.write(f"identity/oidc/key/{self.key}", algorithm="RS256", allowed_client_ids=["*"])
+        # The second factor, as the provider's claim (a real provider sets it after MFA).
+        c.write(f"identity/oidc/scope/{self.scope}", template=json.dumps({"amr": ["pwd", "mfa"]}))
+        c.write(
+            f"identity/oidc/client/{self.name}",
+            redirect_uris=["http://127.0.0.1:1/console/callback.html"],
+            assignments=["allow_all"],
+            key=self.key,
+            client_type="public",
+            id_token_ttl="5m",
+            access_token_ttl="5m",
+        )
+        self.client_id: str = c.read(f"identity/oidc/client/{self.name}")["data"]["client_id"]
+        c.write(
+            f"identity/oidc/provider/{self.name}",
+            allowed_client_ids=[self.client_id],
+            scopes_supported=[self.scope],
+        )
+        base = f"{bao.addr}/v1/identity/oidc/provider/{self.name}"
+        discovery = httpx.get(f"{base}/.well-known/openid-configuration").json()
+        self.discovery: dict[str, Any] = discovery
+        if "userpass/" not in c.sys.list_auth_methods()["data"]:
+            c.sys.enable_auth_method("userpass")
+
+    def user(self) -> tuple[str, str, str]:
+        """(name, password, subject) of a user who signs in at the provider."""
+        c = self.bao.client()
+        name, password = f"auditor{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+        c.write(f"auth/userpass/users/{name}", password=password)
+        login = c.auth.userpass.login(name, password)
+        return name, password, str(login["auth"]["entity_id"])
+
+    def serve(self, console_base: str) -> None:
+        """The console's callback as the client's redirect, and CORS for its origin."""
+        c = self.bao.client()
+        c.write(
+            f"identity/oidc/client/{self.name}",
+            redirect_uris=[f"{console_base}/console/callback.html"],
+        )
+        # Its own UI's origin too: with CORS on, OpenBao refuses any other origin.
+        c.write("sys/config/cors", enabled=True, allowed_origins=[console_base, self.bao.addr])
+
+    def issuer_config(self) -> dict[str, Any]:
+        return {
+            "issuer": self.discovery["issuer"],
+            "audience": self.client_id,
+            "jwks_uri": self.discovery["jwks_uri"],
+            "algorithms": ["RS256"],
+            "mfa_amr": ["mfa"],
+        }
+
+    def console_config(self) -> dict[str, Any]:
+        return {
+            "issuer": self.discovery["issuer"],
+            "client_id": self.client_id,
+            "authorization_endpoint": self.discovery["authorization_endpoint"],
+            "token_endpoint": self.discovery["token_endpoint"],
+            "scope": f"openid {self.scope}",
+        }
+
+
+async def test_console_signs_in_with_openid_connect_and_pkce(
+    stack: Stack, client: Any, world: World
+) -> None:
+    assert CHROMIUM.exists(), "Chromium is missing: apt-get install -y chromium (make test does)"
+    provider = await asyncio.to_thread(ConsoleProvider, stack.bao)
+    name, password, subject = await asyncio.to_thread(provider.user)
+    stranger = (await asyncio.to_thread(provider.user))[:2]
+    auditor = await world.account(Role.AUDITOR, None)
+    # The auditor's identity at the provider, linked to the account by two admins.
+    dsn_a, _ = await _login(stack, world)
+    dsn_b, _ = await _login(stack, world)
+    link = ["--issuer", provider.discovery["issuer"], "--subject", subject]
+    asked = _ok(
+        await asyncio.to_thread(
+            _cli,
+            _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=dsn_a),
+            "accounts",
+            "link",
+            str(auditor.id),
+            *link,
+        )
+    )
+    _ok(
+        await asyncio.to_thread(
+            _cli,
+            _env(stack, VAULT_SERVICE_ADMIN_DATABASE_URL=dsn_b),
+            "accounts",
+            "approve",
+            asked["request_id"],
+        )
+    )
+    overrides = {
+        "oidc_issuers": json.dumps([provider.issuer_config()]),
+        "console_oidc": json.dumps(provider.console_config()),
+    }
+    async with serve_processes(stack, 1, **overrides) as served, async_playwright() as pw:
+        base = served.bases[0]
+        await asyncio.to_thread(provider.serve, base)
+        r = await served.http.get(f"{base}/console/config.json")
+        assert r.json()["oidc"]["client_id"] == provider.client_id
+        csp = r.headers["content-security-policy"]
+        assert f"connect-src 'self' {stack.bao.addr}" in csp and "frame-ancestors 'none'" in csp
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+
+            async def provider_login(who: str, secret: str) -> tuple[Page, float]:
+                """A fresh browser (no provider session) signs in at the provider."""
+                context = await browser.new_context(viewport={"width": 1280, "height": 900})
+                page = await context.new_page()
+                await page.goto(f"{base}/console/")
+                await page.wait_for_function("() => document.body.dataset.ready === 'true'")
+                assert await page.is_visible("#oidc-signin")
+                async with context.expect_page() as popup_info:
+                    await page.click("#oidc-signin")
+                popup = await popup_info.value
+                asked = popup.url  # the authorization request, before any redirect
+                assert "code_challenge_method=S256" in asked and "code_challenge=" in asked
+                assert "code_verifier" not in asked and "nonce=" in asked
+                # The provider's own login page (OpenBao's UI): username and password.
+                await popup.wait_for_selector('select[data-test-select="auth-method"]')
+                await popup.select_option('select[data-test-select="auth-method"]', "userpass")
+                await popup.fill('input[name="username"]', who)
+                await popup.fill('input[name="password"]', secret)
+                await popup.click("#auth-submit")
+                await popup.wait_for_event("close", timeout=30_000)  # the callback closes it
+                return page, time.perf_counter()
+
+            # Signed in at the provider but linked to no account: refused, with its code.
+            page, _ = await provider_login(*stranger)
+            await page.wait_for_function(
+                "() => document.querySelector('#signin-error').textContent"
+            )
+            assert "identity_not_linked" in (await page.text_content("#signin-error") or "")
+            assert await page.is_hidden("#nav")
+            page, started = await provider_login(name, password)
+            await page.wait_for_selector("#volume-chart canvas", timeout=30_000)
+            await page.wait_for_selector("#volume-table tbody tr")
+            print(
+                f"\nconsole OpenID sign-in, provider's redirect to first view: "
+                f"{(time.perf_counter() - started) * 1000:.0f} ms"
+            )
+            assert await page.text_content("#view-volume h2") == VIEWS["volume"][0]
+            storage = await page.evaluate(
+                "() => [localStorage.length, sessionStorage.length, document.cookie]"
+            )
+            assert storage == [0, 0, ""]
+        finally:
+            await browser.close()
+            await asyncio.to_thread(provider.bao.client().delete, "sys/config/cors")
+    # The console's requests were the linked auditor's, each in the access log.
+    r = await client.get(
+        "/v1/audit/events",
+        params={"actor_id": str(auditor.id), "action": "audit.volume"},
+        headers=auditor.headers(purpose="audit"),
+    )
+    assert [e["outcome"] for e in r.json()["items"]] == ["allowed"]

@@ -11,33 +11,43 @@ from __future__ import annotations
 
 import mimetypes
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
-from litestar import Response, get
+import msgspec
+from litestar import Request, Response, get
 from litestar.params import FromPath
 
+from vault_service.console.signin import ConsoleSignIn
 from vault_service.errors import NotFound
+from vault_service.settings import Settings
 
 _PUBLIC: Final = {"public": True, "exclude_from_auth": True}
 
-# Nothing but this origin: no inline script or style, no eval, no third party, no
-# framing, no plugin, no <base> rewriting, no form posting anywhere.
-CONTENT_SECURITY_POLICY: Final = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self'",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
+
+def content_security_policy(signin: ConsoleSignIn | None) -> str:
+    """Nothing but this origin: no inline script or style, no eval, no third party, no
+    framing, no plugin, no <base> rewriting, no form posting anywhere. With an OpenID
+    sign-in, the page may also reach the provider's token endpoint (the code exchange);
+    the authorization endpoint is a pop-up's navigation, which connect-src does not
+    govern."""
+    connect = "connect-src 'self'" + (f" {signin.connect_origin}" if signin else "")
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self'",
+            "font-src 'self'",
+            connect,
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
     )
-)
+
+
 _HEADERS: Final = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
@@ -72,22 +82,40 @@ def _load() -> dict[str, tuple[bytes, str]]:
 _FILES: Final = _load()
 
 
-def _file(name: str) -> Response[bytes]:
+def _signin(request: Request[Any, Any, Any]) -> ConsoleSignIn | None:
+    settings: Settings = request.app.state.settings
+    return settings.console_oidc
+
+
+def _file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     found = _FILES.get(name)
     if found is None:
         raise NotFound("no such console file")
     body, media = found
-    return Response(body, media_type=media, headers=_HEADERS)
+    csp = content_security_policy(_signin(request))
+    return Response(body, media_type=media, headers={**_HEADERS, "Content-Security-Policy": csp})
 
 
 @get("/console", opt=_PUBLIC, include_in_schema=False)
-async def console_index() -> Response[bytes]:
-    return _file("index.html")
+async def console_index(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return _file(request, "index.html")
+
+
+@get("/console/config.json", opt=_PUBLIC, include_in_schema=False)
+async def console_config(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """How the page signs in: the OpenID provider and client (public values), or none
+    (paste a token)."""
+    signin = _signin(request)
+    body = msgspec.json.encode({"oidc": signin})
+    csp = content_security_policy(signin)
+    return Response(
+        body, media_type="application/json", headers={**_HEADERS, "Content-Security-Policy": csp}
+    )
 
 
 @get("/console/{name:path}", opt=_PUBLIC, include_in_schema=False)
-async def console_file(name: FromPath[str]) -> Response[bytes]:
-    return _file(name.lstrip("/") or "index.html")
+async def console_file(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+    return _file(request, name.lstrip("/") or "index.html")
 
 
-__all__ = ["CONTENT_SECURITY_POLICY", "console_file", "console_index"]
+__all__ = ["console_config", "console_file", "console_index", "content_security_policy"]

@@ -52,6 +52,10 @@ function status(text) {
 }
 
 function failed(err) {
+  if (err instanceof SignInError) {
+    $("#signin-error").textContent = t("error", { code: err.code });
+    return;
+  }
   // The page's own failures (a malformed note, a bad key): their message is a code.
   if (!(err instanceof ApiError)) console.error("console_failure", String(err && err.message));
   status(t("error", { code: err instanceof ApiError ? err.code : "client_error" }));
@@ -129,12 +133,10 @@ async function show(view) {
 }
 
 // --- sign-in -------------------------------------------------------------------------
-async function signIn(event) {
-  event.preventDefault();
-  const started = performance.now();
-  const input = $("#token");
-  token = input.value.trim();
-  input.value = ""; // not kept in the DOM
+let oidc = null; // the provider and client, from /console/config.json (public values)
+
+async function enter(bearer, started) {
+  token = bearer;
   $("#signin-error").textContent = "";
   try {
     await api("/v1/audit/keys"); // the token works for an auditor, or the code says why
@@ -147,6 +149,96 @@ async function signIn(event) {
   $("#signout").hidden = false;
   await show("volume");
   document.body.dataset.firstViewMs = String(Math.round(performance.now() - started));
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const started = performance.now();
+  const input = $("#token");
+  const pasted = input.value.trim();
+  input.value = ""; // not kept in the DOM
+  await enter(pasted, started);
+}
+
+const b64url = (bytes) =>
+  btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const random = (n) => b64url(crypto.getRandomValues(new Uint8Array(n)));
+
+class SignInError extends Error {
+  constructor(code) {
+    super(code);
+    this.code = code;
+  }
+}
+
+// Authorization code with PKCE (RFC 7636, S256) in a pop-up: the verifier, state and
+// nonce live in this function's memory; the callback page hands the code back over a
+// same-origin BroadcastChannel (the pop-up's opener link is cut by the COOP header).
+async function oidcSignIn() {
+  const started = performance.now();
+  const verifier = random(32);
+  const state = random(16);
+  const nonce = random(16);
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier));
+  const redirect = `${location.origin}/console/callback.html`;
+  const url = new URL(oidc.authorization_endpoint);
+  for (const [k, v] of Object.entries({
+    response_type: "code",
+    client_id: oidc.client_id,
+    redirect_uri: redirect,
+    scope: oidc.scope,
+    state,
+    nonce,
+    code_challenge: b64url(new Uint8Array(digest)),
+    code_challenge_method: "S256",
+  })) url.searchParams.set(k, v);
+  const channel = new BroadcastChannel("vault-service-console-oidc");
+  const answer = new Promise((resolve, reject) => {
+    channel.onmessage = (e) => {
+      if (e.data && e.data.state === state) resolve(e.data);
+    };
+    setTimeout(() => reject(new SignInError("oidc_timeout")), 300000);
+  });
+  $("#signin-error").textContent = "";
+  status(t("oidc_waiting"));
+  window.open(url.toString(), "vault-service-oidc", "popup,width=640,height=760");
+  let data;
+  try {
+    data = await answer;
+  } finally {
+    channel.close();
+  }
+  if (!data.code) {
+    const code = /^[a-z_]{1,40}$/.test(data.error ?? "") ? data.error : "no_code";
+    throw new SignInError(`oidc_${code}`);
+  }
+  const response = await fetch(oidc.token_endpoint, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({
+      grant_type: "authorization_code",
+      code: data.code,
+      redirect_uri: redirect,
+      client_id: oidc.client_id,
+      code_verifier: verifier,
+    }),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  if (!response.ok) throw new SignInError("oidc_token_refused");
+  const idToken = (await response.json()).id_token;
+  if (typeof idToken !== "string") throw new SignInError("oidc_no_id_token");
+  // The signature is the service's to verify; the nonce is this page's to check.
+  const payload = JSON.parse(atob(idToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+  if (payload.nonce !== nonce) throw new SignInError("oidc_nonce_mismatch");
+  await enter(idToken, started);
+}
+
+async function loadSignInConfig() {
+  const response = await fetch("/console/config.json", { cache: "no-store", credentials: "omit" });
+  if (!response.ok) return;
+  oidc = (await response.json()).oidc;
+  $("#oidc").hidden = !oidc;
 }
 
 function signOut() {
@@ -444,6 +536,7 @@ function start() {
   $("#breach-since").value = today;
   $("#breach-until").value = tomorrow;
   on("#signin-form", "submit", signIn);
+  on("#oidc-signin", "click", oidcSignIn);
   on("#signout", "click", signOut);
   on("#lang", "click", () => {
     lang = lang === "fr" ? "en" : "fr";
@@ -468,7 +561,11 @@ function start() {
   on("#subject-csv", "click", subjectCsv);
   applyLanguage();
   document.body.dataset.view = "signin";
-  document.body.dataset.ready = "true";
+  loadSignInConfig()
+    .catch(() => {})
+    .finally(() => {
+      document.body.dataset.ready = "true";
+    });
 }
 
 start();
