@@ -230,8 +230,8 @@ FROM break_glass_grants
 WHERE structure_id = $1 AND reviewed_by IS NULL AND id > $2
 ORDER BY id LIMIT $3
 """
-# Auditors: every break-the-glass grant and its review, newest structure first by id
-# (uuid cursor), optionally only those awaiting review or only those reviewed.
+# Auditors: every break-the-glass grant and its review, in id order (a uuid cursor),
+# optionally only those awaiting review or only those reviewed.
 SELECT_GRANTS_FOR_AUDIT: Final = """
 SELECT id, record_id, account_id, structure_id, reason, opened_at, expires_at,
        reviewed_by, reviewed_at, review_outcome

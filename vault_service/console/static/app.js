@@ -307,6 +307,7 @@ async function loadVolume() {
     cell(row, "").appendChild(button);
   });
   $("#drill").hidden = true;
+  $("#volume-caption").textContent = t("chart_caption") + (page.truncated ? ` ${t("truncated")}` : "");
 }
 
 // The entries behind one cell of the chart: an account's through the events filter,
