@@ -94,6 +94,9 @@ class Operation:
     success: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     errors: frozenset[int] = frozenset()
     public: bool = False
+    # OpenAPI links from a success status: name -> (method, path, parameters), so that
+    # a client (and schemathesis's stateful mode) can chain create, read, update.
+    links: dict[int, dict[str, tuple[str, str, dict[str, str]]]] = field(default_factory=dict)
 
 
 def _limit(maximum: int) -> Param:
@@ -128,6 +131,7 @@ _SEARCH = tuple(
 _AUTHED: Final = frozenset({400, 401, 403, 429, 500, 503})
 _BODY: Final = frozenset({413, 409, 422})
 _JSON = "application/json"
+_RECORD = "/v1/records/{record_id}"
 
 OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
     ("get", "/health/live"): Operation(success={200: {_JSON: _OBJECT}}, public=True),
@@ -152,6 +156,32 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
             }
         },
         errors=_BODY,
+        links={
+            201: {
+                "ReadRecord": ("get", _RECORD, {"record_id": "$response.body#/id"}),
+                # A new record is version 1: its ETag is "1".
+                "UpdateRecord": (
+                    "patch",
+                    _RECORD,
+                    {"record_id": "$response.body#/id", "header.If-Match": '"1"'},
+                ),
+                "TransferRecord": (
+                    "post",
+                    _RECORD + "/transfer",
+                    {"record_id": "$response.body#/id"},
+                ),
+                "BreakGlass": (
+                    "post",
+                    _RECORD + "/break-glass",
+                    {"record_id": "$response.body#/id"},
+                ),
+                "SubjectReport": (
+                    "get",
+                    "/v1/audit/reports/subject/{record_id}",
+                    {"record_id": "$response.body#/id"},
+                ),
+            }
+        },
     ),
     ("get", "/v1/records"): Operation(
         params=(*_SEARCH, Param("cursor", _UUID_CURSOR), _limit(1000)),
@@ -160,12 +190,27 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
     ("post", "/v1/records/search/nir"): Operation(
         body="NirQuery", success={200: {_JSON: _PAGE}}, errors=frozenset({413})
     ),
-    ("get", "/v1/records/{record_id}"): Operation(success={200: {_JSON: _OBJECT}}),
-    ("patch", "/v1/records/{record_id}"): Operation(
+    ("get", _RECORD): Operation(
+        success={200: {_JSON: _OBJECT}},
+        links={
+            200: {
+                "UpdateRecord": (
+                    "patch",
+                    _RECORD,
+                    {
+                        "record_id": "$request.path.record_id",
+                        "header.If-Match": "$response.header.ETag",
+                    },
+                )
+            }
+        },
+    ),
+    ("patch", _RECORD): Operation(
         params=(_IF_MATCH,),
         body="CaseRecordPatch",
         success={200: {_JSON: _OBJECT}},
         errors=_BODY | {412, 428},
+        links={200: {"ReadRecord": ("get", _RECORD, {"record_id": "$request.path.record_id"})}},
     ),
     ("post", "/v1/records/{record_id}/transfer"): Operation(
         body="TransferRequest",
@@ -347,7 +392,24 @@ def complete(generated: dict[str, Any]) -> dict[str, Any]:
             if spec is None:
                 raise ConfigurationError(f"{method.upper()} {path} is not described in openapi.py")
             _complete_operation(path, operation, spec)
+    _link(doc)
     return doc
+
+
+def _link(doc: dict[str, Any]) -> None:
+    """OpenAPI links, by operationId (Litestar names them: looked up, never hard-coded)."""
+    ids = {
+        (method, path): op["operationId"]
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
+    for (method, path), spec in OPERATIONS.items():
+        for status, links in spec.links.items():
+            response = doc["paths"][path][method]["responses"][str(status)]
+            response["links"] = {
+                name: {"operationId": ids[target[:2]], "parameters": target[2]}
+                for name, target in links.items()
+            }
 
 
 def _complete_operation(path: str, operation: dict[str, Any], spec: Operation) -> None:
