@@ -42,7 +42,7 @@ lock: $(STAMP)
 
 ## Known vulnerabilities of the locked dependencies (needs the PyPI/OSV vulnerability service).
 audit: $(STAMP)
-	$(BIN)/pip-audit --requirement $(LOCK) --require-hashes --disable-pip --progress-spinner off
+	$(BIN)/pip-audit --strict --requirement $(LOCK) --require-hashes --disable-pip --progress-spinner off
 
 ## The long fuzzing campaign: many more hypothesis examples and schemathesis cases.
 fuzz: $(STAMP)
