@@ -79,7 +79,9 @@ async def _preflight(settings: Settings) -> None:
     kms = VaultKms(settings)
     try:
         if not await kms.healthy():
-            raise KmsUnavailable("Vault did not answer its health check (down or sealed)")
+            raise KmsUnavailable(
+                "Vault refused its health check: down, sealed or credentials refused"
+            )
     finally:
         kms.close()
 
