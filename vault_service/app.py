@@ -14,7 +14,6 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 
 from vault_service import __version__
 from vault_service.audit.anonymous import AnonymousRefusals
@@ -42,6 +41,7 @@ from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
 from vault_service.limits.rules import RuleRunner
 from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
+from vault_service.openapi import CompleteJsonRenderPlugin
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
 from vault_service.records.retention import RetentionRule
@@ -387,7 +387,7 @@ def create_app(settings: Settings) -> Litestar:
             title="vault-service",
             version=__version__,
             path="/schema",
-            render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+            render_plugins=[CompleteJsonRenderPlugin()],
             # Public by its router's opt (deny-by-default everywhere else).
             openapi_router=Router(
                 path="/schema", route_handlers=[], opt={"public": True, "exclude_from_auth": True}

@@ -13,13 +13,19 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from vault_service.errors import ConfigurationError, InvalidParameter, VaultServiceError
+from vault_service.errors import (
+    ConfigurationError,
+    Forbidden,
+    InvalidParameter,
+    NotFound,
+    VaultServiceError,
+)
 from vault_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,9 +68,29 @@ def _bounded(limit: int) -> Callable[[str], str]:
     return parse
 
 
+async def _preflight(settings: Settings) -> None:
+    """PostgreSQL and Vault answer before any worker starts: a worker that fails its
+    start-up prints a traceback of the framework's, and the operator needs one line."""
+    from vault_service.errors import KmsUnavailable
+    from vault_service.kms import VaultKms
+
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    await conn.close()
+    kms = VaultKms(settings)
+    try:
+        if not await kms.healthy():
+            raise KmsUnavailable(
+                "Vault refused its health check: down, sealed or credentials refused"
+            )
+    finally:
+        kms.close()
+
+
 def cmd_serve(settings: Settings) -> int:
     from granian import Granian
     from granian.constants import Interfaces
+
+    asyncio.run(_preflight(settings))
 
     server = Granian(
         "vault_service.asgi:app",
@@ -91,8 +117,9 @@ async def _migrate(dsn: str) -> list[str]:
 def cmd_migrate() -> int:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
-        print("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (the owner role) is not set", file=sys.stderr)
-        return 2
+        raise ConfigurationError(
+            "VAULT_SERVICE_MIGRATIONS_DATABASE_URL (the owner role) is not set"
+        )
     applied = asyncio.run(_migrate(dsn))
     print(json.dumps({"applied": applied}))
     return 0
@@ -106,8 +133,7 @@ def cmd_vault_setup() -> int:
 
     addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
     if not addr or not token:
-        print("set VAULT_ADDR and VAULT_TOKEN (an operator token)", file=sys.stderr)
-        return 2
+        raise ConfigurationError("set VAULT_ADDR and VAULT_TOKEN (an operator token)")
     client = hvac.Client(url=addr, token=token, verify=os.environ.get("VAULT_CACERT") or True)
     created = setup_transit(client, os.environ.get("VAULT_SERVICE_VAULT_TRANSIT_MOUNT", "transit"))
     print(json.dumps({"created": created}))
@@ -147,11 +173,11 @@ async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
             "SELECT role, structure_id, state FROM accounts WHERE id = $1", subject
         )
         if row is None or row["state"] != "active":
-            raise VaultServiceError("no active account with this id")
+            raise NotFound("no active account with this id")
         if row["role"] == "admin":
             # Admins act through their own database login, never through a token: a
             # token minted with the service's credentials must not stand for an admin.
-            raise VaultServiceError("admins get no service token")
+            raise Forbidden("admins get no service token")
         kms = VaultKms(settings)
         try:
             issuer = TokenIssuer(settings, kms, SigningKeys(kms))
@@ -260,7 +286,7 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     conn = await asyncpg.connect(dsn)
     kms = VaultKms(settings)
     batch_size = args.batch_size or settings.rotation_batch_size
@@ -364,7 +390,7 @@ async def _account_command(args: argparse.Namespace) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         admin = AccountAdmin(pool)
@@ -426,7 +452,7 @@ async def _admin_command(args: argparse.Namespace) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     if args.command == "alerts" and args.action == "ack" and not plain_reference(args.comment):
         # The comment is kept with the alert: like a purpose detail, it is no place
         # for a name or a number.
@@ -456,7 +482,7 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     admin = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     kms = VaultKms(settings)
@@ -485,7 +511,7 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")
+        raise ConfigurationError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
@@ -507,7 +533,7 @@ async def _records_command(args: argparse.Namespace) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         admin = RecordAdmin(pool)
@@ -546,7 +572,7 @@ async def _retention_run(settings: Settings, dry_run: bool) -> dict[str, Any]:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
 
     async def backfill(log: LogDecrypted) -> int:
         service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -829,7 +855,7 @@ async def _prune(days: int) -> int:
 
     dsn = os.environ.get("VAULT_SERVICE_RETENTION_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("VAULT_SERVICE_RETENTION_DATABASE_URL (retention role) is not set")
+        raise ConfigurationError("VAULT_SERVICE_RETENTION_DATABASE_URL (retention role) is not set")
     conn = await asyncpg.connect(dsn)
     try:
         return await prune(conn, datetime.timedelta(days=days))
@@ -837,9 +863,13 @@ async def _prune(days: int) -> int:
         await conn.close()
 
 
-def _standalone(argv: list[str]) -> int | None:
+def _is_standalone(argv: list[str]) -> bool:
+    return argv[:2] in (["audit", "verify"], ["audit", "monitor"]) or argv[:1] == ["witness"]
+
+
+def _standalone(argv: list[str]) -> int:
     """The tools that outside parties run with no database, no Vault and no settings:
-    the offline verifier, the monitor, the witness (None: not one of them)."""
+    the offline verifier, the monitor, the witness."""
     if argv[:2] == ["audit", "verify"]:
         from vault_service.audit.verify import main as verify_main
 
@@ -848,11 +878,9 @@ def _standalone(argv: list[str]) -> int | None:
         from vault_service.audit.monitor import main as monitor_main
 
         return monitor_main(argv[2:])
-    if argv[:1] == ["witness"]:
-        from vault_service.audit.witness import main as witness_main
+    from vault_service.audit.witness import main as witness_main
 
-        return witness_main(argv[1:])
-    return None
+    return witness_main(argv[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -860,11 +888,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vault_service.observability import configure_logging
 
     configure_logging(os.environ.get("VAULT_SERVICE_LOG_LEVEL", "INFO"), stream=sys.stderr)
-    standalone = _standalone(argv)
-    if standalone is not None:
-        return standalone
-    args = build_parser().parse_args(argv)
+    args = None if _is_standalone(argv) else build_parser().parse_args(argv)
     try:
+        if args is None:
+            return _standalone(argv)
         if args.command == "dev":
             from vault_service.devserver import run_dev
 
@@ -926,7 +953,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VaultServiceError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - every command ends with one line, never a traceback
+        print(f"error: {failure_line(exc)}", file=sys.stderr)
+        return 1
     return 2
+
+
+# Where an unexpected failure came from, by the modules its traceback passed through.
+_SOURCES: Final = (
+    (("asyncpg",), "database_unavailable", "PostgreSQL could not be reached or refused"),
+    (("hvac", "requests", "urllib3"), "kms_unavailable", "Vault could not be reached or refused"),
+)
+
+
+def _modules(exc: BaseException) -> Iterator[str]:
+    """The modules of every frame of `exc`, its causes and, for a group, its members."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            yield str(tb.tb_frame.f_globals.get("__name__", ""))
+            tb = tb.tb_next
+        yield type(current).__module__
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line naming the failing component and the exception's class, never its
+    text: a connection error's message can hold a host, a DSN, even a password."""
+    kind = type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.isalnum():
+        kind += f", SQLSTATE {sqlstate}"
+    modules = {m.split(".")[0] for m in _modules(exc)}
+    for roots, code, sentence in _SOURCES:
+        if modules.intersection(roots):
+            return f"{code}: {sentence} ({kind})"
+    return f"internal_error: the command failed ({kind})"
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
     bao = None
     try:
         bao = devstack.start_openbao(data_dir / "openbao", persistent=True)
-        service_token = devstack.configure_vault(bao, token_ttl="72h")  # noqa: S106 - a lifetime
+        service_token = devstack.configure_vault(bao, token_ttl="72h")  # noqa: S106 - a lifetime  # nosec B106
         env = {
             "VAULT_SERVICE_DATABASE_URL": devstack.dsn_for(
                 pg.admin_dsn, user="vault_service_app", database=devstack.DATABASE

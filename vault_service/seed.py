@@ -86,7 +86,7 @@ async def seed(
 
     fake = Faker("fr_FR")
     Faker.seed(2024)
-    rng = random.Random(2024)  # noqa: S311 - demo data, not secrets
+    rng = random.Random(2024)  # noqa: S311 - demo data, not secrets  # nosec B311
     accounts: list[DemoAccount] = []
     async with owner.transaction():
         for code, name, region, department in STRUCTURES:

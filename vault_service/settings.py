@@ -19,7 +19,7 @@ import msgspec
 
 from vault_service.auth.oidc import IssuerConfig, parse_issuers
 from vault_service.console.signin import ConsoleSignIn, parse_console_signin
-from vault_service.errors import ConfigurationError
+from vault_service.errors import BODY_REASONS, ConfigurationError, validation_reason
 from vault_service.limits.schedule import parse_working_hours
 
 PREFIX = "VAULT_SERVICE_"
@@ -284,5 +284,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             # strict=False lets msgspec parse "8000" into an int, "2.5" into a float.
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
-            # msgspec names the field and the constraint, never the value.
-            raise ConfigurationError(f"invalid settings: {exc}") from None
+            # The setting's name and a stable reason: msgspec's own text can quote the
+            # value, and a value here can be a DSN with its password or a token.
+            reason, path = validation_reason(exc)
+            name = PREFIX + path.removeprefix("$.").split(".")[0].split("[")[0].upper()
+            where = name if path.startswith("$.") else "the settings"
+            raise ConfigurationError(f"invalid settings: {where}: {BODY_REASONS[reason]}") from None

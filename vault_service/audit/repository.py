@@ -76,7 +76,7 @@ APPEND_BATCH: Final = _APPEND_WRITES + _MOVE_HEAD
 # already committed, got there first), the head is set to -1, which its CHECK refuses:
 # the whole statement fails and nothing is appended twice.
 APPEND_INTEGRATED: Final = (
-    _APPEND_WRITES  # noqa: S608 - constants only
+    _APPEND_WRITES  # noqa: S608 - constants only  # nosec B608
     + """, integrated AS (
     DELETE FROM audit_pending p
     WHERE p.id = ANY ($13::bigint[]) AND EXISTS (SELECT 1 FROM expected)
