@@ -21,6 +21,7 @@ import msgspec
 from litestar import Request
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from vault_service.audit.routes import AckRequest
 from vault_service.auth.permissions import Purpose
 from vault_service.errors import ConfigurationError
 from vault_service.records import schema as record_schema
@@ -305,6 +306,25 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         params=(Param("cursor", _INDEX_CURSOR), _limit(1000)),
         success={200: {_JSON: _OBJECT}},
     ),
+    ("get", "/v1/audit/volume"): Operation(
+        params=(
+            Param("by", {"type": "string", "enum": ["actor", "structure"]}),
+            Param("since", _TIME, True),
+            Param("until", _TIME, True),
+        ),
+        success={200: {_JSON: _OBJECT}},
+    ),
+    ("get", "/v1/audit/break-glass"): Operation(
+        params=(
+            Param("state", {"type": "string", "enum": ["pending", "reviewed"]}),
+            Param("cursor", _UUID_CURSOR),
+            _limit(500),
+        ),
+        success={200: {_JSON: _PAGE}},
+    ),
+    ("post", "/v1/alerts/{alert_id}/ack"): Operation(
+        body="AckRequest", success={204: {}}, errors=frozenset({404, 413})
+    ),
     ("get", "/v1/alerts"): Operation(
         params=(
             Param("state", {"type": "string", "enum": ["open", "acknowledged"]}),
@@ -352,7 +372,7 @@ def _record_components() -> dict[str, Any]:
 
 def _struct_components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [NirQuery, NoBody, TransferRequest, BreakGlassRequest, ReviewRequest],
+        [NirQuery, NoBody, TransferRequest, BreakGlassRequest, ReviewRequest, AckRequest],
         ref_template=_REF,
     )
     return components
