@@ -482,6 +482,40 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
         await admin.close()
 
 
+async def _stats_refresh(settings: Settings) -> dict[str, Any]:
+    """Rebuild the statistics aggregate now, with the service's role and keys (the
+    same code as the service's scheduled round; one rebuild at a time)."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.kms import VaultKms
+    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
+    from vault_service.records import schema
+    from vault_service.records.sealing import Sealer
+    from vault_service.stats.refresh import StatsRefresher
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings)
+    try:
+        keys = KeyHierarchy(
+            kms, pool, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
+        )
+        canaries = Canaries(pool, await keys.derived_key(False, HONEYTOKEN_LABEL))
+        await canaries.load()
+        refresher = StatsRefresher(
+            pool, Sealer(keys, schema.load()), canaries.named, batch_size=settings.stats_batch_size
+        )
+        done = await refresher.refresh()
+    finally:
+        kms.close()
+        await pool.close()
+    return {
+        "refreshed_at": done.refreshed_at.isoformat(),
+        "records": done.records,
+        "canaries_left_out": done.canaries,
+        "unreadable_left_out": done.failed,
+        "cells": done.cells,
+    }
+
+
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
@@ -668,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", type=Path, default=Path(".dev"))
     dev.add_argument("--port", type=int, default=8000)
     sub.add_parser("serve", help="the API against the configured PostgreSQL and Vault")
+    stats = sub.add_parser("stats", help="the BI lane's aggregate").add_subparsers(
+        dest="action", required=True
+    )
+    stats.add_parser("refresh", help="rebuild the statistics aggregate now (service role)")
     sub.add_parser("migrate", help="apply pending migrations (owner role)")
     sub.add_parser("vault-setup", help="enable transit and create the keys (operator token)")
     tokens = sub.add_parser("tokens", help="service tokens").add_subparsers(
@@ -897,6 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "retention":
             print(json.dumps(asyncio.run(_retention_run(settings, args.dry_run)), indent=2))
+            return 0
+        if args.command == "stats":
+            print(json.dumps(asyncio.run(_stats_refresh(settings)), indent=2))
             return 0
         if args.command == "audit" and args.action == "integrate":
             return asyncio.run(_integrate(settings))
