@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit/reports/breach-impact/proofs"): {AU},
     ("GET", "/v1/audit/reports/subject/{record_id}"): {AU},
     ("GET", "/v1/alerts"): {AU},
+    ("GET", "/v1/stats"): {AN},
 }
 PUBLIC = {"/health/live", "/health/ready", "/.well-known/jwks.json"}
 

@@ -12,12 +12,14 @@ rebuild (at most `stats_refresh_seconds` old, `refreshed_at` in every answer).
 
 The counts replace the previous ones in one transaction, with one access-log entry
 saying which fields of how many records were opened (`stats.refresh`, no id).
-Run by one replica every `stats_refresh_seconds` (a leader loop like the anomaly
-rules') and by operators with `vault-service stats refresh`.
+Run every `stats_refresh_seconds` by whichever replica takes the round first, and
+by operators with `vault-service stats refresh`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import uuid
 from collections import Counter
@@ -29,7 +31,6 @@ import asyncpg
 import msgspec
 import structlog
 
-from vault_service.audit.leadership import LeaderLoop, Leadership
 from vault_service.audit.recording import build_event
 from vault_service.audit.sequencer import add_in_transaction
 from vault_service.errors import DecryptionFailed, KmsUnavailable
@@ -164,26 +165,47 @@ class StatsRefresher:
 
 
 class StatsJob:
-    """The scheduled rebuild: one replica at a time, every `interval` seconds."""
+    """The scheduled rebuild. Every process with an interval wakes every `interval`
+    seconds; the first to take the round's lock rebuilds if the aggregate is older
+    than the interval, the others find it fresh and sleep (no process keeps a lead,
+    so a replica with a shorter interval is never held back by one with a longer)."""
 
     def __init__(self, pool: asyncpg.Pool, refresher: StatsRefresher, interval: float) -> None:
+        self._pool = pool
         self._refresher = refresher
-        self._lead = Leadership(pool, sql.REFRESH_LOCK_ID + 1, "stats_leader_elected")
-        self._loop = LeaderLoop(
-            self._lead,
-            self._round,
-            interval=interval,
-            name="stats-refresh",
-            failed_event="stats_refresh_failed",
-        )
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
 
-    async def _round(self) -> None:
-        if self._lead.connection is not None:
-            await self._refresher.refresh(self._lead.connection)
+    async def round(self) -> Refresh | None:
+        """One round: the rebuild, or None when another process has the round or the
+        aggregate is fresh."""
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval(sql.TRY_ROUND, sql.ROUND_LOCK_ID):
+                return None
+            try:
+                if await conn.fetchval(sql.FRESH, self._interval):
+                    return None
+                return await self._refresher.refresh(conn)
+            finally:
+                await conn.fetchval(sql.END_ROUND, sql.ROUND_LOCK_ID)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the schedule must outlive a failed round
+                log.warning("stats_refresh_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self._interval)
 
     def start(self) -> None:
-        self._loop.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="stats-refresh")
 
     async def stop(self) -> None:
-        await self._loop.stop()
-        await self._lead.resign()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -18,6 +18,14 @@ ORDER BY id
 LIMIT $2
 """
 LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
+ROUND_LOCK_ID: Final = REFRESH_LOCK_ID + 1
+"""The scheduled round: one replica looks at the aggregate's age at a time."""
+TRY_ROUND: Final = "SELECT pg_try_advisory_lock($1)"
+END_ROUND: Final = "SELECT pg_advisory_unlock($1)"
+FRESH: Final = """
+SELECT EXISTS (SELECT 1 FROM stats_refresh
+               WHERE refreshed_at > now() - make_interval(secs => $1))
+"""
 CLEAR: Final = "DELETE FROM stats_counts"
 INSERT: Final = """
 INSERT INTO stats_counts (month, structure_id, programme, situation, age_band, sex, n)

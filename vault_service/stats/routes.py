@@ -124,21 +124,20 @@ class StatsController(Controller):
         group_by: Annotated[
             str,
             Parameter(
-                query="group_by",
                 description=f"Comma-separated, at most three of: {_DIMS}",
                 examples=[Example(value="region,sex")],
             ),
         ],
         since: Annotated[
             str | None,
-            Parameter(query="since", description="First month, YYYY-MM (default: 11 months ago)"),
+            Parameter(description="First month, YYYY-MM (default: 11 months ago)"),
         ] = None,
         until: Annotated[
             str | None,
-            Parameter(query="until", description="Last month, YYYY-MM (default: this month)"),
+            Parameter(description="Last month, YYYY-MM (default: this month)"),
         ] = None,
         format: Annotated[  # noqa: A002 - the query parameter's documented name
-            str | None, Parameter(query="format", description="json (default) or csv")
+            str | None, Parameter(description="json (default) or csv")
         ] = None,
     ) -> Response[bytes]:
         del group_by, since, until, format  # documented above, parsed strictly below

@@ -1,0 +1,368 @@
+"""The BI lane through HTTP on the real stack: youth created by counsellors, the
+aggregate rebuilt by `vault-service stats refresh` (and by the service's own round),
+and GET /v1/stats as an analyst sees it: small cells suppressed, no suppressed count
+recoverable by linear programming from the cells and margins, canaries not counted,
+every query logged and budgeted, nothing else reachable with an analyst's token."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import random
+import secrets
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.conftest import Account, Stack, World, serve_processes
+from tests.integration.test_cli import _admin_env, _cli, _env
+from tests.integration.test_honeytokens import _recognised
+from tests.integration.test_route_matrix import EXPECTED
+from tests.stats_solver import bounds
+from vault_service.auth.permissions import Role
+
+pytestmark = pytest.mark.integration
+K = 10
+SITUATIONS = ("job_seeking", "training", "employment")
+
+
+def _youth(
+    rng: random.Random, sex: str, age: int, programme: str, situation: str | None
+) -> dict[str, Any]:
+    # Born `age` years and a few weeks before today: the age band at entry is known.
+    import datetime
+
+    today = datetime.datetime.now(datetime.UTC).date()
+    born = (
+        datetime.date(today.year - age, 1, 1)
+        if today.month > 1
+        else datetime.date(today.year - age - 1, 6, 1)
+    )
+    record: dict[str, Any] = {
+        "birth_name": rng.choice(["Martin", "Bernard", "Petit", "Durand", "Leroy"]),
+        "first_names": [rng.choice(["Lina", "Adam", "Nour", "Hugo"])],
+        "birth_date": born.isoformat(),
+        "sex": sex,
+        "programme_kind": programme,
+        "email": f"stats.{secrets.token_hex(4)}@example.org",
+    }
+    if situation is not None:
+        record["situations"] = [{"kind": situation, "start_date": "2026-01-05"}]
+    return record
+
+
+def _band(age: int) -> str:
+    return "16_17" if age < 18 else "18_21" if age < 22 else "22_25"
+
+
+async def _seed(
+    client, world: World, region: str, plan: list[tuple[str, int, str, str | None]]
+) -> tuple[uuid.UUID, Counter[tuple[str, str, str, str]]]:
+    """One structure in `region`, its youth created over HTTP by its counsellor."""
+    sid = await world.structure()
+    await world.owner.execute("UPDATE structures SET region = $2 WHERE id = $1", sid, region)
+    counsellor = await world.counsellor(sid)
+    rng = random.Random(str(sid))
+    truth: Counter[tuple[str, str, str, str]] = Counter()
+    for sex, age, programme, situation in plan:
+        body = _youth(rng, sex, age, programme, situation)
+        r = await client.post("/v1/records", json=body, headers=counsellor.headers())
+        assert r.status_code == 201, r.text
+        truth[(sex, _band(age), programme, situation or "none")] += 1
+    return sid, truth
+
+
+def _plan(rng: random.Random, n: int) -> list[tuple[str, int, str, str | None]]:
+    # Skewed on purpose: big cells and small ones side by side.
+    return [
+        (
+            rng.choices(["F", "M"], [3, 1])[0],
+            rng.choices([17, 19, 23], [1, 5, 2])[0],
+            rng.choices(["CEJ", "PACEA", "PPAE"], [6, 3, 1])[0],
+            rng.choices([*SITUATIONS, None], [5, 2, 1, 1])[0],
+        )
+        for _ in range(n)
+    ]
+
+
+def _refresh(stack: Stack) -> dict[str, Any]:
+    done = _cli(_env(stack), "stats", "refresh")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def _stats(client, who: Account, **params: str) -> dict[str, Any]:
+    r = await client.get("/v1/stats", params=params, headers=who.headers(purpose="statistics"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _columns(doc: dict[str, Any]) -> list[str]:
+    return [c for c in doc["cells"][0] if c != "count"]
+
+
+@pytest.fixture
+async def seeded(client, stack: Stack, world: World) -> dict[str, Any]:
+    tag = secrets.token_hex(3)
+    rng = random.Random(13)
+    regions = [f"Region A {tag}", f"Region A {tag}", f"Region B {tag}"]
+    structures = {}
+    for region, n in zip(regions, (45, 30, 25), strict=True):
+        sid, truth = await _seed(client, world, region, _plan(rng, n))
+        structures[str(sid)] = {"region": region, "truth": truth}
+    report = _refresh(stack)
+    assert report["records"] >= 100
+    analyst = await world.account(Role.ANALYST, None)
+    return {"structures": structures, "analyst": analyst, "report": report}
+
+
+def _mine(doc: dict[str, Any], structures: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in doc["cells"] if c.get("structure") in structures]
+
+
+async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
+    client, seeded: dict[str, Any]
+) -> None:
+    analyst, structures = seeded["analyst"], seeded["structures"]
+    month = __import__("datetime").datetime.now(__import__("datetime").UTC).strftime("%Y-%m")
+    dims = {"sex": 0, "age_band": 1, "programme": 2, "situation": 3}
+    answers = {}
+    for group_by in (
+        "structure,sex,age_band",
+        "structure,programme",
+        "region,sex",
+        "sex,age_band,situation",
+    ):
+        doc = await _stats(client, analyst, group_by=group_by, since=month, until=month)
+        answers[group_by] = doc
+        assert doc["k"] == K and doc["since"] == month and doc["until"] == month
+        columns = _columns(doc)
+        # Nothing but codes and counts: no cell shows a count in (0, k).
+        for cell in doc["cells"]:
+            assert cell["count"] is None or cell["count"] == 0 or cell["count"] >= K
+        # Our structures' cells: the true count, or suppressed (always, under k).
+        wanted = [d for d in group_by.split(",") if d in dims]
+        if "structure" in columns:
+            for cell in _mine(doc, structures):
+                if any(cell[d] == "*" for d in wanted):
+                    continue
+                truth = structures[cell["structure"]]["truth"]
+                n = sum(
+                    v for key, v in truth.items() if all(key[dims[d]] == cell[d] for d in wanted)
+                )
+                assert cell["region"] == structures[cell["structure"]]["region"]
+                if 0 < n < K:
+                    assert cell["count"] is None, cell
+                else:
+                    assert cell["count"] in (None, n), cell
+            suppressed = [c for c in _mine(doc, structures) if c["count"] is None]
+            assert suppressed, "the seeded data has small cells: some must be hidden"
+        # The attacker's solver: every suppressed cell keeps an interval.
+        for key, (low, high) in bounds(columns, doc["cells"]).items():
+            assert high - low >= 1, (group_by, key, low, high)
+    # One family, one set of margins: the structure-by-sex margins of the 3-D table
+    # are the region-by-sex table's regional rows and totals.
+    three = {
+        (c["region"], c["sex"]): c["count"]
+        for c in answers["structure,sex,age_band"]["cells"]
+        if c["structure"] == "*" and c["age_band"] == "*"
+    }
+    two = {(c["region"], c["sex"]): c["count"] for c in answers["region,sex"]["cells"]}
+    assert three == two
+
+
+async def test_csv_export_is_the_same_table(client, seeded: dict[str, Any]) -> None:
+    analyst = seeded["analyst"]
+    doc = await _stats(client, analyst, group_by="structure,sex")
+    for how in (
+        {"params": {"group_by": "structure,sex", "format": "csv"}, "headers": {}},
+        {"params": {"group_by": "structure,sex"}, "headers": {"Accept": "text/csv"}},
+    ):
+        r = await client.get(
+            "/v1/stats",
+            params=how["params"],
+            headers={**analyst.headers(purpose="statistics"), **how["headers"]},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/csv")
+        assert "attachment" in r.headers["content-disposition"]
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert [list(rows[0])] == [["structure", "region", "sex", "count", "suppressed"]]
+        as_json = [
+            {
+                **{k: v for k, v in c.items() if k != "count"},
+                "count": "" if c["count"] is None else str(c["count"]),
+                "suppressed": "true" if c["count"] is None else "false",
+            }
+            for c in doc["cells"]
+        ]
+        assert rows == as_json
+
+
+async def test_honeytokens_never_count(client, stack: Stack, world: World) -> None:
+    sid, truth = await _seed(
+        client, world, f"Region C {secrets.token_hex(3)}", [("F", 19, "CEJ", None)] * 12
+    )
+    env = await _admin_env(stack, world)
+    done = _cli(env, "honeytokens", "plant", "--structure", str(sid), "--count", "3")
+    assert done.returncode == 0, done.stderr
+    canaries = json.loads(done.stdout)[0]["planted"]
+    await _recognised(world, canaries)
+    report = _refresh(stack)
+    assert report["canaries_left_out"] >= 3
+    analyst = await world.account(Role.ANALYST, None)
+    doc = await _stats(client, analyst, group_by="structure")
+    [mine] = [c for c in doc["cells"] if c["structure"] == str(sid)]
+    assert mine["count"] == 12  # 15 rows in `records`, three of them canaries
+
+
+async def test_the_service_refreshes_by_itself(client, stack: Stack, world: World) -> None:
+    sid, _ = await _seed(
+        client, world, f"Region D {secrets.token_hex(3)}", [("M", 23, "PACEA", "training")] * 11
+    )
+    analyst = await world.account(Role.ANALYST, None)
+    async with serve_processes(
+        stack, 1, stats_refresh_seconds=1, budget_stats_hour=100_000
+    ) as served:
+        headers = analyst.headers(purpose="statistics")
+        for _ in range(100):
+            r = await served.http.get(
+                f"{served.bases[0]}/v1/stats", params={"group_by": "structure"}, headers=headers
+            )
+            assert r.status_code == 200, r.text
+            counts = {c["structure"]: c["count"] for c in r.json()["cells"]}
+            if counts.get(str(sid)) == 11:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the scheduled rebuild did not count the new records")
+
+
+async def test_an_analyst_reaches_no_other_route(client, world: World) -> None:
+    analyst = await world.account(Role.ANALYST, None)
+    assert EXPECTED[("GET", "/v1/stats")] == {Role.ANALYST}
+    for (method, path), roles in sorted(EXPECTED.items()):
+        if Role.ANALYST in roles:
+            continue
+        url = path
+        for name in ("{record_id}", "{grant_id}", "{transfer_id}"):
+            url = url.replace(name, str(uuid.uuid4()))
+        for purpose in ("statistics", "follow_up", "audit"):
+            r = await client.request(
+                method,
+                url,
+                json={} if method != "GET" else None,
+                headers=analyst.headers(purpose=purpose),
+            )
+            assert (r.status_code, r.json()["code"]) == (403, "forbidden"), (method, path)
+
+
+async def test_purpose_is_required(client, world: World) -> None:
+    analyst = await world.account(Role.ANALYST, None)
+    r = await client.get(
+        "/v1/stats", params={"group_by": "sex"}, headers=analyst.headers(purpose=None)
+    )
+    assert (r.status_code, r.json()["code"]) == (400, "purpose_required")
+    r = await client.get(
+        "/v1/stats", params={"group_by": "sex"}, headers=analyst.headers(purpose="audit")
+    )
+    assert (r.status_code, r.json()["code"]) == (403, "purpose_not_allowed")
+    # Other roles, with any purpose they may state: forbidden.
+    sid = await world.structure()
+    for role, purpose in (
+        (Role.COUNSELLOR, "follow_up"),
+        (Role.SUPERVISOR, "supervision"),
+        (Role.AUDITOR, "audit"),
+    ):
+        who = await world.account(role, sid if role in (Role.COUNSELLOR, Role.SUPERVISOR) else None)
+        r = await client.get(
+            "/v1/stats", params={"group_by": "sex"}, headers=who.headers(purpose=purpose)
+        )
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"group_by": "name"},
+        {"group_by": "sex,sex"},
+        {"group_by": "sex,age_band,programme,situation"},
+        {"group_by": "structure,region"},
+        {"group_by": "sex", "since": "2026-13"},
+        {"group_by": "sex", "since": "2026-05", "until": "2026-01"},
+        {"group_by": "sex", "since": "2020-01", "until": "2026-01"},
+        {"group_by": "sex", "format": "xml"},
+        {"group_by": "sex", "nir": "1"},
+    ],
+)
+async def test_bad_queries_are_refused_with_a_stable_code(
+    client, world: World, params: dict[str, str]
+) -> None:
+    analyst = await world.account(Role.ANALYST, None)
+    r = await client.get("/v1/stats", params=params, headers=analyst.headers(purpose="statistics"))
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] in ("invalid_parameter", "bad_request")
+    for value in params.values():
+        if len(value) > 2:
+            assert value not in r.json()["detail"]
+
+
+async def test_each_query_is_logged_and_budgeted(client, world: World) -> None:
+    analyst = await world.account(Role.ANALYST, None)
+    auditor = await world.account(Role.AUDITOR, None)
+    decided = None
+    for i in range(61):
+        r = await client.get(
+            "/v1/stats",
+            params={"group_by": "sex,age_band", "since": "2026-01", "until": "2026-06"},
+            headers=analyst.headers(purpose="statistics"),
+        )
+        if r.status_code == 429:
+            decided = i
+            break
+        assert r.status_code == 200, r.text
+        assert r.headers["RateLimit-Policy"] == '"stats-hour";q=60;w=3600'
+    assert decided == 60, "the 61st query of the hour is refused (VAULT_SERVICE_BUDGET_STATS_HOUR)"
+    assert r.json()["code"] == "stats_budget_exceeded"
+    r = await client.get(
+        "/v1/audit/events",
+        params={"actor_id": str(analyst.id), "limit": "100"},
+        headers=auditor.headers(purpose="audit"),
+    )
+    assert r.status_code == 200, r.text
+    entries = [e for e in r.json()["items"] if e["action"] == "stats.query"]
+    allowed = [e for e in entries if e["outcome"] == "allowed"]
+    refused = [e for e in entries if e["outcome"] == "refused"]
+    assert len(allowed) == 60 and len(refused) >= 1
+    assert refused[0]["refusal_code"] == "stats_budget_exceeded"
+    for e in allowed:
+        assert e["purpose"] == "statistics"
+        assert e["record_ids"] == []
+        assert sorted(e["criteria"]) == [
+            "group_by_age_band",
+            "group_by_sex",
+            "since_2026_01",
+            "until_2026_06",
+        ]
+
+
+async def test_the_rebuild_is_logged_with_the_fields_it_opened(
+    client, stack: Stack, world: World
+) -> None:
+    report = _refresh(stack)
+    auditor = await world.account(Role.AUDITOR, None)
+    r = await client.get(
+        "/v1/audit/events",
+        params={"action": "stats.refresh", "limit": "100"},
+        headers=auditor.headers(purpose="audit"),
+    )
+    assert r.status_code == 200, r.text
+    latest = r.json()["items"][-1]
+    assert latest["fields"] == ["sex", "birth_date", "situations"]
+    assert latest["record_ids"] == [] and latest["actor_id"] is None
+    assert latest.get("count", 1) == max(report["records"], 1)
