@@ -137,10 +137,18 @@ def _enum(schema: RecordSchema, *path: str) -> tuple[str, ...]:
     return tuple(str(v) for v in node["enum"])
 
 
+_CACHE_MAX: Final = 256
+
+
 class StatsService:
+    """Tables are computed once per aggregate: an answer depends only on the query,
+    the rebuild it reads (its `refreshed_at`) and the structures (the grid and the
+    regions), so it is kept until any of them changes."""
+
     def __init__(self, pool: asyncpg.Pool, schema: RecordSchema, k: int) -> None:
         self._pool = pool
         self.k = k
+        self._cache: dict[tuple[object, ...], StatsTable] = {}
         self._flat: dict[str, tuple[str, ...]] = {
             "programme": (*_enum(schema, "programme_kind"), NO_PROGRAMME),
             "situation": (
@@ -154,11 +162,16 @@ class StatsService:
     async def table(self, query: StatsQuery) -> StatsTable:
         grouped = [d in query.group_by for d in ("month", "structure", "region")]
         grouped += [d in query.group_by for d in ("programme", "situation", "age_band", "sex")]
-        async with self._pool.acquire() as conn:
-            structures = await conn.fetch(sql.STRUCTURES)
-            rows = await conn.fetch(sql.COUNTS, query.since, query.until, *grouped)
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            # One snapshot: the counts are those of the rebuild named.
             refreshed_at = await conn.fetchval(sql.LAST_REFRESH)
-        region_of = {str(r["id"]): str(r["region"]) for r in structures}
+            structures = await conn.fetch(sql.STRUCTURES)
+            region_of = {str(r["id"]): str(r["region"]) for r in structures}
+            key = (query, refreshed_at, tuple(region_of.items()))
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+            rows = await conn.fetch(sql.COUNTS, query.since, query.until, *grouped)
         axes: list[Axis] = []
         columns: list[str] = []
         for d in query.group_by:
@@ -180,9 +193,13 @@ class StatsService:
         for r in rows:
             counts[tuple(str(r[d]) for d in query.group_by)] = int(r["n"])
         cells = protect(axes, counts, self.k)
-        return StatsTable(
+        table = StatsTable(
             query, tuple(columns), self.k, refreshed_at, [_row(axes, c) for c in cells]
         )
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = table
+        return table
 
 
 def _row(axes: Sequence[Axis], cell: Cell) -> tuple[tuple[str, ...], int | None]:

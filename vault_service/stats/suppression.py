@@ -278,11 +278,11 @@ def _determined(
     for r, row in enumerate(rows):
         for j, v in row:
             matrix[r, j] = v
-    # Null space by SVD: the right singular vectors past the rank.
-    # (A complete set of right singular vectors: the full decomposition only when
-    # there are fewer equations than unknowns, whose U is then the small one.)
-    _, sv, vt = np.linalg.svd(matrix, full_matrices=len(rows) < len(index))
-    rank = int((sv > 1e-9 * max(1.0, float(sv[0]) if sv.size else 1.0)).sum())
-    free = np.abs(vt[rank:]).max(axis=0) if rank < len(index) else np.zeros(len(index))
+    # The null space of A is that of the small symmetric AᵀA (unknowns squared):
+    # its eigenvectors whose eigenvalues are zero. Entries are small integers, so a
+    # relative tolerance far above rounding and far below any real eigenvalue holds.
+    values, vectors = np.linalg.eigh(matrix.T @ matrix)
+    null = vectors[:, values <= 1e-9 * max(1.0, float(values[-1]))]
+    free = np.abs(null).max(axis=1) if null.shape[1] else np.zeros(len(index))
     names = list(index)
     return [names[j] for j in range(len(index)) if free[j] < 1e-9]
