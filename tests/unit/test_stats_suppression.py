@@ -102,3 +102,25 @@ def test_a_smaller_query_shows_exactly_the_margins_of_a_larger_one() -> None:
                     levels.append(lv)
                     coord.append(v)
                 assert shown[(tuple(levels), tuple(coord))] == cell.count
+
+
+def test_the_rebuild_opens_no_name_contact_nir_or_note() -> None:
+    from vault_service.records import schema
+    from vault_service.stats.refresh import STATS_FIELDS, check_fields
+
+    plan = schema.load()
+    check_fields(plan)
+    assert set(STATS_FIELDS) == {"sex", "birth_date", "situations"}
+    for name in STATS_FIELDS:
+        assert plan.fields[name].sensitivity not in ("national_id", "contact")
+    assert not set(STATS_FIELDS) & {
+        "birth_name",
+        "usage_name",
+        "first_names",
+        "nir",
+        "email",
+        "phone",
+        "addresses",
+        "notes",
+        "legal_representatives",
+    }

@@ -33,7 +33,8 @@ import structlog
 
 from vault_service.audit.recording import build_event
 from vault_service.audit.sequencer import add_in_transaction
-from vault_service.errors import DecryptionFailed, KmsUnavailable
+from vault_service.errors import ConfigurationError, DecryptionFailed, KmsUnavailable
+from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer, clear_values
 from vault_service.stats import repository as sql
 
@@ -98,6 +99,24 @@ class Refresh:
     cells: int  # rows of the aggregate
 
 
+_NEVER_OPENED: Final = frozenset({"national_id", "contact", "special_category", "financial"})
+
+
+def check_fields(schema: RecordSchema) -> None:
+    """Refuse to start a rebuild that would open more than a dimension needs: a
+    field of a sensitivity never aggregated, a free-text one, or a name (anything
+    indexed with the name normaliser)."""
+    for name in STATS_FIELDS:
+        plan = schema.fields.get(name)
+        if (
+            plan is None
+            or plan.sensitivity in _NEVER_OPENED
+            or (plan.index is not None and plan.index.normalise == "name")
+            or name == "notes"
+        ):
+            raise ConfigurationError(f"the statistics may not open the field {name}")
+
+
 class StatsRefresher:
     def __init__(
         self,
@@ -107,6 +126,7 @@ class StatsRefresher:
         *,
         batch_size: int = 1000,
     ) -> None:
+        check_fields(sealer.schema)
         self._pool = pool
         self._sealer = sealer
         self._is_canary = is_canary
