@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime
 import io
 import json
 import random
@@ -31,17 +32,17 @@ SITUATIONS = ("job_seeking", "training", "employment")
 
 
 def _youth(
-    rng: random.Random, sex: str, age: int, programme: str, situation: str | None
+    rng: random.Random,
+    sex: str,
+    age: int,
+    programme: str,
+    situation: str | None,
+    entered: datetime.date | None = None,
 ) -> dict[str, Any]:
-    # Born `age` years and a few weeks before today: the age band at entry is known.
-    import datetime
-
-    today = datetime.datetime.now(datetime.UTC).date()
-    born = (
-        datetime.date(today.year - age, 1, 1)
-        if today.month > 1
-        else datetime.date(today.year - age - 1, 6, 1)
-    )
+    # Born on the first of the month of entry (today by default), `age` years
+    # before: the age at entry, hence its band, is `age`.
+    at = entered or datetime.datetime.now(datetime.UTC).date()
+    born = datetime.date(at.year - age, at.month, 1)
     record: dict[str, Any] = {
         "birth_name": rng.choice(["Martin", "Bernard", "Petit", "Durand", "Leroy"]),
         "first_names": [rng.choice(["Lina", "Adam", "Nour", "Hugo"])],
@@ -128,7 +129,7 @@ async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
     client, seeded: dict[str, Any]
 ) -> None:
     analyst, structures = seeded["analyst"], seeded["structures"]
-    month = __import__("datetime").datetime.now(__import__("datetime").UTC).strftime("%Y-%m")
+    month = datetime.datetime.now(datetime.UTC).strftime("%Y-%m")
     dims = {"sex": 0, "age_band": 1, "programme": 2, "situation": 3}
     answers = {}
     for group_by in (
@@ -398,3 +399,49 @@ async def test_the_rebuild_is_logged_with_the_fields_it_opened(
     assert latest["fields"] == ["sex", "birth_date", "situations"]
     assert latest["record_ids"] == [] and latest["actor_id"] is None
     assert latest.get("count", 1) == max(report["records"], 1)
+
+
+async def test_a_table_that_cannot_be_protected_is_refused(
+    client, stack: Stack, world: World
+) -> None:
+    """One month holding only this test's youth: 5 girls of 17, 30 of 19, 20 boys of
+    17. The sex and age tables publish F 35, M 20, 16-17 25, 18-21 30; in the sex by
+    age table the 5 girls of 17 are 25 - 20 whatever else is hidden (the boys are
+    all 17), so the table is refused, and logged as refused."""
+    sid = await world.structure()
+    counsellor = await world.counsellor(sid)
+    rng = random.Random(5)
+    month = f"{rng.randint(1995, 2015)}-{rng.randint(1, 12):02d}"
+    entered = datetime.date.fromisoformat(month + "-15")
+    for sex, age, n in (("F", 17, 5), ("F", 19, 30), ("M", 17, 20)):
+        for _ in range(n):
+            body = _youth(rng, sex, age, "CEJ", None, entered)
+            r = await client.post("/v1/records", json=body, headers=counsellor.headers())
+            assert r.status_code == 201, r.text
+    # An old month of their own, as if imported from a legacy system (the entry date
+    # is no part of a record's integrity tag).
+    await world.owner.execute(
+        "UPDATE records SET created_at = $2 WHERE structure_id = $1",
+        sid,
+        datetime.datetime(entered.year, entered.month, 15, 12, tzinfo=datetime.UTC),
+    )
+    _refresh(stack)
+    analyst = await world.account(Role.ANALYST, None)
+    headers = analyst.headers(purpose="statistics")
+    period = {"since": month, "until": month}
+    doc = await _stats(client, analyst, group_by="sex", **period)
+    assert {c["sex"]: c["count"] for c in doc["cells"]} == {"F": 35, "M": 20, "unknown": 0, "*": 55}
+    r = await client.get(
+        "/v1/stats", params={"group_by": "sex,age_band", **period}, headers=headers
+    )
+    assert r.status_code == 422, r.text[:3000]
+    assert r.json()["code"] == "stats_unprotectable"
+    assert "5" not in r.json()["detail"]
+    auditor = await world.account(Role.AUDITOR, None)
+    r = await client.get(
+        "/v1/audit/events",
+        params={"actor_id": str(analyst.id), "action": "stats.query"},
+        headers=auditor.headers(purpose="audit"),
+    )
+    outcomes = [(e["outcome"], e["refusal_code"]) for e in r.json()["items"]]
+    assert outcomes == [("allowed", None), ("refused", "stats_unprotectable")]
