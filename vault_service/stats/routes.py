@@ -103,8 +103,9 @@ class StatsController(Controller):
                             "total": "*",
                             "cells": [
                                 {"sex": "F", "count": 120},
-                                {"sex": "M", "count": None},
-                                {"sex": "*", "count": 240},
+                                {"sex": "M", "count": 118},
+                                {"sex": "unknown", "count": 0},
+                                {"sex": "*", "count": 238},
                             ],
                         }
                     )

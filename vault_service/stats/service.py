@@ -138,6 +138,8 @@ def _enum(schema: RecordSchema, *path: str) -> tuple[str, ...]:
 
 
 _CACHE_MAX: Final = 256
+_CACHE_ROWS_MAX: Final = 1_000_000
+"""Cells kept across all cached tables (a few hundred bytes each) before starting over."""
 
 
 class StatsService:
@@ -149,6 +151,7 @@ class StatsService:
         self._pool = pool
         self.k = k
         self._cache: dict[tuple[object, ...], StatsTable] = {}
+        self._cached_rows = 0
         self._flat: dict[str, tuple[str, ...]] = {
             "programme": (*_enum(schema, "programme_kind"), NO_PROGRAMME),
             "situation": (
@@ -196,8 +199,10 @@ class StatsService:
         table = StatsTable(
             query, tuple(columns), self.k, refreshed_at, [_row(axes, c) for c in cells]
         )
-        if len(self._cache) >= _CACHE_MAX:
+        self._cached_rows += len(table.rows)
+        if len(self._cache) >= _CACHE_MAX or self._cached_rows > _CACHE_ROWS_MAX:
             self._cache.clear()
+            self._cached_rows = len(table.rows)
         self._cache[key] = table
         return table
 

@@ -35,7 +35,7 @@ from typing import Final
 
 import numpy as np
 
-from vault_service.errors import VaultServiceError
+from vault_service.errors import StatsUnprotectable
 
 __all__ = ["TOTAL", "Axis", "Cell", "Unprotectable", "protect"]
 
@@ -75,14 +75,7 @@ class Axis:
         return value
 
 
-class Unprotectable(VaultServiceError):
-    """The table cannot be published with its margins without revealing a small
-    cell (a line whose only possible complement is pinned by its other margins):
-    nothing is returned. Fewer dimensions or a longer period usually answer."""
-
-    status = 422
-    code = "stats_unprotectable"
-    title = "This table cannot be published without revealing a small cell"
+Unprotectable = StatsUnprotectable
 
 
 Coord = tuple[str, ...]
