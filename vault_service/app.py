@@ -190,13 +190,21 @@ def _start_anonymous(
 
 
 def _start_stats(
-    stack: AsyncExitStack, settings: Settings, pool: asyncpg.Pool, records: RecordService
+    stack: AsyncExitStack,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    records: RecordService,
+    alerts: Alerts,
 ) -> StatsService:
     """The BI lane: the scheduled rebuild of the aggregate (one replica at a time;
     none when `stats_refresh_seconds` is 0) and the queries over it."""
     if settings.stats_refresh_seconds > 0:
         refresher = StatsRefresher(
-            pool, records.sealer, records.is_canary, batch_size=settings.stats_batch_size
+            pool,
+            records.sealer,
+            records.is_canary,
+            batch_size=settings.stats_batch_size,
+            alerts=alerts,
         )
         job = StatsJob(pool, refresher, settings.stats_refresh_seconds)
         job.start()
@@ -339,7 +347,7 @@ def create_app(settings: Settings) -> Litestar:
                     "audit_proofs": AuditProofs(pool, kms, settings.audit_origin),
                     "checkpoints": publisher,
                     # The BI lane's queries, and its scheduled rebuild.
-                    "stats": _start_stats(stack, settings, pool, records),
+                    "stats": _start_stats(stack, settings, pool, records, alerts),
                 }
             )
             log.info("service_started", version=__version__)

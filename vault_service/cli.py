@@ -487,6 +487,7 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
     same code as the service's scheduled round; one rebuild at a time)."""
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
+    from vault_service.limits.defence import Alerts
     from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
     from vault_service.records import schema
     from vault_service.records.sealing import Sealer
@@ -501,7 +502,11 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
         canaries = Canaries(pool, await keys.derived_key(False, HONEYTOKEN_LABEL))
         await canaries.load()
         refresher = StatsRefresher(
-            pool, Sealer(keys, schema.load()), canaries.named, batch_size=settings.stats_batch_size
+            pool,
+            Sealer(keys, schema.load()),
+            canaries.named,
+            batch_size=settings.stats_batch_size,
+            alerts=Alerts(pool),
         )
         done = await refresher.refresh()
     finally:

@@ -445,3 +445,43 @@ async def test_a_table_that_cannot_be_protected_is_refused(
     )
     outcomes = [(e["outcome"], e["refusal_code"]) for e in r.json()["items"]]
     assert outcomes == [("allowed", None), ("refused", "stats_unprotectable")]
+
+
+async def test_a_tampered_row_is_left_out_and_alerted(client, stack: Stack, world: World) -> None:
+    sid = await world.structure()
+    counsellor = await world.counsellor(sid)
+    rng = random.Random(8)
+    ids = []
+    for _ in range(11):
+        r = await client.post(
+            "/v1/records", json=_youth(rng, "M", 20, "CEJ", None), headers=counsellor.headers()
+        )
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    # Someone with the database moves one youth to another programme.
+    await world.owner.execute(
+        "UPDATE records SET clear = jsonb_set(clear, '{programme_kind}', '\"PACEA\"') "
+        "WHERE id = $1",
+        uuid.UUID(ids[0]),
+    )
+    report = _refresh(stack)
+    assert report["unreadable_left_out"] >= 1
+    analyst = await world.account(Role.ANALYST, None)
+    doc = await _stats(client, analyst, group_by="structure,programme")
+    mine = {c["programme"]: c["count"] for c in doc["cells"] if c["structure"] == str(sid)}
+    assert mine["CEJ"] == 10 and mine["PACEA"] == 0 and mine["*"] == 10
+    alerted = await world.owner.fetch(
+        "SELECT severity FROM alerts WHERE kind = 'record.integrity_failed' "
+        "AND details ->> 'record_id' = $1",
+        ids[0],
+    )
+    assert [a["severity"] for a in alerted] == ["critical"]
+    _refresh(stack)  # met again: no second alert
+    assert (
+        len(
+            await world.owner.fetch(
+                "SELECT 1 FROM alerts WHERE details ->> 'record_id' = $1", ids[0]
+            )
+        )
+        == 1
+    )

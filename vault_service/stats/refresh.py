@@ -33,7 +33,13 @@ import structlog
 
 from vault_service.audit.recording import build_event
 from vault_service.audit.sequencer import add_in_transaction
-from vault_service.errors import ConfigurationError, DecryptionFailed, KmsUnavailable
+from vault_service.errors import (
+    ConfigurationError,
+    DecryptionFailed,
+    KmsUnavailable,
+    RecordIntegrityFailed,
+)
+from vault_service.limits.defence import Alerts
 from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer, clear_values
 from vault_service.stats import repository as sql
@@ -125,8 +131,11 @@ class StatsRefresher:
         is_canary: Callable[[uuid.UUID], bool],
         *,
         batch_size: int = 1000,
+        alerts: Alerts | None = None,
     ) -> None:
         check_fields(sealer.schema)
+        self._alerts = alerts
+        self._alerted: set[uuid.UUID] = set()
         self._pool = pool
         self._sealer = sealer
         self._is_canary = is_canary
@@ -142,6 +151,7 @@ class StatsRefresher:
     async def _refresh(self, conn: Any) -> Refresh:
         counts: Counter[Key] = Counter()
         canaries = failed = records = 0
+        tampered: list[tuple[uuid.UUID, uuid.UUID]] = []
         after = uuid.UUID(int=0)
         while True:
             rows = await conn.fetch(sql.RECORDS_PAGE, after, self._batch)
@@ -157,8 +167,10 @@ class StatsRefresher:
                     values = self._sealer.decrypt_values(row, record_key, STATS_FIELDS)
                 except KmsUnavailable:
                     raise  # no partial aggregate: the previous one stays
-                except (DecryptionFailed, msgspec.DecodeError):
+                except (DecryptionFailed, msgspec.DecodeError) as exc:
                     failed += 1
+                    if isinstance(exc, RecordIntegrityFailed):
+                        tampered.append((row["id"], row["structure_id"]))
                     continue
                 created: datetime.datetime = row["created_at"]
                 entered = created.astimezone(datetime.UTC).date()
@@ -180,8 +192,31 @@ class StatsRefresher:
             await add_in_transaction(conn, event)
         if failed:
             log.warning("stats_records_unreadable", count=failed)
+        await self._alert(conn, tampered)
         log.info("stats_refreshed", records=records, cells=len(keys))
         return Refresh(at, records, canaries, failed, len(keys))
+
+    async def _alert(self, conn: Any, tampered: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """A row that fails its integrity check was written by someone holding the
+        database: the critical alert a read of it raises, once per record (the
+        rebuild meets it again every round)."""
+        if self._alerts is None:
+            return
+        for record_id, structure_id in tampered[:100]:
+            if record_id in self._alerted or await conn.fetchval(
+                sql.INTEGRITY_ALERTED, str(record_id)
+            ):
+                continue
+            await self._alerts.raise_on(
+                conn,
+                "critical",
+                "record.integrity_failed",
+                account_id=None,
+                structure_id=structure_id,
+                details={"record_id": str(record_id)},
+            )
+            if len(self._alerted) < 10_000:
+                self._alerted.add(record_id)
 
 
 class StatsJob:

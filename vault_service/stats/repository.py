@@ -60,3 +60,9 @@ JOIN structures s ON s.id = c.structure_id
 WHERE c.month >= $1 AND c.month <= $2
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
+# A tampered row met by the rebuild: alerted once, whoever met it first (a read, a
+# rebuild of another process, an earlier round).
+INTEGRITY_ALERTED: Final = """
+SELECT EXISTS (SELECT 1 FROM alerts
+               WHERE kind = 'record.integrity_failed' AND details ->> 'record_id' = $1)
+"""
