@@ -13,8 +13,17 @@ levels to the finest: a combination's pattern is decided once every coarser one 
 fixed, and is never changed afterwards. Within a combination, each *line* (the
 cells that differ along one axis and roll up to one cell of the next coarser level,
 their *margin*) must not hold exactly one unknown among its cells and its margin:
-while one does, the smallest non-zero published cell of that line is suppressed,
-until nothing changes (a fixed point; suppressions only grow, so it ends).
+while one does, its smallest non-zero published cell that another line does not
+give away is suppressed, until nothing changes (suppressions only grow, so it
+ends). Zeros are never suppressed: a hidden zero under a published zero margin is
+pinned by non-negativity, and with every hidden count above zero, a count the
+equations leave free can move both ways, so the exact check below is exact for a
+solver that knows counts are non-negative too. The exact check: the linear system
+of the combination and of the coarser ones it adds up to must leave every hidden
+cell free (outside the support of its null space, `_determined`); while one is
+determined, one more cell of a line touching it is hidden. When no cell can be
+(a line whose only candidates are given away elsewhere), or when the whole answer
+still determines a hidden cell, the table is refused (`StatsUnprotectable`).
 
 Why layers: the pattern of a combination depends only on the data of that
 combination and the coarser ones, so a query over fewer dimensions (or over region
