@@ -61,6 +61,8 @@ QUERIES = (
     {"group_by": "month,programme"},
     {"group_by": "structure,sex,age_band"},
     {"group_by": "region,situation,sex", "months": 24},
+    # Sparse on purpose: small structures by month and situation have small cells.
+    {"group_by": "month,structure,situation"},
 )
 
 

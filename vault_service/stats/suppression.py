@@ -21,9 +21,10 @@ equations leave free can move both ways, so the exact check below is exact for a
 solver that knows counts are non-negative too. The exact check: the linear system
 of the combination and of the coarser ones it adds up to must leave every hidden
 cell free (outside the support of its null space, `_determined`); while one is
-determined, one more cell of a line touching it is hidden. When no cell can be
-(a line whose only candidates are given away elsewhere), or when the whole answer
-still determines a hidden cell, the table is refused (`StatsUnprotectable`).
+determined, one more cell of a line touching it is hidden (the finest
+combination's check is over the whole answer). When no cell can be (a line whose
+only candidates are given away elsewhere, a determined cell no line of the
+combination touches), the table is refused (`StatsUnprotectable`).
 
 Why layers: the pattern of a combination depends only on the data of that
 combination and the coarser ones, so a query over fewer dimensions (or over region
@@ -137,11 +138,8 @@ def protect(axes: Sequence[Axis], counts: Mapping[Coord, int], k: int) -> list[C
         # to, nothing else: the same in every query that shows this combination.
         above = [c for c in lines_of if all(a >= b for a, b in zip(c, combo, strict=True))]
         _repair(combo, table, hidden, lines, of, above, lines_of)
-    everything = list(lines_of)
-    if _determined(everything, lines_of, hidden):
-        # Each combination is safe with the ones above it, the whole not: refuse
-        # rather than hide a cell that a smaller query publishes.
-        raise Unprotectable()
+    # No check of the whole answer is left to make: the finest combination adds up
+    # to every other, so its check above was over the whole answer already.
     out: list[Cell] = []
     for combo in sorted(combos, key=lambda c: (sum(c), c)):
         for coord, n in tables[combo].items():
