@@ -10,6 +10,7 @@ import asyncio
 import csv
 import datetime
 import io
+import itertools
 import json
 import random
 import secrets
@@ -56,12 +57,40 @@ def _youth(
     return record
 
 
+_MONTHS = itertools.count()
+
+
+def _own_month() -> datetime.date:
+    """A month of entry no other test writes in (other tests' youth enter today):
+    this test's tables hold its own youth only, whatever ran before it."""
+    n = next(_MONTHS)
+    return datetime.date(1990 + n // 12, n % 12 + 1, 15)
+
+
+async def _backdate(world: World, sid: uuid.UUID, entered: datetime.date) -> None:
+    """As if imported from a legacy system: the structure's records entered that day
+    (the entry date is no part of a record's integrity tag)."""
+    await world.owner.execute(
+        "UPDATE records SET created_at = $2 WHERE structure_id = $1",
+        sid,
+        datetime.datetime(entered.year, entered.month, entered.day, 12, tzinfo=datetime.UTC),
+    )
+
+
+def _period(entered: datetime.date) -> dict[str, str]:
+    return {"since": f"{entered:%Y-%m}", "until": f"{entered:%Y-%m}"}
+
+
 def _band(age: int) -> str:
     return "16_17" if age < 18 else "18_21" if age < 22 else "22_25"
 
 
 async def _seed(
-    client, world: World, region: str, plan: list[tuple[str, int, str, str | None]]
+    client,
+    world: World,
+    region: str,
+    plan: list[tuple[str, int, str, str | None]],
+    entered: datetime.date,
 ) -> tuple[uuid.UUID, Counter[tuple[str, str, str, str]]]:
     """One structure in `region`, its youth created over HTTP by its counsellor."""
     sid = await world.structure()
@@ -70,10 +99,11 @@ async def _seed(
     rng = random.Random(str(sid))
     truth: Counter[tuple[str, str, str, str]] = Counter()
     for sex, age, programme, situation in plan:
-        body = _youth(rng, sex, age, programme, situation)
+        body = _youth(rng, sex, age, programme, situation, entered)
         r = await client.post("/v1/records", json=body, headers=counsellor.headers())
         assert r.status_code == 201, r.text
         truth[(sex, _band(age), programme, situation or "none")] += 1
+    await _backdate(world, sid, entered)
     return sid, truth
 
 
@@ -112,13 +142,19 @@ async def seeded(client, stack: Stack, world: World) -> dict[str, Any]:
     rng = random.Random(13)
     regions = [f"Region A {tag}", f"Region A {tag}", f"Region B {tag}"]
     structures = {}
+    entered = _own_month()
     for region, n in zip(regions, (45, 30, 25), strict=True):
-        sid, truth = await _seed(client, world, region, _plan(rng, n))
+        sid, truth = await _seed(client, world, region, _plan(rng, n), entered)
         structures[str(sid)] = {"region": region, "truth": truth}
     report = _refresh(stack)
     assert report["records"] >= 100
     analyst = await world.account(Role.ANALYST, None)
-    return {"structures": structures, "analyst": analyst, "report": report}
+    return {
+        "structures": structures,
+        "analyst": analyst,
+        "report": report,
+        "period": _period(entered),
+    }
 
 
 def _mine(doc: dict[str, Any], structures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,7 +165,8 @@ async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
     client, seeded: dict[str, Any]
 ) -> None:
     analyst, structures = seeded["analyst"], seeded["structures"]
-    month = datetime.datetime.now(datetime.UTC).strftime("%Y-%m")
+    period = seeded["period"]
+    month = period["since"]
     dims = {"sex": 0, "age_band": 1, "programme": 2, "situation": 3}
     answers = {}
     for group_by in (
@@ -138,7 +175,7 @@ async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
         "region,sex",
         "sex,age_band,situation",
     ):
-        doc = await _stats(client, analyst, group_by=group_by, since=month, until=month)
+        doc = await _stats(client, analyst, group_by=group_by, **period)
         answers[group_by] = doc
         assert doc["k"] == K and doc["since"] == month and doc["until"] == month
         columns = _columns(doc)
@@ -178,10 +215,11 @@ async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
 
 async def test_csv_export_is_the_same_table(client, seeded: dict[str, Any]) -> None:
     analyst = seeded["analyst"]
-    doc = await _stats(client, analyst, group_by="structure,sex")
+    period = seeded["period"]
+    doc = await _stats(client, analyst, group_by="structure,sex", **period)
     for how in (
-        {"params": {"group_by": "structure,sex", "format": "csv"}, "headers": {}},
-        {"params": {"group_by": "structure,sex"}, "headers": {"Accept": "text/csv"}},
+        {"params": {"group_by": "structure,sex", "format": "csv", **period}, "headers": {}},
+        {"params": {"group_by": "structure,sex", **period}, "headers": {"Accept": "text/csv"}},
     ):
         r = await client.get(
             "/v1/stats",
@@ -205,18 +243,20 @@ async def test_csv_export_is_the_same_table(client, seeded: dict[str, Any]) -> N
 
 
 async def test_honeytokens_never_count(client, stack: Stack, world: World) -> None:
-    sid, truth = await _seed(
-        client, world, f"Region C {secrets.token_hex(3)}", [("F", 19, "CEJ", None)] * 12
+    entered = _own_month()
+    sid, _ = await _seed(
+        client, world, f"Region C {secrets.token_hex(3)}", [("F", 19, "CEJ", None)] * 12, entered
     )
     env = await _admin_env(stack, world)
     done = _cli(env, "honeytokens", "plant", "--structure", str(sid), "--count", "3")
     assert done.returncode == 0, done.stderr
     canaries = json.loads(done.stdout)[0]["planted"]
     await _recognised(world, canaries)
+    await _backdate(world, sid, entered)  # the canaries too: same month, same structure
     report = _refresh(stack)
     assert report["canaries_left_out"] >= 3
     analyst = await world.account(Role.ANALYST, None)
-    doc = await _stats(client, analyst, group_by="structure")
+    doc = await _stats(client, analyst, group_by="structure", **_period(entered))
     [mine] = [c for c in doc["cells"] if c["structure"] == str(sid)]
     assert mine["count"] == 12  # 15 rows in `records`, three of them canaries
 
@@ -227,17 +267,19 @@ async def test_an_erased_record_leaves_the_counts_at_the_next_rebuild(
     sid = await world.structure()
     counsellor = await world.counsellor(sid)
     rng = random.Random(3)
+    entered = _own_month()
     ids = []
     for _ in range(12):
-        body = _youth(rng, "F", 19, "CEJ", None)
+        body = _youth(rng, "F", 19, "CEJ", None, entered)
         r = await client.post("/v1/records", json=body, headers=counsellor.headers())
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
+    await _backdate(world, sid, entered)
     _refresh(stack)
     analyst = await world.account(Role.ANALYST, None)
 
     async def count() -> int | None:
-        doc = await _stats(client, analyst, group_by="structure")
+        doc = await _stats(client, analyst, group_by="structure", **_period(entered))
         [mine] = [c for c in doc["cells"] if c["structure"] == str(sid)]
         return mine["count"]
 
@@ -254,8 +296,13 @@ async def test_an_erased_record_leaves_the_counts_at_the_next_rebuild(
 
 
 async def test_the_service_refreshes_by_itself(client, stack: Stack, world: World) -> None:
+    entered = _own_month()
     sid, _ = await _seed(
-        client, world, f"Region D {secrets.token_hex(3)}", [("M", 23, "PACEA", "training")] * 11
+        client,
+        world,
+        f"Region D {secrets.token_hex(3)}",
+        [("M", 23, "PACEA", "training")] * 11,
+        entered,
     )
     analyst = await world.account(Role.ANALYST, None)
     async with serve_processes(
@@ -264,7 +311,9 @@ async def test_the_service_refreshes_by_itself(client, stack: Stack, world: Worl
         headers = analyst.headers(purpose="statistics")
         for _ in range(100):
             r = await served.http.get(
-                f"{served.bases[0]}/v1/stats", params={"group_by": "structure"}, headers=headers
+                f"{served.bases[0]}/v1/stats",
+                params={"group_by": "structure", **_period(entered)},
+                headers=headers,
             )
             assert r.status_code == 200, r.text
             counts = {c["structure"]: c["count"] for c in r.json()["cells"]}
@@ -349,10 +398,11 @@ async def test_each_query_is_logged_and_budgeted(client, world: World) -> None:
     analyst = await world.account(Role.ANALYST, None)
     auditor = await world.account(Role.AUDITOR, None)
     decided = None
+    entered = _own_month()  # an empty month: the table is all zeros, always served
     for i in range(61):
         r = await client.get(
             "/v1/stats",
-            params={"group_by": "sex,age_band", "since": "2026-01", "until": "2026-06"},
+            params={"group_by": "sex,age_band", **_period(entered)},
             headers=analyst.headers(purpose="statistics"),
         )
         if r.status_code == 429:
@@ -379,8 +429,8 @@ async def test_each_query_is_logged_and_budgeted(client, world: World) -> None:
         assert sorted(e["criteria"]) == [
             "group_by_age_band",
             "group_by_sex",
-            "since_2026_01",
-            "until_2026_06",
+            f"since_{entered:%Y_%m}",
+            f"until_{entered:%Y_%m}",
         ]
 
 
@@ -411,24 +461,17 @@ async def test_a_table_that_cannot_be_protected_is_refused(
     sid = await world.structure()
     counsellor = await world.counsellor(sid)
     rng = random.Random(5)
-    month = f"{rng.randint(1995, 2015)}-{rng.randint(1, 12):02d}"
-    entered = datetime.date.fromisoformat(month + "-15")
+    entered = _own_month()
     for sex, age, n in (("F", 17, 5), ("F", 19, 30), ("M", 17, 20)):
         for _ in range(n):
             body = _youth(rng, sex, age, "CEJ", None, entered)
             r = await client.post("/v1/records", json=body, headers=counsellor.headers())
             assert r.status_code == 201, r.text
-    # An old month of their own, as if imported from a legacy system (the entry date
-    # is no part of a record's integrity tag).
-    await world.owner.execute(
-        "UPDATE records SET created_at = $2 WHERE structure_id = $1",
-        sid,
-        datetime.datetime(entered.year, entered.month, 15, 12, tzinfo=datetime.UTC),
-    )
+    await _backdate(world, sid, entered)
     _refresh(stack)
     analyst = await world.account(Role.ANALYST, None)
     headers = analyst.headers(purpose="statistics")
-    period = {"since": month, "until": month}
+    period = _period(entered)
     doc = await _stats(client, analyst, group_by="sex", **period)
     assert {c["sex"]: c["count"] for c in doc["cells"]} == {"F": 35, "M": 20, "unknown": 0, "*": 55}
     r = await client.get(
@@ -451,13 +494,17 @@ async def test_a_tampered_row_is_left_out_and_alerted(client, stack: Stack, worl
     sid = await world.structure()
     counsellor = await world.counsellor(sid)
     rng = random.Random(8)
+    entered = _own_month()
     ids = []
     for _ in range(11):
         r = await client.post(
-            "/v1/records", json=_youth(rng, "M", 20, "CEJ", None), headers=counsellor.headers()
+            "/v1/records",
+            json=_youth(rng, "M", 20, "CEJ", None, entered),
+            headers=counsellor.headers(),
         )
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
+    await _backdate(world, sid, entered)
     # Someone with the database moves one youth to another programme.
     await world.owner.execute(
         "UPDATE records SET clear = jsonb_set(clear, '{programme_kind}', '\"PACEA\"') "
@@ -467,7 +514,7 @@ async def test_a_tampered_row_is_left_out_and_alerted(client, stack: Stack, worl
     report = _refresh(stack)
     assert report["unreadable_left_out"] >= 1
     analyst = await world.account(Role.ANALYST, None)
-    doc = await _stats(client, analyst, group_by="structure,programme")
+    doc = await _stats(client, analyst, group_by="structure,programme", **_period(entered))
     mine = {c["programme"]: c["count"] for c in doc["cells"] if c["structure"] == str(sid)}
     assert mine["CEJ"] == 10 and mine["PACEA"] == 0 and mine["*"] == 10
     alerted = await world.owner.fetch(
