@@ -49,6 +49,9 @@ from vault_service.records.routes import RecordsController, TransfersController
 from vault_service.records.schema import RecordSchema
 from vault_service.records.service import RecordService
 from vault_service.settings import Settings
+from vault_service.stats.refresh import StatsJob, StatsRefresher
+from vault_service.stats.routes import StatsController
+from vault_service.stats.service import StatsService
 
 log = structlog.get_logger(__name__)
 PROBLEM = "application/problem+json"
@@ -187,6 +190,29 @@ def _start_anonymous(
     return anonymous
 
 
+def _start_stats(
+    stack: AsyncExitStack,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    records: RecordService,
+    alerts: Alerts,
+) -> StatsService:
+    """The BI lane: the scheduled rebuild of the aggregate (one replica at a time;
+    none when `stats_refresh_seconds` is 0) and the queries over it."""
+    if settings.stats_refresh_seconds > 0:
+        refresher = StatsRefresher(
+            pool,
+            records.sealer,
+            records.is_canary,
+            batch_size=settings.stats_batch_size,
+            alerts=alerts,
+        )
+        job = StatsJob(pool, refresher, settings.stats_refresh_seconds)
+        job.start()
+        stack.push_async_callback(job.stop)
+    return StatsService(pool, records.sealer.schema, settings.stats_k)
+
+
 async def _start_watchers(
     stack: AsyncExitStack, settings: Settings, pool: asyncpg.Pool, alerts: Alerts
 ) -> None:
@@ -321,6 +347,8 @@ def create_app(settings: Settings) -> Litestar:
                     "alerts": alerts,
                     "audit_proofs": AuditProofs(pool, kms, settings.audit_origin),
                     "checkpoints": publisher,
+                    # The BI lane's queries, and its scheduled rebuild.
+                    "stats": _start_stats(stack, settings, pool, records, alerts),
                 }
             )
             log.info("service_started", version=__version__)
@@ -359,6 +387,7 @@ def create_app(settings: Settings) -> Litestar:
             TransfersController,
             AuditController,
             AlertsController,
+            StatsController,
             jwks,
             console_index,
             console_config,

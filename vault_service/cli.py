@@ -508,6 +508,45 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
         await admin.close()
 
 
+async def _stats_refresh(settings: Settings) -> dict[str, Any]:
+    """Rebuild the statistics aggregate now, with the service's role and keys (the
+    same code as the service's scheduled round; one rebuild at a time)."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.kms import VaultKms
+    from vault_service.limits.defence import Alerts
+    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
+    from vault_service.records import schema
+    from vault_service.records.sealing import Sealer
+    from vault_service.stats.refresh import StatsRefresher
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings)
+    try:
+        keys = KeyHierarchy(
+            kms, pool, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
+        )
+        canaries = Canaries(pool, await keys.derived_key(False, HONEYTOKEN_LABEL))
+        await canaries.load()
+        refresher = StatsRefresher(
+            pool,
+            Sealer(keys, schema.load()),
+            canaries.named,
+            batch_size=settings.stats_batch_size,
+            alerts=Alerts(pool),
+        )
+        done = await refresher.refresh()
+    finally:
+        kms.close()
+        await pool.close()
+    return {
+        "refreshed_at": done.refreshed_at.isoformat(),
+        "records": done.records,
+        "canaries_left_out": done.canaries,
+        "unreadable_left_out": done.failed,
+        "cells": done.cells,
+    }
+
+
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
@@ -694,6 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", type=Path, default=Path(".dev"))
     dev.add_argument("--port", type=int, default=8000)
     sub.add_parser("serve", help="the API against the configured PostgreSQL and Vault")
+    stats = sub.add_parser("stats", help="the BI lane's aggregate").add_subparsers(
+        dest="action", required=True
+    )
+    stats.add_parser("refresh", help="rebuild the statistics aggregate now (service role)")
     sub.add_parser("migrate", help="apply pending migrations (owner role)")
     sub.add_parser("vault-setup", help="enable transit and create the keys (operator token)")
     tokens = sub.add_parser("tokens", help="service tokens").add_subparsers(
@@ -890,72 +933,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(os.environ.get("VAULT_SERVICE_LOG_LEVEL", "INFO"), stream=sys.stderr)
     args = None if _is_standalone(argv) else build_parser().parse_args(argv)
     try:
-        if args is None:
-            return _standalone(argv)
-        if args.command == "dev":
-            from vault_service.devserver import run_dev
-
-            return run_dev(args.data_dir, reset=args.reset, port=args.port)
-        if args.command == "migrate":
-            return cmd_migrate()
-        if args.command == "audit" and args.action == "prune":
-            print(json.dumps({"pruned": asyncio.run(_prune(args.older_than_days))}))
-            return 0
-        if args.command == "accounts" and args.action == "bootstrap-admins":
-            result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
-            print(json.dumps(result, indent=2))
-            return 0
-        if (args.command == "tokens" and args.action == "revoke") or args.command == "alerts":
-            print(json.dumps(asyncio.run(_admin_command(args)), indent=2, default=str))
-            return 0
-        if args.command == "accounts" and args.action not in ("list",):
-            print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))
-            return 0
-        if args.command == "records":
-            print(json.dumps(asyncio.run(_records_command(args)), indent=2, default=str))
-            return 0
-        if args.command == "vault-setup":
-            return cmd_vault_setup()
-        settings = Settings.from_env()
-        if args.command == "serve":
-            return cmd_serve(settings)
-        if args.command == "honeytokens":
-            print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
-            return 0
-        if args.command == "retention":
-            print(json.dumps(asyncio.run(_retention_run(settings, args.dry_run)), indent=2))
-            return 0
-        if args.command == "audit" and args.action == "integrate":
-            return asyncio.run(_integrate(settings))
-        if args.command == "tokens":
-            print(asyncio.run(_issue(settings, args.subject, args.ttl)))
-            return 0
-        if args.command == "accounts":
-            rows = asyncio.run(_accounts(settings))
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                for r in rows:
-                    print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
-            return 0
-        if args.command == "keys" and args.action == "status":
-            from vault_service.rotation.inventory import key_status, render_text
-
-            status = asyncio.run(key_status(settings))
-            print(json.dumps(status, indent=2) if args.json else render_text(status))
-            return 0
-        if args.command == "keys" and args.action == "rotate":
-            _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
-            return 0
-        if args.command == "keys":
-            print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))
-            return 0
+        return _standalone(argv) if args is None else _dispatch(args)
     except VaultServiceError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - every command ends with one line, never a traceback
         print(f"error: {failure_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "dev":
+        from vault_service.devserver import run_dev
+
+        return run_dev(args.data_dir, reset=args.reset, port=args.port)
+    if args.command == "migrate":
+        return cmd_migrate()
+    if args.command == "audit" and args.action == "prune":
+        print(json.dumps({"pruned": asyncio.run(_prune(args.older_than_days))}))
+        return 0
+    if args.command == "accounts" and args.action == "bootstrap-admins":
+        result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
+        print(json.dumps(result, indent=2))
+        return 0
+    if (args.command == "tokens" and args.action == "revoke") or args.command == "alerts":
+        print(json.dumps(asyncio.run(_admin_command(args)), indent=2, default=str))
+        return 0
+    if args.command == "accounts" and args.action not in ("list",):
+        print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))
+        return 0
+    if args.command == "records":
+        print(json.dumps(asyncio.run(_records_command(args)), indent=2, default=str))
+        return 0
+    if args.command == "vault-setup":
+        return cmd_vault_setup()
+    settings = Settings.from_env()
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "honeytokens":
+        print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
+        return 0
+    if args.command == "retention":
+        print(json.dumps(asyncio.run(_retention_run(settings, args.dry_run)), indent=2))
+        return 0
+    if args.command == "stats":
+        print(json.dumps(asyncio.run(_stats_refresh(settings)), indent=2))
+        return 0
+    if args.command == "audit" and args.action == "integrate":
+        return asyncio.run(_integrate(settings))
+    if args.command == "tokens":
+        print(asyncio.run(_issue(settings, args.subject, args.ttl)))
+        return 0
+    if args.command == "accounts":
+        rows = asyncio.run(_accounts(settings))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
+        return 0
+    if args.command == "keys" and args.action == "status":
+        from vault_service.rotation.inventory import key_status, render_text
+
+        status = asyncio.run(key_status(settings))
+        print(json.dumps(status, indent=2) if args.json else render_text(status))
+        return 0
+    if args.command == "keys" and args.action == "rotate":
+        _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
+        return 0
+    if args.command == "keys":
+        print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))
+        return 0
     return 2
 
 

@@ -215,6 +215,18 @@ class RecordIntegrityFailed(DecryptionFailed):
     title = "The record failed its integrity check"
 
 
+class StatsUnprotectable(VaultServiceError):
+    """A statistics table that cannot be published with its margins without letting
+    a suppressed count be recomputed: nothing is returned (vault_service/stats/)."""
+
+    status = 422
+    code = "stats_unprotectable"
+    title = "This table cannot be published without revealing a small cell"
+
+    def __init__(self) -> None:
+        super().__init__("group by fewer dimensions or ask for a longer period")
+
+
 class AuditUnavailable(VaultServiceError):
     status = 503
     code = "audit_unavailable"

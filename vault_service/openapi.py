@@ -27,6 +27,8 @@ from vault_service.errors import ConfigurationError
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import BreakGlassRequest, ReviewRequest, TransferRequest
 from vault_service.records.routes import NirQuery, NoBody
+from vault_service.stats.routes import StatsDocument
+from vault_service.stats.service import DIMENSIONS, MAX_DIMENSIONS
 
 PROBLEM_MEDIA: Final = "application/problem+json"
 _REF: Final = "#/components/schemas/{name}"
@@ -35,6 +37,8 @@ _INDEX_CURSOR: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{11}$"}
 _UUID: Final = {"type": "string", "format": "uuid"}
 _UINT: Final = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _TIME: Final = {"type": "string", "format": "date-time"}
+_MONTH: Final = {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}
+_TEXT: Final = {"type": "string"}
 
 # What each status means here; the `code` of the body says which case it is.
 _STATUS_TEXT: Final = {
@@ -45,7 +49,8 @@ _STATUS_TEXT: Final = {
     409: "Conflicts with the current state (conflict)",
     412: "The record changed since it was read (precondition_failed)",
     413: "The request body is too large (payload_too_large)",
-    422: "Well formed but not acceptable (idempotency_key_reused, invalid_transfer_target)",
+    422: "Well formed but not acceptable (idempotency_key_reused, invalid_transfer_target, "
+    "stats_unprotectable)",
     428: "If-Match is required (precondition_required)",
     429: "A budget or limit is spent: Retry-After says when to come back",
     500: "Internal error, or a stored value failed its integrity check",
@@ -325,6 +330,27 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
     ("post", "/v1/alerts/{alert_id}/ack"): Operation(
         body="AckRequest", success={204: {}}, errors=frozenset({404, 413})
     ),
+    ("get", "/v1/stats"): Operation(
+        params=(
+            Param(
+                "group_by",
+                {
+                    "type": "string",
+                    "pattern": "^({d})(,({d})){{0,{n}}}$".format(
+                        d="|".join(DIMENSIONS), n=MAX_DIMENSIONS - 1
+                    ),
+                },
+                True,
+                description="Comma-separated, distinct, at most "
+                f"{MAX_DIMENSIONS} of: {', '.join(DIMENSIONS)} (structure brings its region)",
+            ),
+            Param("since", _MONTH, description="First month (default: 11 months ago)"),
+            Param("until", _MONTH, description="Last month (default: this month)"),
+            Param("format", {"type": "string", "enum": ["json", "csv"]}),
+        ),
+        success={200: {_JSON: {"$ref": _REF.format(name="StatsDocument")}, "text/csv": _TEXT}},
+        errors=frozenset({422}),
+    ),
     ("get", "/v1/alerts"): Operation(
         params=(
             Param("state", {"type": "string", "enum": ["open", "acknowledged"]}),
@@ -372,7 +398,15 @@ def _record_components() -> dict[str, Any]:
 
 def _struct_components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [NirQuery, NoBody, TransferRequest, BreakGlassRequest, ReviewRequest, AckRequest],
+        [
+            NirQuery,
+            NoBody,
+            TransferRequest,
+            BreakGlassRequest,
+            ReviewRequest,
+            AckRequest,
+            StatsDocument,
+        ],
         ref_template=_REF,
     )
     return components

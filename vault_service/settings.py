@@ -126,6 +126,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_nir_day: Budget = 60
     # Distinct records one supervisor may transfer or assign in an hour.
     budget_transfer_hour: Budget = 20
+    # Statistics queries (GET /v1/stats) per analyst and hour: each query counts,
+    # whatever it returns (differencing many tables is how suppressed cells leak).
+    budget_stats_hour: Budget = 60
     # Days a cross-structure transfer request waits for the receiving structure's
     # acceptance; past them it can only be asked again.
     transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14
@@ -191,6 +194,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # `keys rotate records` re-seals at most this many records a second (0: no limit),
     # so that the service keeps serving reads meanwhile (bench/keys.py measures both).
     rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
+    # The BI lane (vault_service/stats/): cells counting fewer than this many youth
+    # are suppressed, with complements; how often the aggregate is rebuilt (seconds,
+    # 0: only by `vault-service stats refresh`); records decrypted per batch.
+    stats_k: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 10
+    stats_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
+    stats_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
     # The console's sign-in with one of those providers (JSON object, see

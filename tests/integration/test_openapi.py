@@ -90,6 +90,7 @@ async def test_documented_query_parameters_are_exactly_those_accepted(client, wo
         "counsellor": (await world.account(Role.COUNSELLOR, structure)).headers("follow_up"),
         "supervisor": (await world.account(Role.SUPERVISOR, structure)).headers("follow_up"),
         "auditor": (await world.account(Role.AUDITOR, None)).headers("audit"),
+        "analyst": (await world.account(Role.ANALYST, None)).headers("statistics"),
     }
     checked = 0
     for path, item in doc["paths"].items():
@@ -101,6 +102,8 @@ async def test_documented_query_parameters_are_exactly_those_accepted(client, wo
             if path.startswith(("/v1/records", "/v1/caseload"))
             else "supervisor"
             if path.startswith(("/v1/break-glass", "/v1/transfers"))
+            else "analyst"
+            if path.startswith("/v1/stats")
             else "auditor"
         )
         url = re.sub(r"{\w+}", "00000000-0000-4000-8000-000000000000", path)

@@ -45,6 +45,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit/break-glass"): {AU},
     ("GET", "/v1/alerts"): {AU},
     ("POST", "/v1/alerts/{alert_id}/ack"): {AU},
+    ("GET", "/v1/stats"): {AN},
 }
 PUBLIC = {"/health/live", "/health/ready", "/.well-known/jwks.json"}
 

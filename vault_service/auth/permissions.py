@@ -33,6 +33,7 @@ class Permission(StrEnum):
     TRANSFERS_CANCEL = "case:transfers:cancel"
     AUDIT_READ = "audit:events:read"
     ALERTS_ACK = "audit:alerts:ack"
+    STATS_READ = "stats:aggregates:read"
 
 
 class Purpose(StrEnum):
@@ -48,6 +49,7 @@ class Purpose(StrEnum):
     BREAK_GLASS = "break_glass"
     SUPERVISION = "supervision"
     AUDIT = "audit"
+    STATISTICS = "statistics"
 
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
@@ -80,7 +82,8 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     # Admins manage accounts and keys through the CLI; never case data.
     Role.ADMIN: frozenset(),
     Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.ALERTS_ACK}),
-    Role.ANALYST: frozenset(),
+    # Counts with small cells suppressed (vault_service/stats/); never a row.
+    Role.ANALYST: frozenset({Permission.STATS_READ}),
 }
 
 # Which roles may state which purposes on data routes.
@@ -108,7 +111,7 @@ ROLE_PURPOSES: Final[dict[Role, frozenset[Purpose]]] = {
     ),
     Role.ADMIN: frozenset(),
     Role.AUDITOR: frozenset({Purpose.AUDIT}),
-    Role.ANALYST: frozenset(),
+    Role.ANALYST: frozenset({Purpose.STATISTICS}),
 }
 
 
