@@ -3,8 +3,10 @@
 From the cells of an answer (every cell and margin, `*` for a summed dimension, a
 structure with its region), it writes every published additive relation (the cells
 of a line add up to their margin), and for each suppressed cell asks linear
-programming for the least and the greatest value it can take, counts being
-non-negative. A suppressed count that the published ones give away has min = max.
+programming for the least and the greatest value it can take. Zeros are always
+published, so the attacker knows every suppressed count is at least 1 (a bound of 0
+would miss tables that only that knowledge gives away, as a review found). A
+suppressed count that the published ones give away has min = max.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ def bounds(
     for key, i in index.items():
         c = np.zeros(len(unknown))
         c[i] = 1
-        low = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-        high = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        low = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(1, None), method="highs")
+        high = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(1, None), method="highs")
         assert low.status == 0, "the published table is inconsistent"
         out[key] = (low.fun, float("inf") if high.status == 3 else -high.fun)
     return out

@@ -344,8 +344,8 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
                 description="Comma-separated, distinct, at most "
                 f"{MAX_DIMENSIONS} of: {', '.join(DIMENSIONS)} (structure brings its region)",
             ),
-            Param("since", _MONTH, description="First month (default: 11 months ago)"),
-            Param("until", _MONTH, description="Last month (default: this month)"),
+            Param("since", _MONTH, description="First month (default: 11 months before until)"),
+            Param("until", _MONTH, description="Last month, a closed one (default: last month)"),
             Param("format", {"type": "string", "enum": ["json", "csv"]}),
         ),
         success={200: {_JSON: {"$ref": _REF.format(name="StatsDocument")}, "text/csv": _TEXT}},

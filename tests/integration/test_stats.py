@@ -380,6 +380,10 @@ async def test_purpose_is_required(client, world: World) -> None:
         {"group_by": "sex", "since": "2020-01", "until": "2026-01"},
         {"group_by": "sex", "format": "xml"},
         {"group_by": "sex", "nir": "1"},
+        # The month still open (it changes at every rebuild) and years out of range.
+        {"group_by": "sex", "until": datetime.date.today().strftime("%Y-%m")},
+        {"group_by": "sex", "since": "0000-01", "until": "0000-02"},
+        {"group_by": "sex", "until": "9999-12"},
     ],
 )
 async def test_bad_queries_are_refused_with_a_stable_code(
@@ -388,7 +392,7 @@ async def test_bad_queries_are_refused_with_a_stable_code(
     analyst = await world.account(Role.ANALYST, None)
     r = await client.get("/v1/stats", params=params, headers=analyst.headers(purpose="statistics"))
     assert r.status_code == 400, r.text
-    assert r.json()["code"] in ("invalid_parameter", "bad_request")
+    assert r.json()["code"] == "invalid_parameter"
     for value in params.values():
         if len(value) > 2:
             assert value not in r.json()["detail"]

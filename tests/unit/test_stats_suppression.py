@@ -124,3 +124,19 @@ def test_the_rebuild_opens_no_name_contact_nir_or_note() -> None:
         "notes",
         "legal_representatives",
     }
+
+
+def test_hidden_cells_known_to_be_at_least_one_are_not_given_away() -> None:
+    """A review's table: one structure by age band, 1, 15, 1 and zeros. Hiding only
+    the two 1s under a published 17 gives them away (zeros are published, so each
+    hidden count is at least 1 and the two sum to 2); a line must hide k or more."""
+    ages = ["16_17", "18_21", "22_25", "26_29", "30_plus", "unknown"]
+    axes = [Axis.nested(("structure", "region"), ["s0"], {"s0": "R1"}), Axis.flat("age", ages)]
+    counts = {("s0", "16_17"): 1, ("s0", "18_21"): 15, ("s0", "22_25"): 1}
+    cells = _answer(axes, counts)
+    columns = ["structure", "region", "age"]
+    hidden = [c for c in cells if c["count"] is None]
+    assert {(c["structure"], c["age"]) for c in hidden} >= {("s0", "16_17"), ("s0", "22_25")}
+    assert any(c["age"] == "18_21" and c["structure"] == "s0" for c in hidden)
+    for key, (low, high) in bounds(columns, cells).items():
+        assert high - low >= 1, (key, low, high)

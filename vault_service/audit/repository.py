@@ -278,7 +278,8 @@ SELECT count(*) FROM pruned
 
 # The console's charts: entries and records named per day and per actor or structure
 # in a window, from the bodies themselves (ids and counts only). The BRIN index on
-# `at` bounds the scan to the window.
+# `at` bounds the scan to the window. Newest days first: a cut answer loses the
+# oldest days, never the latest activity.
 VOLUME_BY_ACTOR: Final = """
 SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'actor_id' AS key,
        count(*) AS entries,
@@ -286,7 +287,7 @@ SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'actor_id' AS key,
 FROM audit_bodies b
 WHERE b.at >= $1 AND b.at < $2
 GROUP BY 1, 2
-ORDER BY 1, 2
+ORDER BY 1 DESC, 2
 LIMIT $3
 """
 VOLUME_BY_STRUCTURE: Final = """
@@ -296,6 +297,6 @@ SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'structure_id' AS key,
 FROM audit_bodies b
 WHERE b.at >= $1 AND b.at < $2
 GROUP BY 1, 2
-ORDER BY 1, 2
+ORDER BY 1 DESC, 2
 LIMIT $3
 """

@@ -409,5 +409,8 @@ class AlertsController(Controller):
         if not await source.acknowledge(
             aid, request.user.account_id, body.comment, request_log(request.scope)
         ):
-            raise NotFound("no open alert with this id")
+            raise NotFound(
+                "no open alert with this id that an auditor may acknowledge (critical "
+                "alerts and alerts about oneself go to an admin)"
+            )
         return Response(None, status_code=204)

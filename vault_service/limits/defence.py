@@ -122,7 +122,7 @@ class Alerts:
             found = await conn.fetchval(AUDITOR_ACK, alert_id, auditor_id, comment)
             if found is None:
                 return False
-            await log.within(conn)
+            await log.within(conn, record_ids=(alert_id,))
         # Ids only: the comment stays with the alert.
         alerts_log.info(
             "alert_acknowledged", alert_id=str(alert_id), actor_id=str(auditor_id), role="auditor"

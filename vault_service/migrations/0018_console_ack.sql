@@ -2,7 +2,11 @@
 -- service's role may mark one open alert acknowledged by an active auditor account,
 -- with a comment, and nothing else of the alerts table. The route writes its
 -- access-log entry in the same transaction, so an acknowledgement never stands
--- without its entry. NULL: no open alert with this id (the route answers 404).
+-- without its entry. NULL: no open alert with this id that an auditor may close
+-- (the route answers 404). Critical alerts (honeytokens, integrity, witnesses,
+-- admin bursts) and alerts about the auditor's own account stay with the admins'
+-- `alerts ack` on their own logins (review finding: the service's role could
+-- otherwise close them under any auditor's name).
 CREATE FUNCTION vs_auditor_ack_alert(p_alert uuid, p_actor uuid, p_comment text) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE found_id uuid;
@@ -14,7 +18,8 @@ BEGIN
     END IF;
     UPDATE alerts SET state = 'acknowledged', acked_by = p_actor, acked_at = now(),
                       ack_comment = p_comment
-    WHERE id = p_alert AND state = 'open'
+    WHERE id = p_alert AND state = 'open' AND severity <> 'critical'
+      AND account_id IS DISTINCT FROM p_actor
     RETURNING id INTO found_id;
     RETURN found_id;
 END

@@ -54,8 +54,8 @@ class StatsQuery:
 
 def _month(raw: str, name: str) -> datetime.date:
     m = _MONTH.match(raw)
-    if m is None:
-        raise InvalidParameter(f"{name} must be a month, YYYY-MM")
+    if m is None or not 1970 <= int(m[1]) <= 2100:
+        raise InvalidParameter(f"{name} must be a month, YYYY-MM, from 1970 to 2100")
     return datetime.date(int(m[1]), int(m[2]), 1)
 
 
@@ -82,8 +82,13 @@ def parse_query(params: Mapping[str, str], today: datetime.date) -> StatsQuery:
         raise InvalidParameter(f"group_by: at most {MAX_DIMENSIONS} dimensions")
     if "structure" in names and "region" in names:
         raise InvalidParameter("group_by: structure already brings its region")
+    # Closed months only: a month still open changes at every rebuild, and two
+    # answers an hour apart would give the youth who arrived in between (review).
     current = today.replace(day=1)
-    until = _month(params["until"], "until") if "until" in params else current
+    closed = datetime.date(current.year - (current.month == 1), (current.month - 2) % 12 + 1, 1)
+    until = _month(params["until"], "until") if "until" in params else closed
+    if until > closed:
+        raise InvalidParameter("until must be a closed month (before this one)")
     if "since" in params:
         since = _month(params["since"], "since")
     else:
@@ -126,8 +131,13 @@ class StatsTable:
         writer.writerow((*self.columns, "count", "suppressed"))
         for values, count in self.rows:
             shown = "" if count is None else str(count)
-            writer.writerow((*values, shown, "true" if count is None else "false"))
+            writer.writerow((*map(_cell, values), shown, "true" if count is None else "false"))
         return out.getvalue()
+
+
+def _cell(value: str) -> str:
+    """A spreadsheet never reads a region's name as a formula."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def _enum(schema: RecordSchema, *path: str) -> tuple[str, ...]:

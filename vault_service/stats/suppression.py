@@ -6,7 +6,10 @@ answer is every cell at every combination of levels (the table, its margins at
 every order, its regional subtotals, the grand total), each either its count or
 suppressed.
 
-Primary suppression: every cell with 0 < count < k. Zeros are published.
+Primary suppression: every cell with 0 < count < k. Zeros are published, so every
+hidden count is known to be at least 1: a line whose margin is published must hide
+k youth or more in all (else its hidden cells are bounded too tightly; two cells
+hiding 2 youth are 1 and 1).
 
 Complementary suppression, one layer at a time, from the coarsest combination of
 levels to the finest: a combination's pattern is decided once every coarser one is
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+from scipy.optimize import linprog
 
 from vault_service.errors import StatsUnprotectable
 
@@ -133,11 +137,11 @@ def protect(axes: Sequence[Axis], counts: Mapping[Coord, int], k: int) -> list[C
                 of.setdefault(c, []).append(line)
         mine = {c for c, n in table.items() if 0 < n < k}
         hidden[combo] = mine
-        _complement(table, hidden, lines, of, mine)
+        _complement(table, hidden, lines, of, mine, k)
         # The exact check looks at this combination and the coarser ones it adds up
         # to, nothing else: the same in every query that shows this combination.
         above = [c for c in lines_of if all(a >= b for a, b in zip(c, combo, strict=True))]
-        _repair(combo, table, hidden, lines, of, above, lines_of)
+        _repair(combo, tables, hidden, lines, of, above, lines_of, k)
     # No check of the whole answer is left to make: the finest combination adds up
     # to every other, so its check above was over the whole answer already.
     out: list[Cell] = []
@@ -154,19 +158,21 @@ MAX_HIDDEN: Final = 4000
 
 def _repair(
     combo: Combo,
-    table: Mapping[Coord, int],
+    tables: Mapping[Combo, Mapping[Coord, int]],
     hidden: dict[Combo, set[Coord]],
     lines: Sequence[_Line],
     of: Mapping[Coord, list[_Line]],
     above: Sequence[Combo],
     lines_of: Mapping[Combo, list[_Line]],
+    k: int,
 ) -> None:
     """Hide more of this combination while the linear system of everything
     published so far (this combination and the coarser ones) still determines a
     hidden cell: one more cell in a line of this combination that touches it."""
     mine = hidden[combo]
+    table = tables[combo]
     while True:
-        determined = _determined(above, lines_of, hidden)
+        determined = _determined(above, lines_of, hidden, tables)
         if not determined:
             return
         where, cell = determined[0]
@@ -184,7 +190,7 @@ def _repair(
         else:
             raise Unprotectable()
         # The new complement may leave a line with a single unknown again.
-        _complement(table, hidden, lines, of, mine)
+        _complement(table, hidden, lines, of, mine, k)
 
 
 def _lines(axes: Sequence[Axis], combo: Combo, table: Mapping[Coord, int]) -> list[_Line]:
@@ -208,16 +214,23 @@ def _complement(
     lines: Sequence[_Line],
     of: Mapping[Coord, list[_Line]],
     mine: set[Coord],
+    k: int,
 ) -> None:
     """Complements added to `mine` (this combination's hidden cells, the coarser
-    ones being fixed) until no line has exactly one unknown."""
+    ones being fixed) until no line has exactly one unknown, and no line whose
+    margin is published hides less than k youth in all: zeros being published, every
+    hidden count is known to be at least 1, so hidden cells of a line summing to 2
+    over two cells would be 1 and 1 (review finding); with a hidden mass of k or more,
+    each hidden count of the line ranges over at least k - (hidden cells) + 1 values."""
     changed = True
     while changed:
         changed = False
         for line in lines:
             cells = line[0]
-            unknown = sum(1 for c in cells if c in mine) + int(line[2] in hidden[line[1]])
-            if unknown == 1:
+            margin_hidden = line[2] in hidden[line[1]]
+            mass = [table[c] for c in cells if c in mine]
+            unknown = len(mass) + int(margin_hidden)
+            if unknown == 1 or (mass and not margin_hidden and sum(mass) < k):
                 mine.add(_pick(line, table, mine, hidden, of))
                 changed = True
 
@@ -251,11 +264,18 @@ def _determined(
     combos: Sequence[Combo],
     lines_of: Mapping[Combo, list[_Line]],
     hidden: Mapping[Combo, set[Coord]],
+    tables: Mapping[Combo, Mapping[Coord, int]],
 ) -> list[tuple[Combo, Coord]]:
-    """Hidden cells that the published cells and margins give away by linear
-    algebra: those outside the null space's support. Every hidden cell is above
-    zero, so a cell that the equations leave free can move both ways without a
-    count going negative: it is protected by an interval, not only in theory."""
+    """Hidden cells that the published cells and margins give away, knowing (zeros
+    being published) that every hidden count is at least 1.
+
+    A hidden count of 2 or more is safe when the equations leave it free among the
+    hidden counts of 2 or more (the support of that null space): the published
+    answer then holds for a little more and a little less of it, every count staying
+    at least 1. A hidden count of exactly 1 is at its known floor: it is safe when it
+    can grow, the counts of 2 or more making up for it (its column in the span of
+    theirs). Counts of 1 are held at 1 for every other cell, which only makes the
+    check stricter. Anything else is given away (`_repair` hides more)."""
     index: dict[tuple[Combo, Coord], int] = {}
     for combo in combos:
         for c in sorted(hidden[combo]):
@@ -278,11 +298,50 @@ def _determined(
     for r, row in enumerate(rows):
         for j, v in row:
             matrix[r, j] = v
+    names = list(index)
+    ones = [j for j, (combo, c) in enumerate(names) if tables[combo][c] <= 1]
+    grow = _can_grow(matrix, ones)
+    kept = [j for j in range(len(names)) if j not in set(ones) or j in grow]
+    part = matrix[:, kept]
     # The null space of A is that of the small symmetric AᵀA (unknowns squared):
     # its eigenvectors whose eigenvalues are zero. Entries are small integers, so a
     # relative tolerance far above rounding and far below any real eigenvalue holds.
-    values, vectors = np.linalg.eigh(matrix.T @ matrix)
+    values, vectors = np.linalg.eigh(part.T @ part)
     null = vectors[:, values <= 1e-9 * max(1.0, float(values[-1]))]
-    free = np.abs(null).max(axis=1) if null.shape[1] else np.zeros(len(index))
-    names = list(index)
-    return [names[j] for j in range(len(index)) if free[j] < 1e-9]
+    free = np.abs(null).max(axis=1) if null.shape[1] else np.zeros(len(kept))
+    given = {kept[i] for i in range(len(kept)) if free[i] < 1e-9}
+    given |= set(ones) - grow
+    return [names[j] for j in sorted(given)]
+
+
+def _can_grow(matrix: np.ndarray, ones: Sequence[int]) -> set[int]:
+    """Of the hidden counts of 1 (at their known floor), those that some change of
+    the hidden counts keeping every published equation can raise without lowering
+    another count of 1. The changes form a cone; one linear program finds every
+    count of 1 it can raise: change v (Av = 0, v >= 0 on the counts of 1, free
+    elsewhere, scaled at will) and t_i <= min(v_i, 1) for each count of 1, maximising
+    the sum of t; the cone being convex and scale-free, each t_i reaches 1 exactly
+    when some change raises count i."""
+    if not ones:
+        return set()
+    rows, n, m = matrix.shape[0], matrix.shape[1], len(ones)
+    a_eq = np.hstack((matrix, np.zeros((rows, m))))
+    a_ub = np.zeros((m, n + m))
+    for i, j in enumerate(ones):
+        a_ub[i, n + i] = 1.0
+        a_ub[i, j] = -1.0
+    bounds: list[tuple[float | None, float | None]] = [(None, None)] * n + [(0.0, 1.0)] * m
+    for j in ones:
+        bounds[j] = (0.0, None)
+    found = linprog(
+        np.concatenate((np.zeros(n), -np.ones(m))),
+        A_ub=a_ub,
+        b_ub=np.zeros(m),
+        A_eq=a_eq,
+        b_eq=np.zeros(rows),
+        bounds=bounds,
+        method="highs",
+    )
+    if found.status != 0:
+        raise Unprotectable()
+    return {j for i, j in enumerate(ones) if found.x[n + i] > 0.5}

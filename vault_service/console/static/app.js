@@ -396,8 +396,13 @@ async function loadCheckpoint() {
     api("/v1/audit/checkpoint").then((r) => r.text()),
     api("/v1/audit/keys").then((r) => r.json()),
   ]);
+  // Only log keys (type 0x01) from the server: a witness key it served would let a
+  // compromised server cosign its own forgery. Witnesses come from the auditor alone.
   const logKeys = [];
-  for (const k of keysFile.keys) logKeys.push(await parseKey(k));
+  for (const k of keysFile.keys) {
+    const key = await parseKey(k);
+    if (key.type === 0x01) logKeys.push(key);
+  }
   const witnessKeys = [];
   for (const line of $("#witness-keys").value.split("\n")) {
     if (line.trim() && !line.trim().startsWith("#")) witnessKeys.push(await parseKey(line));
@@ -423,7 +428,13 @@ async function loadCheckpoint() {
   const line = $("#checkpoint-status");
   const witnesses = outcome.results.filter((r) => r.kind === "witness" && r.result === "ok").length;
   const originOk = outcome.note.origin === keysFile.origin;
-  line.textContent = !originOk ? t("cp_origin") : outcome.verified ? t("cp_verified", { w: witnesses }) : t("cp_failed");
+  line.textContent = !originOk
+    ? t("cp_origin")
+    : !outcome.verified
+      ? t("cp_failed")
+      : witnesses > 0
+        ? t("cp_verified", { w: witnesses })
+        : t("cp_unwitnessed");
   line.className = `status-line ${originOk && outcome.verified ? "ok" : "bad"}`;
   document.body.dataset.checkpoint = originOk && outcome.verified ? "verified" : "failed";
 }
