@@ -190,6 +190,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # `keys rotate records` re-seals at most this many records a second (0: no limit),
     # so that the service keeps serving reads meanwhile (bench/keys.py measures both).
     rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
+    # `vault-service import`: records per batch (one transaction, one access-log entry
+    # naming every record it created; the entry schema caps record_ids at 10,000).
+    import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

@@ -249,6 +249,11 @@ class Sealer:
         return await self._keys.derived_key(national, label)
 
     # --- idempotency ----------------------------------------------------------------------
+    async def derived_key(self, label: bytes) -> bytes:
+        """A keyed-digest key derived inside Vault under the structure-scoped index root,
+        as the blind-index keys are (a bulk import's legacy-id digests)."""
+        return await self._keys.derived_key(False, label)
+
     async def request_digest(self, body: bytes) -> bytes:
         """Keyed digest of a request body: a replay is recognised without storing it."""
         key = await self._keys.derived_key(False, _IDEMPOTENCY_LABEL)
