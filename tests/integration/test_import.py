@@ -118,10 +118,13 @@ def _generate(tmp: Path, site: Site, n: int, *, seed: int) -> Legacy:
     refs = sorted(site.counsellors)
     legacy = Legacy(tmp / f"export-{seed}.jsonl", tmp / f"map-{seed}.json")
     lines: list[str] = []
+    previous = ""
     for i in range(1, n + 1):
         legacy_id = f"DOS-{seed}-{i:07d}"
         code = codes[i % len(codes)]
-        ref = refs[i % len(refs)]
+        ref = f"CNS-{i % len(codes)}{'IL'[(i // len(codes)) % 2]}"
+        if i % 89 == 0:
+            ref = refs[0]  # a counsellor of another structure, or not: queued if so
         if i % 97 == 0:
             ref = "CNS-UNKNOWN"  # to the structure's queue
         record = _record(fake, rng, i)
@@ -161,8 +164,9 @@ def _generate(tmp: Path, site: Site, n: int, *, seed: int) -> Legacy:
             record["favourite_colour"] = "bleu"
             legacy.refused[i] = "invalid_body"
         elif bad == 7:
-            line["legacy_id"] = f"DOS-{seed}-{i - 1:07d}"  # the line before's id
+            line["legacy_id"] = previous  # the line before's id
             legacy.refused[i] = "import_duplicate_legacy_id"
+        previous = legacy_id
         if text is None:
             text = json.dumps(line, ensure_ascii=False)
         lines.append(text)
@@ -224,6 +228,11 @@ async def _site(stack: Stack, world: World) -> Site:
     env = stack.service_env()
     env.update(VAULT_SERVICE_ADMIN_DATABASE_URL=stack.dsn(login), VAULT_SERVICE_LOG_LEVEL="INFO")
     return Site(structures, counsellors, supervisors, env)
+
+
+def _queued(site: Site, line: dict[str, Any]) -> bool:
+    referent = site.counsellors.get(line["referent"])
+    return referent is None or referent.structure_id != site.structures[line["structure"]]
 
 
 def _import_cmd(legacy: Legacy, *extra: str) -> list[str]:
@@ -323,8 +332,8 @@ async def test_import_of_a_legacy_export(stack: Stack, world: World, tmp_path: P
     code, out, err = await _run(site.operator, _import_cmd(legacy, "--dry-run", "--json"))
     assert code == 0, err
     dry = json.loads(out)
-    assert dry["dry_run"] and dry["imported"] == len(legacy.valid)
     assert {r["line"]: r["code"] for r in dry["refusals"]} == legacy.refused
+    assert dry["dry_run"] and dry["imported"] == len(legacy.valid)
     assert await _records_of(world, site) == before
     assert not await world.owner.fetchval(
         "SELECT count(*) FROM import_runs WHERE source = $1", source
@@ -344,9 +353,7 @@ async def test_import_of_a_legacy_export(stack: Stack, world: World, tmp_path: P
     assert report["refused_by_code"] == {
         c: list(legacy.refused.values()).count(c) for c in set(legacy.refused.values())
     }
-    assert report["queued"] == sum(
-        1 for line in legacy.valid.values() if line["referent"] == "CNS-UNKNOWN"
-    )
+    assert report["queued"] == sum(1 for line in legacy.valid.values() if _queued(site, line))
     assert json.loads(report_file.read_text("utf-8"))["refusals"] == report["refusals"]
     # Nothing of a line's values in the console or the logs: line numbers and codes.
     for canary in legacy.canaries:
