@@ -98,6 +98,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--baseline", type=int, default=10, help="seconds of reads alone")
     parser.add_argument("--slice", type=int, default=2, help="seconds per wrk slice")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the import (bench/results/import-profile.txt)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -178,6 +183,10 @@ def main() -> int:
             "import", str(export), "--structure-map", str(smap), "--json",
             "--batch-size", str(args.batch_size),
         ]  # fmt: skip
+        if args.profile:
+            spy = str(Path(sys.executable).parent / "py-spy")
+            out = str(RESULTS / "import-profile.txt")
+            cmd = [spy, "record", "--format", "raw", "--rate", "200", "-o", out, "--", *cmd]
         result = import_under_reads(admin_env, cmd, script, base, args.slice, args.connections)
         result["read_share"] = float(result["read_rps_during"]) / baseline["rps"]  # type: ignore[arg-type]
         report = {

