@@ -52,6 +52,12 @@ def _batch_size(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("1 to 64 processes")
+    return int(text)
+
+
 # --- commands ------------------------------------------------------------------------
 def _bounded(limit: int) -> Callable[[str], str]:
     def parse(text: str) -> str:
@@ -488,6 +494,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.imports.importer import Importer, InvalidStructureMap, load_map
     from vault_service.imports.repository import ImportRepository
+    from vault_service.imports.sealers import InProcess, LineSealer, WorkerPool
     from vault_service.kms import VaultKms
     from vault_service.records import schema
     from vault_service.records.retention import RetentionRule
@@ -506,6 +513,8 @@ async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     admin = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
     service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     kms = VaultKms(settings)
+    workers = args.workers or settings.import_workers
+    sealer: LineSealer | None = None
     try:
         keys = KeyHierarchy(
             kms, service, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
@@ -518,6 +527,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             caseload_page_max=settings.caseload_page_max,
             retention=RetentionRule(settings.retention_age_years, settings.retention_programme_end),
         )
+        sealer = WorkerPool(workers) if workers > 1 else InProcess(records)
         importer = Importer(
             records,
             ImportRepository(lock, admin),
@@ -526,6 +536,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             batch_size=args.batch_size or settings.import_batch_size,
             dry_run=args.dry_run,
             resume=args.resume,
+            sealer=sealer,
         )
         report = (await importer.run(args.file)).report()
     except asyncpg.PostgresError as exc:
@@ -536,6 +547,8 @@ async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             "committed stay; rerun with --resume"
         ) from None
     finally:
+        if sealer is not None:
+            sealer.close()
         kms.close()
         await service.close()
         await admin.close()
@@ -764,6 +777,9 @@ def _import_parser(sub: Any) -> None:
     imp.add_argument("--dry-run", action="store_true", help="check and count; write nothing")
     imp.add_argument("--resume", action="store_true", help="continue an unfinished import")
     imp.add_argument("--batch-size", type=_batch_size, help="records per batch")
+    imp.add_argument(
+        "--workers", type=_workers, help="processes that seal (VAULT_SERVICE_IMPORT_WORKERS)"
+    )
     imp.add_argument("--report", type=Path, help="write the summary and refusals (JSON) here")
     imp.add_argument("--json", action="store_true")
 

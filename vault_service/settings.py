@@ -193,6 +193,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # `vault-service import`: records per batch (one transaction, one access-log entry
     # naming every record it created; the entry schema caps record_ids at 10,000).
     import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    # Processes that check and seal an import's lines (1: the importing process itself);
+    # each has the service's configuration and its own Vault and database sessions.
+    import_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

@@ -73,6 +73,7 @@ class Site:
     supervisors: dict[uuid.UUID, Account]
     operator: dict[str, str]
     admin_id: uuid.UUID
+    issuer: str  # the legacy system's identity provider, one per test
 
 
 def _nir(sex: str, born: str, rng: random.Random) -> str:
@@ -182,7 +183,7 @@ def _generate(tmp: Path, site: Site, n: int, *, seed: int) -> Legacy:
             {
                 "source": f"legacy-{seed}",
                 "structures": structure_codes,
-                "referent_issuer": ISSUER,
+                "referent_issuer": site.issuer,
                 "referents": {
                     ref: str(a.id) for ref, a in site.counsellors.items() if not ref.endswith("L")
                 },
@@ -199,6 +200,7 @@ async def _site(stack: Stack, world: World) -> Site:
     structures: dict[str, uuid.UUID] = {}
     counsellors: dict[str, Account] = {}
     supervisors: dict[uuid.UUID, Account] = {}
+    issuer = f"{ISSUER}/{secrets.token_hex(4)}"
     for n, legacy_code in enumerate(("ML-EST", "ML-OUEST")):
         sid = await world.structure()
         await world.owner.execute(
@@ -212,7 +214,7 @@ async def _site(stack: Stack, world: World) -> Site:
                 await world.owner.execute(
                     "INSERT INTO external_identities (issuer, subject, account_id) "
                     "VALUES ($1, $2, $3)",
-                    ISSUER,
+                    issuer,
                     f"CNS-{n}{suffix}",
                     account.id,
                 )
@@ -230,7 +232,7 @@ async def _site(stack: Stack, world: World) -> Site:
     )
     env = stack.service_env()
     env.update(VAULT_SERVICE_ADMIN_DATABASE_URL=stack.dsn(login), VAULT_SERVICE_LOG_LEVEL="INFO")
-    return Site(structures, counsellors, supervisors, env, admin.id)
+    return Site(structures, counsellors, supervisors, env, admin.id, issuer)
 
 
 def _queued(site: Site, line: dict[str, Any]) -> bool:
@@ -526,9 +528,13 @@ async def test_kill_then_resume_equals_an_uninterrupted_import(
     assert resumed["imported"] == len(legacy.valid) - half["ledger"]
     assert {r["line"]: r["code"] for r in resumed["refusals"]} == legacy.refused
 
-    # The same export, never interrupted, under another source name.
+    # The same export, never interrupted, under another source name, sealed by two
+    # worker processes.
     code, out, err = await _run(
-        site.operator, _import_cmd(legacy, "--source", reference, "--json", "--batch-size", "10")
+        site.operator,
+        _import_cmd(
+            legacy, "--source", reference, "--json", "--batch-size", "50", "--workers", "2"
+        ),
     )
     assert code == 0, err
     after, ref = await _source_state(world, source), await _source_state(world, reference)

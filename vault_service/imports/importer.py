@@ -4,7 +4,8 @@ Input: JSON Lines, one youth a line: `{"legacy_id", "structure", "referent", "re
 where `record` is a case record as `POST /v1/records` takes it. Each line is checked
 by the API's own decoder (`RecordService.validate_create`) and sealed by the API's own
 path (`RecordService.seal_new`: its record key under its structure's branch key, every
-encrypted field, its blind indexes, its integrity tag); nothing here encrypts.
+encrypted field, its blind indexes, its integrity tag), in this process or in worker
+processes (sealers.py); nothing here encrypts.
 
 Lines are grouped by structure; each batch of one structure is one statement on the
 admin's login (vs_import_batch, migration 0016): the records, their indexes, the
@@ -33,8 +34,9 @@ from typing import Annotated, Any, Final, TextIO
 import msgspec
 import structlog
 
-from vault_service.errors import BadRequest, Conflict, InvalidBody
+from vault_service.errors import BadRequest, Conflict
 from vault_service.imports.repository import ImportRepository
+from vault_service.imports.sealers import InProcess, LineSealer
 from vault_service.records.service import RecordService, SealedNew
 from vault_service.rotation.progress import RotationProgress
 
@@ -143,7 +145,7 @@ class ImportReport:
 class _Pending:
     line: int
     digest: bytes
-    values: dict[str, Any]
+    record: bytes  # the line's `record`, checked when its batch is sealed
     referent: uuid.UUID | None
 
 
@@ -158,9 +160,11 @@ class Importer:
         batch_size: int,
         dry_run: bool,
         resume: bool,
+        sealer: LineSealer | None = None,
         progress: TextIO | None = None,
     ) -> None:
         self._records = records
+        self._sealer = sealer or InProcess(records)
         self._repo = repo
         self._map = smap
         self._source = source
@@ -262,18 +266,13 @@ class Importer:
             self._refuse(number, DUPLICATE)
             return
         seen.add(digest)
-        try:
-            values = self._records.validate_create(line.record)
-        except InvalidBody:
-            self._refuse(number, InvalidBody.code)
-            return
         referent = None
         if line.referent is not None:
             held = referents.get(line.referent)
             if held is not None and held[1] == structure_id:
                 referent = held[0]
         buffer = self._buffers.setdefault(structure_id, [])
-        buffer.append(_Pending(number, digest, values, referent))
+        buffer.append(_Pending(number, digest, bytes(line.record), referent))
         if len(buffer) >= self._batch_size:
             await self._flush(structure_id, self._buffers.pop(structure_id))
 
@@ -322,22 +321,19 @@ class Importer:
     async def _flush(self, structure_id: uuid.UUID, items: list[_Pending]) -> None:
         report = self._report
         present = await self._repo.present(self._source, [p.digest for p in items])
+        todo = [p for p in items if p.digest not in present]
+        report.skipped += len(items) - len(todo)
+        work = [
+            (uuid.uuid4(), p.referent or await self._queue(structure_id), p.record) for p in todo
+        ]
         fresh: list[tuple[_Pending, SealedNew]] = []
         refused = 0
-        for p in items:
-            if p.digest in present:
-                report.skipped += 1
-                continue
-            referent = p.referent or await self._queue(structure_id)
-            try:
-                sealed = await self._records.seal_new(
-                    structure_id, referent, p.values, uuid.uuid4()
-                )
-            except InvalidBody:
+        for p, outcome in zip(todo, await self._sealer.seal(structure_id, work), strict=True):
+            if isinstance(outcome, str):
                 refused += 1
-                self._refuse(p.line, InvalidBody.code)
-                continue
-            fresh.append((p, sealed))
+                self._refuse(p.line, outcome)
+            else:
+                fresh.append((p, outcome))
         self._bar.advance(len(items) - refused)  # refusals advanced it already
         if not fresh:
             return
