@@ -1,7 +1,8 @@
 """Bulk-import benchmark: records imported a second with every field of the full fixture,
 and the read throughput the service keeps while an import runs.
 
-    python -m bench.imports [--records 50000] [--batch-size 1000] [--slice 2]
+    python -m bench.imports [--records 50000] [--batch-size 1000] [--workers 1]
+                            [--max-rate 0] [--slice 2]
 
 Starts its own embedded PostgreSQL and OpenBao dev server (bench/records.py's set-up:
 `prepare` seeds 1,000 records through the service's own code and gives a counsellor's
@@ -95,6 +96,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1, help="import --workers")
+    parser.add_argument("--max-rate", type=int, default=0, help="import --max-rate")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--baseline", type=int, default=10, help="seconds of reads alone")
     parser.add_argument("--slice", type=int, default=2, help="seconds per wrk slice")
@@ -181,7 +184,7 @@ def main() -> int:
         cmd = [
             str(Path(sys.executable).parent / "vault-service"),
             "import", str(export), "--structure-map", str(smap), "--json",
-            "--batch-size", str(args.batch_size),
+            "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--max-rate", str(args.max_rate),
         ]  # fmt: skip
         if args.profile:
             spy = str(Path(sys.executable).parent / "py-spy")
@@ -192,11 +195,13 @@ def main() -> int:
         report = {
             "records": args.records,
             "batch_size": args.batch_size,
+            "workers": args.workers,
+            "max_rate": args.max_rate,
             "connections": args.connections,
             "baseline_read": baseline,
             "import": result,
         }
-        (RESULTS / "imports.json").write_text(json.dumps(report, indent=2))
+        (RESULTS / f"imports-w{args.workers}.json").write_text(json.dumps(report, indent=2))
         r = result["report"]
         assert isinstance(r, dict)
         print(f"baseline reads: {baseline['rps']:.0f} req/s (p99 {baseline['p99_ms']:.1f} ms)")

@@ -537,6 +537,9 @@ async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             dry_run=args.dry_run,
             resume=args.resume,
             sealer=sealer,
+            max_rate=(
+                args.max_rate if args.max_rate is not None else settings.import_records_per_second
+            ),
         )
         report = (await importer.run(args.file)).report()
     except asyncpg.PostgresError as exc:
@@ -777,6 +780,11 @@ def _import_parser(sub: Any) -> None:
     imp.add_argument("--dry-run", action="store_true", help="check and count; write nothing")
     imp.add_argument("--resume", action="store_true", help="continue an unfinished import")
     imp.add_argument("--batch-size", type=_batch_size, help="records per batch")
+    imp.add_argument(
+        "--max-rate",
+        type=int,
+        help="records a second at most, 0 for no limit (VAULT_SERVICE_IMPORT_RECORDS_PER_SECOND)",
+    )
     imp.add_argument(
         "--workers", type=_workers, help="processes that seal (VAULT_SERVICE_IMPORT_WORKERS)"
     )

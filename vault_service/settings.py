@@ -196,6 +196,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Processes that check and seal an import's lines (1: the importing process itself);
     # each has the service's configuration and its own Vault and database sessions.
     import_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Records sealed a second at most by an import (0: no limit): an import while the
+    # service serves shares the machine with it (bench/imports.py measures both).
+    import_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
 

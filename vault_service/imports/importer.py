@@ -38,7 +38,7 @@ from vault_service.errors import BadRequest, Conflict
 from vault_service.imports.repository import ImportRepository
 from vault_service.imports.sealers import InProcess, LineSealer
 from vault_service.records.service import RecordService, SealedNew
-from vault_service.rotation.progress import RotationProgress
+from vault_service.rotation.progress import Pace, RotationProgress
 
 log = structlog.get_logger(__name__)
 
@@ -161,10 +161,14 @@ class Importer:
         dry_run: bool,
         resume: bool,
         sealer: LineSealer | None = None,
+        max_rate: float = 0.0,
         progress: TextIO | None = None,
     ) -> None:
+        """`max_rate`: records a second at most (0: as fast as it goes), so that a
+        service that serves meanwhile keeps its reads."""
         self._records = records
         self._sealer = sealer or InProcess(records)
+        self._pace = Pace(max_rate)
         self._repo = repo
         self._map = smap
         self._source = source
@@ -335,6 +339,7 @@ class Importer:
             else:
                 fresh.append((p, outcome))
         self._bar.advance(len(items) - refused)  # refusals advanced it already
+        await self._pace.after(len(work))
         if not fresh:
             return
         queued = sum(1 for p, _ in fresh if p.referent is None)

@@ -4,6 +4,7 @@ carriage returns)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from types import TracebackType
@@ -76,3 +77,21 @@ class RotationProgress:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class Pace:
+    """Sleeps between batches so that a run (a rotation, an import) stays at or under
+    `rate` records a second on average (0: no pacing)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._started = time.monotonic()
+        self._done = 0
+
+    async def after(self, n: int) -> None:
+        if self._rate <= 0:
+            return
+        self._done += n
+        ahead = self._done / self._rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
