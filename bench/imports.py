@@ -67,9 +67,17 @@ def write_export(path: Path, n: int) -> None:
 
 
 def import_under_reads(
-    env: dict[str, str], cmd: list[str], script: Path, base: str, slice_s: int, connections: int
+    env: dict[str, str],
+    cmd: list[str],
+    script: Path,
+    base: str,
+    slice_s: int,
+    connections: int,
+    summary: Path,
 ) -> dict[str, object]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    """`summary`: the import's --report file (read from there, not from stdout: under
+    py-spy the command's stdout is py-spy's)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     slices = []
     while proc.poll() is None:
@@ -77,10 +85,9 @@ def import_under_reads(
         result = wrk(script, base, slice_s, connections)
         slices.append((start, time.monotonic(), result))
     ended = time.monotonic()
-    out = proc.stdout.read() if proc.stdout else b""
     if proc.returncode != 0:
         raise RuntimeError("vault-service import failed")
-    report = json.loads(out)
+    report = json.loads(summary.read_text("utf-8"))
     inside = [r for s, e, r in slices if s >= started and e <= ended]
     reads = sum(r["rps"] for r in inside) / len(inside) if inside else float("nan")
     report.pop("refusals", None)
@@ -184,13 +191,16 @@ def main() -> int:
         cmd = [
             str(Path(sys.executable).parent / "vault-service"),
             "import", str(export), "--structure-map", str(smap), "--json",
+            "--report", str(tmp / "summary.json"),
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--max-rate", str(args.max_rate),
         ]  # fmt: skip
         if args.profile:
             spy = str(Path(sys.executable).parent / "py-spy")
             out = str(RESULTS / "import-profile.txt")
             cmd = [spy, "record", "--format", "raw", "--rate", "200", "-o", out, "--", *cmd]
-        result = import_under_reads(admin_env, cmd, script, base, args.slice, args.connections)
+        result = import_under_reads(
+            admin_env, cmd, script, base, args.slice, args.connections, tmp / "summary.json"
+        )
         result["read_share"] = float(result["read_rps_during"]) / baseline["rps"]  # type: ignore[arg-type]
         report = {
             "records": args.records,

@@ -31,11 +31,20 @@ class LineSealer(Protocol):
     def close(self) -> None: ...
 
 
+# Records sealed between two turns of the event loop. Sealing never waits (the keys are
+# cached), so without a turn the previous batch's statement, a few megabytes, would not
+# leave the socket buffer nor its answer be read until the whole batch is sealed: the
+# database would wait for the sealing and the sealing for the database.
+_SLICE = 16
+
+
 async def seal_items(
     records: RecordService, structure_id: uuid.UUID, items: Sequence[Item]
 ) -> list[Outcome]:
     out: list[Outcome] = []
-    for record_id, referent, body in items:
+    for k, (record_id, referent, body) in enumerate(items, start=1):
+        if k % _SLICE == 0:
+            await asyncio.sleep(0)
         try:
             values = records.validate_create(body)
             out.append(await records.seal_new(structure_id, referent, values, record_id))
