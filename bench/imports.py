@@ -80,6 +80,8 @@ def import_under_reads(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     slices = []
+    if connections == 0:  # the import alone, no reads
+        proc.wait()
     while proc.poll() is None:
         start = time.monotonic()
         result = wrk(script, base, slice_s, connections)
@@ -105,7 +107,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1, help="import --workers")
     parser.add_argument("--max-rate", type=int, default=0, help="import --max-rate")
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--connections", type=int, default=16, help="wrk's; 0: the import alone, no reads"
+    )
     parser.add_argument("--baseline", type=int, default=10, help="seconds of reads alone")
     parser.add_argument("--slice", type=int, default=2, help="seconds per wrk slice")
     parser.add_argument(
@@ -186,8 +190,10 @@ def main() -> int:
         auth = {"Authorization": f"Bearer {token}", "X-Purpose": "follow_up"}
         id_list = ", ".join(f'"{i}"' for i in ids)
         script.write_text(lua_headers(auth) + READ_LUA % (id_list, "/v1/records/"))
-        wrk(script, base, 3, args.connections)  # warm-up
-        baseline = wrk(script, base, args.baseline, args.connections)
+        baseline = {"rps": float("nan"), "p99_ms": float("nan")}
+        if args.connections:
+            wrk(script, base, 3, args.connections)  # warm-up
+            baseline = wrk(script, base, args.baseline, args.connections)
         cmd = [
             str(Path(sys.executable).parent / "vault-service"),
             "import", str(export), "--structure-map", str(smap), "--json",
