@@ -58,6 +58,12 @@ def _batch_size(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("1 to 64 processes")
+    return int(text)
+
+
 # --- commands ------------------------------------------------------------------------
 def _bounded(limit: int) -> Callable[[str], str]:
     def parse(text: str) -> str:
@@ -547,6 +553,104 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """A legacy export moved in: sealed with the service's configuration (its role for
+    branch keys, its Vault access), written and logged on the admin's own login."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.imports.importer import Importer, InvalidStructureMap, load_map
+    from vault_service.imports.repository import ImportRepository
+    from vault_service.imports.sealers import InProcess, LineSealer, WorkerPool
+    from vault_service.kms import VaultKms
+    from vault_service.records import schema
+    from vault_service.records.retention import RetentionRule
+    from vault_service.records.service import RecordService
+
+    smap = load_map(args.structure_map)
+    source = args.source or smap.source
+    if source is None:
+        raise InvalidStructureMap("name the source: --source NAME, or `source` in the map")
+    if not args.file.is_file():
+        raise InvalidStructureMap("the import file cannot be read")
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    lock = await asyncpg.connect(dsn)
+    admin = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings)
+    workers = args.workers or settings.import_workers
+    sealer: LineSealer | None = None
+    try:
+        keys = KeyHierarchy(
+            kms, service, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
+        )
+        records = RecordService(
+            service,
+            keys,
+            schema.load(),
+            search_page_max=settings.search_page_max,
+            caseload_page_max=settings.caseload_page_max,
+            retention=RetentionRule(settings.retention_age_years, settings.retention_programme_end),
+        )
+        sealer = WorkerPool(workers) if workers > 1 else InProcess(records)
+        importer = Importer(
+            records,
+            ImportRepository(lock, admin),
+            smap,
+            source=source,
+            batch_size=args.batch_size or settings.import_batch_size,
+            dry_run=args.dry_run,
+            resume=args.resume,
+            sealer=sealer,
+            max_rate=(
+                args.max_rate if args.max_rate is not None else settings.import_records_per_second
+            ),
+        )
+        report = (await importer.run(args.file)).report()
+    except asyncpg.PostgresError as exc:
+        # The database's text is not echoed; its class says enough to an operator.
+        raise VaultServiceError(
+            f"the database refused ({type(exc).__name__}): is "
+            "VAULT_SERVICE_ADMIN_DATABASE_URL your own admin login? Batches already "
+            "committed stay; rerun with --resume"
+        ) from None
+    finally:
+        if sealer is not None:
+            sealer.close()
+        kms.close()
+        await service.close()
+        await admin.close()
+        await lock.close()
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+    return report
+
+
+def _print_import(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    verb = "would import" if report["dry_run"] else "imported"
+    print(
+        f"{report['source']}: read {report['read']}, {verb} {report['imported']} "
+        f"({report['queued']} to a structure queue), skipped {report['skipped']} already "
+        f"present, refused {report['refused']} in {report['batches']} batches, "
+        f"{report['seconds']} s ({report['records_per_second']} records/s)"
+    )
+    if report["read"] and not report["imported"] and report["skipped"] and not report["dry_run"]:
+        print("nothing new: every valid line is already imported")
+    for code, n in report["refused_by_code"].items():
+        print(f"refused {code}: {n}")
+    shown = report["refusals"][:_REFUSALS_SHOWN]
+    for r in shown:
+        print(f"line {r['line']}: {r['code']}")
+    if len(report["refusals"]) > len(shown):
+        print(f"... {len(report['refusals']) - len(shown)} more (--json or --report FILE)")
+
+
+_REFUSALS_SHOWN = 20
+
+
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
@@ -725,6 +829,41 @@ def _defence_parsers(sub: Any) -> None:
     ack.add_argument("--comment", required=True, help="a short note: no name, no number")
 
 
+def _stats_parser(sub: Any) -> None:
+    stats = sub.add_parser("stats", help="the BI lane's aggregate").add_subparsers(
+        dest="action", required=True
+    )
+    stats.add_parser("refresh", help="rebuild the statistics aggregate now (service role)")
+
+
+def _import_parser(sub: Any) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="bulk import of a legacy export, JSON Lines (admin login, service configuration)",
+    )
+    imp.add_argument("file", type=Path, help="JSON Lines: legacy_id, structure, referent, record")
+    imp.add_argument(
+        "--structure-map",
+        type=Path,
+        required=True,
+        help="JSON: structures (legacy code -> structure code), referents, referent_issuer",
+    )
+    imp.add_argument("--source", type=_bounded(64), help="the legacy system's name (or in the map)")
+    imp.add_argument("--dry-run", action="store_true", help="check and count; write nothing")
+    imp.add_argument("--resume", action="store_true", help="continue an unfinished import")
+    imp.add_argument("--batch-size", type=_batch_size, help="records per batch")
+    imp.add_argument(
+        "--max-rate",
+        type=int,
+        help="records a second at most, 0 for no limit (VAULT_SERVICE_IMPORT_RECORDS_PER_SECOND)",
+    )
+    imp.add_argument(
+        "--workers", type=_workers, help="processes that seal (VAULT_SERVICE_IMPORT_WORKERS)"
+    )
+    imp.add_argument("--report", type=Path, help="write the summary and refusals (JSON) here")
+    imp.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vault-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -733,10 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", type=Path, default=Path(".dev"))
     dev.add_argument("--port", type=int, default=8000)
     sub.add_parser("serve", help="the API against the configured PostgreSQL and Vault")
-    stats = sub.add_parser("stats", help="the BI lane's aggregate").add_subparsers(
-        dest="action", required=True
-    )
-    stats.add_parser("refresh", help="rebuild the statistics aggregate now (service role)")
+    _stats_parser(sub)
     sub.add_parser("migrate", help="apply pending migrations (owner role)")
     sub.add_parser("vault-setup", help="enable transit and create the keys (operator token)")
     tokens = sub.add_parser("tokens", help="service tokens").add_subparsers(
@@ -806,6 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
     prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
     _keys_parsers(sub)
+    _import_parser(sub)
     return parser
 
 
@@ -1000,6 +1137,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "keys" and args.action == "rotate":
         _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
+        return 0
+    if args.command == "import":
+        _print_import(asyncio.run(_import(args, settings)), args.json)
         return 0
     if args.command == "keys":
         print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))

@@ -200,6 +200,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     stats_k: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 10
     stats_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
     stats_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    # `vault-service import`: records per batch (one transaction, one access-log entry
+    # naming every record it created; the entry schema caps record_ids at 10,000).
+    import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    # Processes that check and seal an import's lines (1: the importing process itself);
+    # each has the service's configuration and its own Vault and database sessions.
+    import_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Records sealed a second at most by an import (0: no limit): an import while the
+    # service serves shares the machine with it (bench/imports.py measures both).
+    import_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
     # The console's sign-in with one of those providers (JSON object, see
