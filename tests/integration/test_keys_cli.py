@@ -567,7 +567,9 @@ async def test_rotate_records_under_load(stack: Stack, world: World) -> None:
 
 
 async def test_rotate_records_killed_half_way_resumes(stack: Stack, world: World, client) -> None:
-    op = await _operator(stack, world)
+    # Paced (60 records a second, 4 s for all) so that the kill finds it still running:
+    # unpaced, 240 records re-seal faster than the test can read its progress line.
+    op = await _operator(stack, world, rotation_records_per_second="60")
     who = await world.counsellor()
     assert who.structure_id is not None
     ids = []
