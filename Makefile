@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint snapshot bench clean
+.PHONY: run test lint snapshot bench clean stack stack-down soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .dev
+
+## The docker-compose.yml stack without containers (README, "Reliability"): state in .stack/.
+stack: $(STAMP)
+	$(BIN)/python -m vault_service.stack up $(ARGS)
+
+stack-down: $(STAMP)
+	$(BIN)/python -m vault_service.stack down $(ARGS)
+
+## Mixed load on a stack of its own for MINUTES (default 30), then the checks.
+soak: $(STAMP)
+	$(BIN)/python -m vault_service.stack.soak --minutes $(or $(MINUTES),30) $(ARGS)
