@@ -148,6 +148,8 @@ class Tally:
     requests: int = 0
     transport_errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    # (monotonic time, status, error code): what a fault test reads its phases from.
+    timeline: list[tuple[float, int, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies) or [0.0]
@@ -217,12 +219,17 @@ class Load:
             except httpx.TransportError:
                 self.tally.requests += 1
                 self.tally.transport_errors += 1
+                self.tally.timeline.append((time.monotonic(), 0, "transport"))
                 await asyncio.sleep(0.2)
                 continue
             self.tally.requests += 1
             self.tally.latencies.append(time.monotonic() - t0)
             op = "create" if write else "read"
             self.tally.statuses[f"{op} {r.status_code}"] += 1
+            code = ""
+            if r.headers.get("content-type", "").startswith("application/problem+json"):
+                code = str(r.json().get("code", ""))
+            self.tally.timeline.append((time.monotonic(), r.status_code, code))
             if r.status_code in (200, 201):
                 self.tally.data_request_ids.append(r.headers.get("x-request-id", ""))
                 if r.status_code == 201:
@@ -230,9 +237,6 @@ class Load:
                     self.tally.acknowledged[new] = aid
                     mine.append(new)
             else:
-                code = ""
-                if r.headers.get("content-type", "").startswith("application/problem+json"):
-                    code = str(r.json().get("code", ""))
                 self.tally.codes[f"{r.status_code} {code or r.text[:40]!r}"] += 1
                 await asyncio.sleep(0.05)
             if self.pause:
@@ -246,6 +250,7 @@ class Verdict:
     records_in_structure: int
     unreadable: int
     without_index: int
+    without_entry: int
     branch_keys: int
     data_answers: int
     unlogged_answers: int
@@ -258,6 +263,7 @@ class Verdict:
             self.lost == 0
             and self.unreadable == 0
             and self.without_index == 0
+            and self.without_entry == 0
             and self.branch_keys <= 1
             and self.unlogged_answers == 0
             and self.verify_exit == 0
@@ -347,6 +353,13 @@ async def check(stack: Stack, accounts: Accounts, tallies: list[Tally]) -> Verdi
             "AND NOT EXISTS (SELECT 1 FROM record_index i WHERE i.record_id = r.id)",
             accounts.structure_id,
         )
+        # A row committed whose answer never left (a replica killed after the commit)
+        # is fine, as long as its creation is in the log.
+        without_entry = await conn.fetchval(
+            "SELECT count(*) FROM records r WHERE r.structure_id = $1 AND NOT EXISTS "
+            "(SELECT 1 FROM audit_bodies b WHERE b.body->'record_ids' @> jsonb_build_array(r.id))",
+            accounts.structure_id,
+        )
         branch_keys = await conn.fetchval(
             "SELECT count(*) FROM structure_keys WHERE structure_id = $1", accounts.structure_id
         )
@@ -391,6 +404,7 @@ async def check(stack: Stack, accounts: Accounts, tallies: list[Tally]) -> Verdi
         records_in_structure=len(present),
         unreadable=unreadable,
         without_index=int(without_index),
+        without_entry=int(without_entry),
         branch_keys=int(branch_keys),
         data_answers=len(request_ids),
         unlogged_answers=unlogged,
