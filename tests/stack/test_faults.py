@@ -6,10 +6,12 @@ and `vault-service audit verify` over the whole log. Each test prints its figure
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -71,7 +73,7 @@ async def replica_ready(stack: Stack, index: int) -> bool:
         return r.status_code == 200
 
 
-async def wait_for(predicate, limit: float, what: str) -> float:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], Awaitable[bool]], limit: float, what: str) -> float:
     t0 = time.monotonic()
     while not await predicate():
         assert time.monotonic() - t0 < limit, f"{what} did not happen in {limit} s"
@@ -140,13 +142,18 @@ async def test_openbao_stopped_then_sealed(deployment: Stack, accounts: Accounts
             Load(deployment, accounts, write_share=0.2, seed=3) as at_proxy,
         ):
             await asyncio.sleep(3)  # keys cached
-            fault_at = time.monotonic()
             if fault == "stopped":
                 deployment.stop_openbao()
             else:
                 deployment.seal_openbao()
-            await asyncio.sleep(BRANCH_KEY_TTL + 8)
-            expired_at = fault_at + BRANCH_KEY_TTL + 2
+            # From the moment OpenBao stopped answering: a key fetched while the stop
+            # or the seal was under way is good for its whole TTL.
+            fault_at = time.monotonic()
+            await asyncio.sleep(BRANCH_KEY_TTL + 12)
+            # A key whose load was answered just before the fault is cached from the
+            # moment the replica's event loop gets to it: on this busy machine, up to a
+            # few seconds later.
+            expired_at = fault_at + BRANCH_KEY_TTL + 5
             if fault == "stopped":
                 deployment.start_openbao()  # comes back sealed (Shamir seal)
                 await asyncio.sleep(4)
@@ -164,10 +171,13 @@ async def test_openbao_stopped_then_sealed(deployment: Stack, accounts: Accounts
         assert served_cached, f"{fault}: nothing served from cached keys"
         assert late, f"{fault}: no request after the keys' TTL"
         # Past the TTL: nothing but 503 kms_unavailable from the replica itself.
-        assert {(e[1], e[2]) for e in late} == {(503, "kms_unavailable")}, set(late)
+        seen = collections.Counter((e[1], e[2]) for e in late)
+        offsets = [round(e[0] - fault_at, 2) for e in late if e[1] != 503]
+        assert set(seen) == {(503, "kms_unavailable")}, (fault, seen, offsets)
         # Through the proxy: never a data answer past the TTL, only 503s.
         late_proxy = [e for e in at_proxy.tally.timeline if expired_at <= e[0] < sealed_until]
-        assert late_proxy and all(e[1] in (502, 503) for e in late_proxy), set(late_proxy)
+        seen = collections.Counter((e[1], e[2]) for e in late_proxy)
+        assert late_proxy and all(e[1] in (502, 503) for e in late_proxy), seen
         # Recovered, through the proxy, without restarting a replica.
         back = [
             e for e in at_proxy.tally.timeline if e[0] > unsealed_at + recovered and e[1] == 200
@@ -200,7 +210,9 @@ async def test_replica_killed_mid_write(deployment: Stack, accounts: Accounts) -
     later = after(tally, killed_at + 2)
     created_after = [e for e in later if e[1] == 201]
     failed_after = [e for e in later if e[1] != 201]
-    failed_at_kill = [e for e in after(tally, killed_at) if e[1] != 201]
+    # Requests in flight on app1 when it died: Caddy answers 502 (they were never
+    # acknowledged, and the checks below show that none left a partial record).
+    failed_at_kill = [e for e in tally.timeline if e[1] != 201]
     deployment.start_replica(0)  # for the tests that follow
     assert created_after, "the surviving replica served nothing"
     # Caddy retries connection failures on the other replica (lb_try_duration): after

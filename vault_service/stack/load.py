@@ -148,7 +148,8 @@ class Tally:
     requests: int = 0
     transport_errors: int = 0
     latencies: list[float] = field(default_factory=list)
-    # (monotonic time, status, error code): what a fault test reads its phases from.
+    # (monotonic time the request was sent, status, error code): what a fault test
+    # reads its phases from.
     timeline: list[tuple[float, int, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -219,7 +220,7 @@ class Load:
             except httpx.TransportError:
                 self.tally.requests += 1
                 self.tally.transport_errors += 1
-                self.tally.timeline.append((time.monotonic(), 0, "transport"))
+                self.tally.timeline.append((t0, 0, "transport"))
                 await asyncio.sleep(0.2)
                 continue
             self.tally.requests += 1
@@ -229,7 +230,7 @@ class Load:
             code = ""
             if r.headers.get("content-type", "").startswith("application/problem+json"):
                 code = str(r.json().get("code", ""))
-            self.tally.timeline.append((time.monotonic(), r.status_code, code))
+            self.tally.timeline.append((t0, r.status_code, code))
             if r.status_code in (200, 201):
                 self.tally.data_request_ids.append(r.headers.get("x-request-id", ""))
                 if r.status_code == 201:
