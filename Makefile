@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.records $(ARGS)
 
 clean:
-	rm -rf $(VENV) .dev
+	rm -rf $(VENV) .dev .stack
 
 ## The docker-compose.yml stack without containers (README, "Reliability"): state in .stack/.
 stack: $(STAMP)

@@ -5,6 +5,8 @@ and AppRole, two `vault-service serve` replicas, Caddy in front. Nothing is mock
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from vault_service import stack as stack_module
-from vault_service.stack import Stack
+from vault_service.devstack import free_port
+from vault_service.stack import Stack, alive
 from vault_service.stack.load import LOAD_OVERRIDES, Accounts, make_accounts
 
 # Short enough for the OpenBao test to see cached keys expire, long enough to serve
@@ -40,11 +43,27 @@ def deployment() -> Iterator[Stack]:
         "VAULT_SERVICE_VAULT_TIMEOUT_SECONDS": "1",
         "VAULT_SERVICE_VAULT_RETRIES": "1",
     }
-    stack = stack_module.start(state_dir, replica_overrides=overrides)
+    # Up and down through the command line that `make stack` and `make stack-down` run.
+    cli = [sys.executable, "-m", "vault_service.stack"]
+    where = ["--state-dir", str(state_dir)]
+    up = subprocess.run(  # noqa: S603 - our own command
+        [*cli, "up", *where, "--proxy-port", str(free_port())]
+        + [f"--env={k}={v}" for k, v in overrides.items()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     try:
-        yield stack
+        assert up.returncode == 0, up.stderr
+        assert "proxy       https://localhost:" in up.stdout
+        yield stack_module.attach(state_dir)
     finally:
-        stack.down()
+        down = subprocess.run(  # noqa: S603
+            [*cli, "down", *where], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert down.returncode == 0, down.stderr
+        assert not any(alive(pid) for pid in stack_module.attach(state_dir).state.pids.values())
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

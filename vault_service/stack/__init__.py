@@ -250,7 +250,7 @@ class Stack:
             if proc is not None:
                 if proc.poll() is not None:
                     return
-            elif not _alive(pid):
+            elif not alive(pid):
                 return
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
@@ -620,7 +620,7 @@ class Stack:
             self.stop_postgres("fast")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -646,7 +646,7 @@ def start(
     state_dir = state_dir.resolve()
     if (state_dir / STATE_FILE).exists():
         old = StackState.load(state_dir)
-        if any(_alive(pid) for pid in old.pids.values()):
+        if any(alive(pid) for pid in old.pids.values()):
             raise ConfigurationError(f"a stack is running from {state_dir}: stop it first")
         state = StackState(str(state_dir), old.ports, {}, {})
         if proxy_port is not None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vault_service.errors import ConfigurationError
-from vault_service.stack import REPLICAS, _alive, attach, start
+from vault_service.stack import REPLICAS, alive, attach, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +18,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--proxy-port", type=int, default=8443, help="the proxy's port (compose: 8443)"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="VAULT_SERVICE_X=VALUE",
+        help="a setting of the replicas beyond the compose environment (repeatable)",
+    )
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("VAULT_SERVICE_"):
+            parser.error(f"--env wants VAULT_SERVICE_NAME=VALUE, not {key!r}")
+        overrides[key] = value
     try:
         if args.action == "up":
-            stack = start(args.state_dir, proxy_port=args.proxy_port)
+            stack = start(args.state_dir, proxy_port=args.proxy_port, replica_overrides=overrides)
             s = stack.state
             print(f"proxy       {s.proxy_url}  (CA: {s.proxy_ca})")
             for i, name in enumerate(REPLICAS):
@@ -38,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print("stack stopped")
         else:
             pids = stack.state.pids.items()
-            print(json.dumps({name: _alive(pid) for name, pid in pids}, indent=2))
+            print(json.dumps({name: alive(pid) for name, pid in pids}, indent=2))
     except (ConfigurationError, FileNotFoundError) as exc:
         print(f"stack: {exc}", file=sys.stderr)
         return 1

@@ -148,9 +148,11 @@ class Tally:
     requests: int = 0
     transport_errors: int = 0
     latencies: list[float] = field(default_factory=list)
-    # (monotonic time the request was sent, status, error code): what a fault test
-    # reads its phases from.
-    timeline: list[tuple[float, int, str]] = field(default_factory=list)
+    # (monotonic time the request was sent, status, error code, time its answer came):
+    # what a fault test reads its phases from. Caddy may hold a request up to its
+    # lb_try_duration (5 s) while no replica is healthy, so a request sent during an
+    # outage can be answered after it.
+    timeline: list[tuple[float, int, str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies) or [0.0]
@@ -220,7 +222,7 @@ class Load:
             except httpx.TransportError:
                 self.tally.requests += 1
                 self.tally.transport_errors += 1
-                self.tally.timeline.append((t0, 0, "transport"))
+                self.tally.timeline.append((t0, 0, "transport", time.monotonic()))
                 await asyncio.sleep(0.2)
                 continue
             self.tally.requests += 1
@@ -230,7 +232,7 @@ class Load:
             code = ""
             if r.headers.get("content-type", "").startswith("application/problem+json"):
                 code = str(r.json().get("code", ""))
-            self.tally.timeline.append((t0, r.status_code, code))
+            self.tally.timeline.append((t0, r.status_code, code, time.monotonic()))
             if r.status_code in (200, 201):
                 self.tally.data_request_ids.append(r.headers.get("x-request-id", ""))
                 if r.status_code == 201:
