@@ -59,11 +59,15 @@ def deployment() -> Iterator[Stack]:
         assert "proxy       https://localhost:" in up.stdout
         yield stack_module.attach(state_dir)
     finally:
-        down = subprocess.run(  # noqa: S603
-            [*cli, "down", *where], capture_output=True, text=True, timeout=120, check=False
-        )
-        assert down.returncode == 0, down.stderr
-        assert not any(alive(pid) for pid in stack_module.attach(state_dir).state.pids.values())
+        pids = dict(stack_module.attach(state_dir).state.pids) if up.returncode == 0 else {}
+        if (state_dir / stack_module.STATE_FILE).exists():
+            down = subprocess.run(  # noqa: S603
+                [*cli, "down", *where], capture_output=True, text=True, timeout=120, check=False
+            )
+            assert down.returncode == 0, down.stderr
+        if up.returncode == 0:
+            assert set(pids) == {"postgres", "openbao", "app1", "app2", "proxy"}, pids
+        assert not [name for name, pid in pids.items() if alive(pid)]
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
