@@ -27,10 +27,12 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 # .dockerignore admits only what the package build needs.
 COPY . .
-# `pip install .`, not `.[dev]` or `.[test]`: no embedded PostgreSQL, no
-# OpenBao binary, no test tools in the runtime image. Non-editable, so the
-# image does not depend on /src.
-RUN /opt/venv/bin/pip install .
+# The runtime dependencies from the committed lock, each checked against its
+# hashes (`make lock` writes it), then the package alone: `pip install .`, not
+# `.[dev]` or `.[test]`: no embedded PostgreSQL, no OpenBao binary, no test
+# tools in the runtime image. Non-editable, so the image does not depend on /src.
+RUN /opt/venv/bin/pip install --require-hashes -r requirements-runtime.lock
+RUN /opt/venv/bin/pip install --no-deps .
 
 # Fail the build, not the first request, when the wheel lacks a file that the
 # service reads at run time (package data must be listed in pyproject.toml).

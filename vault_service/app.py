@@ -14,7 +14,6 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 
 from vault_service import __version__
 from vault_service.audit.anonymous import AnonymousRefusals
@@ -30,6 +29,7 @@ from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
 from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
 from vault_service.auth.verified import VerifiedTokens
+from vault_service.console.routes import console_config, console_file, console_index
 from vault_service.crypto.keys import KeyHierarchy
 from vault_service.errors import (
     DATABASE_GONE,
@@ -46,6 +46,7 @@ from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
 from vault_service.limits.rules import RuleRunner
 from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
+from vault_service.openapi import CompleteJsonRenderPlugin
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
 from vault_service.records.retention import RetentionRule
@@ -53,6 +54,9 @@ from vault_service.records.routes import RecordsController, TransfersController
 from vault_service.records.schema import RecordSchema
 from vault_service.records.service import RecordService
 from vault_service.settings import Settings
+from vault_service.stats.refresh import StatsJob, StatsRefresher
+from vault_service.stats.routes import StatsController
+from vault_service.stats.service import StatsService
 
 log = structlog.get_logger(__name__)
 PROBLEM = "application/problem+json"
@@ -196,6 +200,29 @@ def _start_anonymous(
     return anonymous
 
 
+def _start_stats(
+    stack: AsyncExitStack,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    records: RecordService,
+    alerts: Alerts,
+) -> StatsService:
+    """The BI lane: the scheduled rebuild of the aggregate (one replica at a time;
+    none when `stats_refresh_seconds` is 0) and the queries over it."""
+    if settings.stats_refresh_seconds > 0:
+        refresher = StatsRefresher(
+            pool,
+            records.sealer,
+            records.is_canary,
+            batch_size=settings.stats_batch_size,
+            alerts=alerts,
+        )
+        job = StatsJob(pool, refresher, settings.stats_refresh_seconds)
+        job.start()
+        stack.push_async_callback(job.stop)
+    return StatsService(pool, records.sealer.schema, settings.stats_k)
+
+
 async def _start_watchers(
     stack: AsyncExitStack, settings: Settings, pool: asyncpg.Pool, alerts: Alerts
 ) -> None:
@@ -330,6 +357,8 @@ def create_app(settings: Settings) -> Litestar:
                     "alerts": alerts,
                     "audit_proofs": AuditProofs(pool, kms, settings.audit_origin),
                     "checkpoints": publisher,
+                    # The BI lane's queries, and its scheduled rebuild.
+                    "stats": _start_stats(stack, settings, pool, records, alerts),
                 }
             )
             log.info("service_started", version=__version__)
@@ -368,7 +397,11 @@ def create_app(settings: Settings) -> Litestar:
             TransfersController,
             AuditController,
             AlertsController,
+            StatsController,
             jwks,
+            console_index,
+            console_config,
+            console_file,
             live,
             ready,
         ],
@@ -394,7 +427,7 @@ def create_app(settings: Settings) -> Litestar:
             title="vault-service",
             version=__version__,
             path="/schema",
-            render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+            render_plugins=[CompleteJsonRenderPlugin()],
             # Public by its router's opt (deny-by-default everywhere else).
             openapi_router=Router(
                 path="/schema", route_handlers=[], opt={"public": True, "exclude_from_auth": True}

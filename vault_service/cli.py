@@ -13,13 +13,19 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from vault_service.errors import ConfigurationError, InvalidParameter, VaultServiceError
+from vault_service.errors import (
+    ConfigurationError,
+    Forbidden,
+    InvalidParameter,
+    NotFound,
+    VaultServiceError,
+)
 from vault_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,6 +58,12 @@ def _batch_size(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("1 to 64 processes")
+    return int(text)
+
+
 # --- commands ------------------------------------------------------------------------
 def _bounded(limit: int) -> Callable[[str], str]:
     def parse(text: str) -> str:
@@ -62,9 +74,29 @@ def _bounded(limit: int) -> Callable[[str], str]:
     return parse
 
 
+async def _preflight(settings: Settings) -> None:
+    """PostgreSQL and Vault answer before any worker starts: a worker that fails its
+    start-up prints a traceback of the framework's, and the operator needs one line."""
+    from vault_service.errors import KmsUnavailable
+    from vault_service.kms import VaultKms
+
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    await conn.close()
+    kms = VaultKms(settings)
+    try:
+        if not await kms.healthy():
+            raise KmsUnavailable(
+                "Vault refused its health check: down, sealed or credentials refused"
+            )
+    finally:
+        kms.close()
+
+
 def cmd_serve(settings: Settings) -> int:
     from granian import Granian
     from granian.constants import Interfaces
+
+    asyncio.run(_preflight(settings))
 
     server = Granian(
         "vault_service.asgi:app",
@@ -91,8 +123,9 @@ async def _migrate(dsn: str) -> list[str]:
 def cmd_migrate() -> int:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
-        print("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (the owner role) is not set", file=sys.stderr)
-        return 2
+        raise ConfigurationError(
+            "VAULT_SERVICE_MIGRATIONS_DATABASE_URL (the owner role) is not set"
+        )
     applied = asyncio.run(_migrate(dsn))
     print(json.dumps({"applied": applied}))
     return 0
@@ -106,8 +139,7 @@ def cmd_vault_setup() -> int:
 
     addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
     if not addr or not token:
-        print("set VAULT_ADDR and VAULT_TOKEN (an operator token)", file=sys.stderr)
-        return 2
+        raise ConfigurationError("set VAULT_ADDR and VAULT_TOKEN (an operator token)")
     client = hvac.Client(url=addr, token=token, verify=os.environ.get("VAULT_CACERT") or True)
     created = setup_transit(client, os.environ.get("VAULT_SERVICE_VAULT_TRANSIT_MOUNT", "transit"))
     print(json.dumps({"created": created}))
@@ -147,11 +179,11 @@ async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
             "SELECT role, structure_id, state FROM accounts WHERE id = $1", subject
         )
         if row is None or row["state"] != "active":
-            raise VaultServiceError("no active account with this id")
+            raise NotFound("no active account with this id")
         if row["role"] == "admin":
             # Admins act through their own database login, never through a token: a
             # token minted with the service's credentials must not stand for an admin.
-            raise VaultServiceError("admins get no service token")
+            raise Forbidden("admins get no service token")
         kms = VaultKms(settings)
         try:
             issuer = TokenIssuer(settings, kms, SigningKeys(kms))
@@ -260,7 +292,7 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     conn = await asyncpg.connect(dsn)
     kms = VaultKms(settings)
     batch_size = args.batch_size or settings.rotation_batch_size
@@ -364,7 +396,7 @@ async def _account_command(args: argparse.Namespace) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         admin = AccountAdmin(pool)
@@ -426,7 +458,7 @@ async def _admin_command(args: argparse.Namespace) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     if args.command == "alerts" and args.action == "ack" and not plain_reference(args.comment):
         # The comment is kept with the alert: like a purpose detail, it is no place
         # for a name or a number.
@@ -456,7 +488,7 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     admin = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     kms = VaultKms(settings)
@@ -482,10 +514,147 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
         await admin.close()
 
 
+async def _stats_refresh(settings: Settings) -> dict[str, Any]:
+    """Rebuild the statistics aggregate now, with the service's role and keys (the
+    same code as the service's scheduled round; one rebuild at a time)."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.kms import VaultKms
+    from vault_service.limits.defence import Alerts
+    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
+    from vault_service.records import schema
+    from vault_service.records.sealing import Sealer
+    from vault_service.stats.refresh import StatsRefresher
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings)
+    try:
+        keys = KeyHierarchy(
+            kms, pool, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
+        )
+        canaries = Canaries(pool, await keys.derived_key(False, HONEYTOKEN_LABEL))
+        await canaries.load()
+        refresher = StatsRefresher(
+            pool,
+            Sealer(keys, schema.load()),
+            canaries.named,
+            batch_size=settings.stats_batch_size,
+            alerts=Alerts(pool),
+        )
+        done = await refresher.refresh()
+    finally:
+        kms.close()
+        await pool.close()
+    return {
+        "refreshed_at": done.refreshed_at.isoformat(),
+        "records": done.records,
+        "canaries_left_out": done.canaries,
+        "unreadable_left_out": done.failed,
+        "cells": done.cells,
+    }
+
+
+async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """A legacy export moved in: sealed with the service's configuration (its role for
+    branch keys, its Vault access), written and logged on the admin's own login."""
+    from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.imports.importer import Importer, InvalidStructureMap, load_map
+    from vault_service.imports.repository import ImportRepository
+    from vault_service.imports.sealers import InProcess, LineSealer, WorkerPool
+    from vault_service.kms import VaultKms
+    from vault_service.records import schema
+    from vault_service.records.retention import RetentionRule
+    from vault_service.records.service import RecordService
+
+    smap = load_map(args.structure_map)
+    source = args.source or smap.source
+    if source is None:
+        raise InvalidStructureMap("name the source: --source NAME, or `source` in the map")
+    if not args.file.is_file():
+        raise InvalidStructureMap("the import file cannot be read")
+    dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
+    if not dsn:
+        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+    lock = await asyncpg.connect(dsn)
+    admin = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings)
+    workers = args.workers or settings.import_workers
+    sealer: LineSealer | None = None
+    try:
+        keys = KeyHierarchy(
+            kms, service, ttl=settings.branch_key_ttl_seconds, max_uses=settings.branch_key_max_uses
+        )
+        records = RecordService(
+            service,
+            keys,
+            schema.load(),
+            search_page_max=settings.search_page_max,
+            caseload_page_max=settings.caseload_page_max,
+            retention=RetentionRule(settings.retention_age_years, settings.retention_programme_end),
+        )
+        sealer = WorkerPool(workers) if workers > 1 else InProcess(records)
+        importer = Importer(
+            records,
+            ImportRepository(lock, admin),
+            smap,
+            source=source,
+            batch_size=args.batch_size or settings.import_batch_size,
+            dry_run=args.dry_run,
+            resume=args.resume,
+            sealer=sealer,
+            max_rate=(
+                args.max_rate if args.max_rate is not None else settings.import_records_per_second
+            ),
+        )
+        report = (await importer.run(args.file)).report()
+    except asyncpg.PostgresError as exc:
+        # The database's text is not echoed; its class says enough to an operator.
+        raise VaultServiceError(
+            f"the database refused ({type(exc).__name__}): is "
+            "VAULT_SERVICE_ADMIN_DATABASE_URL your own admin login? Batches already "
+            "committed stay; rerun with --resume"
+        ) from None
+    finally:
+        if sealer is not None:
+            sealer.close()
+        kms.close()
+        await service.close()
+        await admin.close()
+        await lock.close()
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+    return report
+
+
+def _print_import(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    verb = "would import" if report["dry_run"] else "imported"
+    print(
+        f"{report['source']}: read {report['read']}, {verb} {report['imported']} "
+        f"({report['queued']} to a structure queue), skipped {report['skipped']} already "
+        f"present, refused {report['refused']} in {report['batches']} batches, "
+        f"{report['seconds']} s ({report['records_per_second']} records/s)"
+    )
+    if report["read"] and not report["imported"] and report["skipped"] and not report["dry_run"]:
+        print("nothing new: every valid line is already imported")
+    for code, n in report["refused_by_code"].items():
+        print(f"refused {code}: {n}")
+    shown = report["refusals"][:_REFUSALS_SHOWN]
+    for r in shown:
+        print(f"line {r['line']}: {r['code']}")
+    if len(report["refusals"]) > len(shown):
+        print(f"... {len(report['refusals']) - len(shown)} more (--json or --report FILE)")
+
+
+_REFUSALS_SHOWN = 20
+
+
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
     dsn = os.environ.get("VAULT_SERVICE_MIGRATIONS_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")
+        raise ConfigurationError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
@@ -507,7 +676,7 @@ async def _records_command(args: argparse.Namespace) -> Any:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to your own admin login")
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         admin = RecordAdmin(pool)
@@ -546,7 +715,7 @@ async def _retention_run(settings: Settings, dry_run: bool) -> dict[str, Any]:
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
+        raise ConfigurationError("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
 
     async def backfill(log: LogDecrypted) -> int:
         service = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -660,6 +829,41 @@ def _defence_parsers(sub: Any) -> None:
     ack.add_argument("--comment", required=True, help="a short note: no name, no number")
 
 
+def _stats_parser(sub: Any) -> None:
+    stats = sub.add_parser("stats", help="the BI lane's aggregate").add_subparsers(
+        dest="action", required=True
+    )
+    stats.add_parser("refresh", help="rebuild the statistics aggregate now (service role)")
+
+
+def _import_parser(sub: Any) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="bulk import of a legacy export, JSON Lines (admin login, service configuration)",
+    )
+    imp.add_argument("file", type=Path, help="JSON Lines: legacy_id, structure, referent, record")
+    imp.add_argument(
+        "--structure-map",
+        type=Path,
+        required=True,
+        help="JSON: structures (legacy code -> structure code), referents, referent_issuer",
+    )
+    imp.add_argument("--source", type=_bounded(64), help="the legacy system's name (or in the map)")
+    imp.add_argument("--dry-run", action="store_true", help="check and count; write nothing")
+    imp.add_argument("--resume", action="store_true", help="continue an unfinished import")
+    imp.add_argument("--batch-size", type=_batch_size, help="records per batch")
+    imp.add_argument(
+        "--max-rate",
+        type=int,
+        help="records a second at most, 0 for no limit (VAULT_SERVICE_IMPORT_RECORDS_PER_SECOND)",
+    )
+    imp.add_argument(
+        "--workers", type=_workers, help="processes that seal (VAULT_SERVICE_IMPORT_WORKERS)"
+    )
+    imp.add_argument("--report", type=Path, help="write the summary and refusals (JSON) here")
+    imp.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vault-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -668,6 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", type=Path, default=Path(".dev"))
     dev.add_argument("--port", type=int, default=8000)
     sub.add_parser("serve", help="the API against the configured PostgreSQL and Vault")
+    _stats_parser(sub)
     sub.add_parser("migrate", help="apply pending migrations (owner role)")
     sub.add_parser("vault-setup", help="enable transit and create the keys (operator token)")
     tokens = sub.add_parser("tokens", help="service tokens").add_subparsers(
@@ -737,6 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = audit.add_parser("prune", help="prune entry bodies past retention (retention role)")
     prune.add_argument("--older-than-days", type=int, default=214, help="default: 7 months")
     _keys_parsers(sub)
+    _import_parser(sub)
     return parser
 
 
@@ -829,7 +1035,7 @@ async def _prune(days: int) -> int:
 
     dsn = os.environ.get("VAULT_SERVICE_RETENTION_DATABASE_URL")
     if not dsn:
-        raise VaultServiceError("VAULT_SERVICE_RETENTION_DATABASE_URL (retention role) is not set")
+        raise ConfigurationError("VAULT_SERVICE_RETENTION_DATABASE_URL (retention role) is not set")
     conn = await asyncpg.connect(dsn)
     try:
         return await prune(conn, datetime.timedelta(days=days))
@@ -837,9 +1043,13 @@ async def _prune(days: int) -> int:
         await conn.close()
 
 
-def _standalone(argv: list[str]) -> int | None:
+def _is_standalone(argv: list[str]) -> bool:
+    return argv[:2] in (["audit", "verify"], ["audit", "monitor"]) or argv[:1] == ["witness"]
+
+
+def _standalone(argv: list[str]) -> int:
     """The tools that outside parties run with no database, no Vault and no settings:
-    the offline verifier, the monitor, the witness (None: not one of them)."""
+    the offline verifier, the monitor, the witness."""
     if argv[:2] == ["audit", "verify"]:
         from vault_service.audit.verify import main as verify_main
 
@@ -848,11 +1058,9 @@ def _standalone(argv: list[str]) -> int | None:
         from vault_service.audit.monitor import main as monitor_main
 
         return monitor_main(argv[2:])
-    if argv[:1] == ["witness"]:
-        from vault_service.audit.witness import main as witness_main
+    from vault_service.audit.witness import main as witness_main
 
-        return witness_main(argv[1:])
-    return None
+    return witness_main(argv[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -860,73 +1068,123 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vault_service.observability import configure_logging
 
     configure_logging(os.environ.get("VAULT_SERVICE_LOG_LEVEL", "INFO"), stream=sys.stderr)
-    standalone = _standalone(argv)
-    if standalone is not None:
-        return standalone
-    args = build_parser().parse_args(argv)
+    args = None if _is_standalone(argv) else build_parser().parse_args(argv)
     try:
-        if args.command == "dev":
-            from vault_service.devserver import run_dev
-
-            return run_dev(args.data_dir, reset=args.reset, port=args.port)
-        if args.command == "migrate":
-            return cmd_migrate()
-        if args.command == "audit" and args.action == "prune":
-            print(json.dumps({"pruned": asyncio.run(_prune(args.older_than_days))}))
-            return 0
-        if args.command == "accounts" and args.action == "bootstrap-admins":
-            result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
-            print(json.dumps(result, indent=2))
-            return 0
-        if (args.command == "tokens" and args.action == "revoke") or args.command == "alerts":
-            print(json.dumps(asyncio.run(_admin_command(args)), indent=2, default=str))
-            return 0
-        if args.command == "accounts" and args.action not in ("list",):
-            print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))
-            return 0
-        if args.command == "records":
-            print(json.dumps(asyncio.run(_records_command(args)), indent=2, default=str))
-            return 0
-        if args.command == "vault-setup":
-            return cmd_vault_setup()
-        settings = Settings.from_env()
-        if args.command == "serve":
-            return cmd_serve(settings)
-        if args.command == "honeytokens":
-            print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
-            return 0
-        if args.command == "retention":
-            print(json.dumps(asyncio.run(_retention_run(settings, args.dry_run)), indent=2))
-            return 0
-        if args.command == "audit" and args.action == "integrate":
-            return asyncio.run(_integrate(settings))
-        if args.command == "tokens":
-            print(asyncio.run(_issue(settings, args.subject, args.ttl)))
-            return 0
-        if args.command == "accounts":
-            rows = asyncio.run(_accounts(settings))
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                for r in rows:
-                    print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
-            return 0
-        if args.command == "keys" and args.action == "status":
-            from vault_service.rotation.inventory import key_status, render_text
-
-            status = asyncio.run(key_status(settings))
-            print(json.dumps(status, indent=2) if args.json else render_text(status))
-            return 0
-        if args.command == "keys" and args.action == "rotate":
-            _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
-            return 0
-        if args.command == "keys":
-            print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))
-            return 0
+        return _standalone(argv) if args is None else _dispatch(args)
     except VaultServiceError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - every command ends with one line, never a traceback
+        print(f"error: {failure_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "dev":
+        from vault_service.devserver import run_dev
+
+        return run_dev(args.data_dir, reset=args.reset, port=args.port)
+    if args.command == "migrate":
+        return cmd_migrate()
+    if args.command == "audit" and args.action == "prune":
+        print(json.dumps({"pruned": asyncio.run(_prune(args.older_than_days))}))
+        return 0
+    if args.command == "accounts" and args.action == "bootstrap-admins":
+        result = asyncio.run(_bootstrap_admins(args.first_login, args.second_login))
+        print(json.dumps(result, indent=2))
+        return 0
+    if (args.command == "tokens" and args.action == "revoke") or args.command == "alerts":
+        print(json.dumps(asyncio.run(_admin_command(args)), indent=2, default=str))
+        return 0
+    if args.command == "accounts" and args.action not in ("list",):
+        print(json.dumps(asyncio.run(_account_command(args)), indent=2, default=str))
+        return 0
+    if args.command == "records":
+        print(json.dumps(asyncio.run(_records_command(args)), indent=2, default=str))
+        return 0
+    if args.command == "vault-setup":
+        return cmd_vault_setup()
+    settings = Settings.from_env()
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "honeytokens":
+        print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
+        return 0
+    if args.command == "retention":
+        print(json.dumps(asyncio.run(_retention_run(settings, args.dry_run)), indent=2))
+        return 0
+    if args.command == "stats":
+        print(json.dumps(asyncio.run(_stats_refresh(settings)), indent=2))
+        return 0
+    if args.command == "audit" and args.action == "integrate":
+        return asyncio.run(_integrate(settings))
+    if args.command == "tokens":
+        print(asyncio.run(_issue(settings, args.subject, args.ttl)))
+        return 0
+    if args.command == "accounts":
+        rows = asyncio.run(_accounts(settings))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['id']}  {r['role']:<10} {r['state']:<9} {r['structure_id'] or '-'}")
+        return 0
+    if args.command == "keys" and args.action == "status":
+        from vault_service.rotation.inventory import key_status, render_text
+
+        status = asyncio.run(key_status(settings))
+        print(json.dumps(status, indent=2) if args.json else render_text(status))
+        return 0
+    if args.command == "keys" and args.action == "rotate":
+        _print_rotation(asyncio.run(_rotate(args, settings)), args.json)
+        return 0
+    if args.command == "import":
+        _print_import(asyncio.run(_import(args, settings)), args.json)
+        return 0
+    if args.command == "keys":
+        print(json.dumps(asyncio.run(_key_inventory(settings)), indent=2))
+        return 0
     return 2
+
+
+# Where an unexpected failure came from, by the modules its traceback passed through.
+_SOURCES: Final = (
+    (("asyncpg",), "database_unavailable", "PostgreSQL could not be reached or refused"),
+    (("hvac", "requests", "urllib3"), "kms_unavailable", "Vault could not be reached or refused"),
+)
+
+
+def _modules(exc: BaseException) -> Iterator[str]:
+    """The modules of every frame of `exc`, its causes and, for a group, its members."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            yield str(tb.tb_frame.f_globals.get("__name__", ""))
+            tb = tb.tb_next
+        yield type(current).__module__
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line naming the failing component and the exception's class, never its
+    text: a connection error's message can hold a host, a DSN, even a password."""
+    kind = type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.isalnum():
+        kind += f", SQLSTATE {sqlstate}"
+    modules = {m.split(".")[0] for m in _modules(exc)}
+    for roots, code, sentence in _SOURCES:
+        if modules.intersection(roots):
+            return f"{code}: {sentence} ({kind})"
+    return f"internal_error: the command failed ({kind})"
 
 
 if __name__ == "__main__":

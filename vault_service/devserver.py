@@ -115,7 +115,7 @@ def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
     bao = None
     try:
         bao = devstack.start_openbao(data_dir / "openbao", persistent=True)
-        service_token = devstack.configure_vault(bao, token_ttl="72h")  # noqa: S106 - a lifetime
+        service_token = devstack.configure_vault(bao, token_ttl="72h")  # noqa: S106 - a lifetime  # nosec B106
         env = {
             "VAULT_SERVICE_DATABASE_URL": devstack.dsn_for(
                 pg.admin_dsn, user="vault_service_app", database=devstack.DATABASE
@@ -134,6 +134,7 @@ def run_dev(data_dir: Path, *, reset: bool, port: int) -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         counsellor = next(a for a in accounts if a[1] == Role.COUNSELLOR)
+        analyst = next((a[0] for a in accounts if a[1] == Role.ANALYST), "<analyst id>")
         admin_dsns = [
             devstack.dsn_for(pg.admin_dsn, user=login, database=devstack.DATABASE)
             for login in DEMO_ADMIN_LOGINS
@@ -153,6 +154,11 @@ Admin acts (four-eyes) run on each admin's own database login:
     vault-service accounts create --role counsellor --structure <structure id>
   VAULT_SERVICE_ADMIN_DATABASE_URL={admin_dsns[1]} \\
     vault-service accounts approve <request id>
+Statistics (the analyst: counts only, small cells suppressed; CSV with format=csv):
+  vault-service stats refresh   # or wait for the service's own hourly rebuild
+  TOKEN=$(vault-service tokens issue --subject {analyst})
+  curl -s -H "Authorization: Bearer $TOKEN" -H "X-Purpose: statistics" \\
+    "http://127.0.0.1:{port}/v1/stats?group_by=region,sex"
 A local witness cosigns each checkpoint (GET /v1/audit/checkpoint shows its line):
   vault-service audit verify ... --witness-key '{witness_vkey}'
 Ctrl-C stops everything.

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 # starts our own embedded servers, fixed argv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +220,7 @@ def start_openbao(work_dir: Path, *, persistent: bool, audit_log: Path | None = 
         cmd = [bao_binary(), "server", f"-config={config}"]
         root = ""
     with log_path.open("ab") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+        process = subprocess.Popen(  # noqa: S603 - our own binary and arguments  # nosec B603
             cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     bao = OpenBao(addr, root, process, log_path, work_dir if persistent else None)

@@ -8,7 +8,7 @@ passes a safe one explicitly.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import asyncpg
 import msgspec
@@ -48,22 +48,62 @@ class InvalidBody(BadRequest):
 
 
 def invalid_body(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidBody:
-    """A body error that names the rule and the path, never a value.
-
-    msgspec's messages quote offending values in single quotes (`Invalid enum value
-    'DUPONT ...'`) and name an unknown field, which is client input too; both are cut.
-    Field names from the schema and types stay, in backticks."""
+    """A body error built from the field path and a stable reason, never from the text."""
     if not isinstance(exc, msgspec.ValidationError):  # malformed JSON (its parent class)
         return InvalidBody("the body is not a JSON object of the expected shape")
-    rule, _, where = str(exc).partition(" - at `")
-    if rule.startswith("Object contains unknown field"):
-        rule = "the body contains a property the schema does not define"
-    rule = _QUOTED.sub("'…'", rule)
-    path = where.rstrip("`")
-    return InvalidBody((rule + (f" (at {path})" if path else ""))[:300])
+    reason, path = validation_reason(exc)
+    return InvalidBody(f"{BODY_REASONS[reason]} (at {path})")
 
 
-_QUOTED = re.compile(r"'[^']*'")
+def validation_reason(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """A key of `BODY_REASONS` and a JSON path (`$.a.b[0]`) for a validation error.
+
+    msgspec's messages quote offending values (`Invalid enum value "DUP'ONT ..."`, in
+    single or double quotes as the value needs) and name unknown fields, which are
+    client input too: no part of a message is kept. It is only matched against
+    msgspec's templates to pick a reason; the path is kept only if it is made of
+    field names and list indexes."""
+    message, _, where = str(exc).partition(" - at `")
+    path = where[:-1] if where.endswith("`") else "$"
+    if not _SAFE_PATH.fullmatch(path):
+        path = "$"  # never happens with the schema's Structs; refuse to guess
+    for template, name in _TEMPLATES:
+        matched = template.match(message)
+        if matched:
+            if name == "required" and _SAFE_NAME.fullmatch(matched.group(1)):
+                # A required property's name comes from the schema, not the client.
+                path = f"{path}.{matched.group(1)}"
+            return name, path
+    return "invalid_value", path
+
+
+# The reasons a body is refused: stable sentences, the key is what tests switch on.
+BODY_REASONS: Final = {
+    "required": "a required property is missing",
+    "unknown_property": "the body contains a property the schema does not define",
+    "not_allowed": "the value is not one of the allowed values",
+    "pattern": "the value does not match the expected pattern",
+    "length": "the value is too short or too long",
+    "range": "the value is out of range",
+    "type": "the value has the wrong type",
+    "format": "the value is not in the expected format",
+    "invalid_value": "the value is invalid",
+}
+# msgspec's message templates (its _core.c), most specific first.
+_TEMPLATES: Final = (
+    (re.compile(r"Object missing required field `([^`]*)`"), "required"),
+    (re.compile(r"Object contains unknown field"), "unknown_property"),
+    (re.compile(r"Invalid enum value"), "not_allowed"),
+    (re.compile(r"Expected `[a-z]+` matching regex"), "pattern"),
+    (re.compile(r"Expected `[a-z]+` of (?:length|at (?:least|most))"), "length"),
+    (re.compile(r"Expected `[a-z]+` (?:>=|<=|>|<|that is a multiple)"), "range"),
+    (re.compile(r"(?:Integer|Number) value out of range"), "range"),
+    (re.compile(r"Expected `[a-z |]+`, got `[a-z]+`"), "type"),
+    (re.compile(r"Invalid (?:RFC3339|ISO8601|UUID|base64|decimal)"), "format"),
+)
+_SAFE_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Struct fields by name, list items by index; msgspec writes a dict key as `[...]`.
+_SAFE_PATH: Final = re.compile(r"\$(?:\.[a-z][a-z0-9_]{0,63}|\[\d{1,9}\]|\[\.\.\.\])*")
 
 
 class InvalidParameter(BadRequest):
@@ -198,6 +238,18 @@ class RecordIntegrityFailed(DecryptionFailed):
 
     code = "record_integrity"
     title = "The record failed its integrity check"
+
+
+class StatsUnprotectable(VaultServiceError):
+    """A statistics table that cannot be published with its margins without letting
+    a suppressed count be recomputed: nothing is returned (vault_service/stats/)."""
+
+    status = 422
+    code = "stats_unprotectable"
+    title = "This table cannot be published without revealing a small cell"
+
+    def __init__(self) -> None:
+        super().__init__("group by fewer dimensions or ask for a longer period")
 
 
 class AuditUnavailable(VaultServiceError):

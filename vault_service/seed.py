@@ -68,6 +68,11 @@ def youth(fake: Any, rng: random.Random, department: str) -> dict[str, Any]:
         "programme_kind": rng.choice(["CEJ", "PACEA"]),
         "pathway_status": "active",
     }
+    # The latest situation, for the statistics' `situation` dimension (drawn last:
+    # the values above stay those of earlier demo data).
+    kind = rng.choice(["job_seeking", "training", "employment", "apprenticeship", "none"])
+    if kind != "none":
+        record["situations"] = [{"kind": kind, "start_date": "2026-01-05"}]
     return record
 
 
@@ -86,7 +91,7 @@ async def seed(
 
     fake = Faker("fr_FR")
     Faker.seed(2024)
-    rng = random.Random(2024)  # noqa: S311 - demo data, not secrets
+    rng = random.Random(2024)  # noqa: S311 - demo data, not secrets  # nosec B311
     accounts: list[DemoAccount] = []
     async with owner.transaction():
         for code, name, region, department in STRUCTURES:
@@ -99,7 +104,7 @@ async def seed(
             accounts.append(
                 DemoAccount(uuid.uuid4(), Role.SUPERVISOR, sid, f"supervisor of {code}")
             )
-        for role in (Role.ADMIN, Role.ADMIN, Role.AUDITOR):
+        for role in (Role.ADMIN, Role.ADMIN, Role.AUDITOR, Role.ANALYST):
             accounts.append(DemoAccount(uuid.uuid4(), role, None, str(role)))
         for account in accounts:
             await owner.execute(INSERT_ACCOUNT, account.id, account.role, account.structure_id)

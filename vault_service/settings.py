@@ -18,7 +18,8 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from vault_service.auth.oidc import IssuerConfig, parse_issuers
-from vault_service.errors import ConfigurationError
+from vault_service.console.signin import ConsoleSignIn, parse_console_signin
+from vault_service.errors import BODY_REASONS, ConfigurationError, validation_reason
 from vault_service.limits.schedule import parse_working_hours
 
 PREFIX = "VAULT_SERVICE_"
@@ -125,6 +126,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_nir_day: Budget = 60
     # Distinct records one supervisor may transfer or assign in an hour.
     budget_transfer_hour: Budget = 20
+    # Statistics queries (GET /v1/stats) per analyst and hour: each query counts,
+    # whatever it returns (differencing many tables is how suppressed cells leak).
+    budget_stats_hour: Budget = 60
     # Days a cross-structure transfer request waits for the receiving structure's
     # acceptance; past them it can only be asked again.
     transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14
@@ -190,8 +194,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # `keys rotate records` re-seals at most this many records a second (0: no limit),
     # so that the service keeps serving reads meanwhile (bench/keys.py measures both).
     rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
+    # The BI lane (vault_service/stats/): cells counting fewer than this many youth
+    # are suppressed, with complements; how often the aggregate is rebuilt (seconds,
+    # 0: only by `vault-service stats refresh`); records decrypted per batch.
+    stats_k: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 10
+    stats_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
+    stats_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    # `vault-service import`: records per batch (one transaction, one access-log entry
+    # naming every record it created; the entry schema caps record_ids at 10,000).
+    import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    # Processes that check and seal an import's lines (1: the importing process itself);
+    # each has the service's configuration and its own Vault and database sessions.
+    import_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Records sealed a second at most by an import (0: no limit): an import while the
+    # service serves shares the machine with it (bench/imports.py measures both).
+    import_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     # External identity providers (JSON list, see vault_service/auth/oidc.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
+    # The console's sign-in with one of those providers (JSON object, see
+    # vault_service/console/signin.py); none: auditors paste a token.
+    console_oidc: ConsoleSignIn | None = None
 
     def __post_init__(self) -> None:
         if not self.vault_token and not (self.vault_role_id and self.vault_secret_id_file):
@@ -241,6 +263,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for origin in self.cors_origins:
             if origin == "*" or not _tls_or_loopback(origin):
                 raise ConfigurationError("CORS origins must be explicit https origins")
+        if self.console_oidc is not None:
+            self._check_console_oidc(self.console_oidc)
+
+    def _check_console_oidc(self, signin: ConsoleSignIn) -> None:
+        # The page's ID token must be one the service accepts: a configured issuer,
+        # whose audience is the console's client (an ID token's `aud`).
+        issuer = next((i for i in self.oidc_issuers if i.issuer == signin.issuer), None)
+        if issuer is None or issuer.audience != signin.client_id:
+            raise ConfigurationError(
+                "VAULT_SERVICE_CONSOLE_OIDC: its issuer must be in VAULT_SERVICE_OIDC_ISSUERS "
+                "with the console's client id as audience"
+            )
+        for url in (signin.authorization_endpoint, signin.token_endpoint):
+            parts = urlsplit(url)
+            if not _tls_or_loopback(url) or parts.username or parts.password or parts.fragment:
+                raise ConfigurationError(
+                    "VAULT_SERVICE_CONSOLE_OIDC: endpoints must be https (http only to loopback)"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -254,11 +294,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
             elif field.name == "oidc_issuers":
                 raw[field.name] = parse_issuers(value)
+            elif field.name == "console_oidc":
+                raw[field.name] = parse_console_signin(value)
             else:
                 raw[field.name] = value
         try:
             # strict=False lets msgspec parse "8000" into an int, "2.5" into a float.
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
-            # msgspec names the field and the constraint, never the value.
-            raise ConfigurationError(f"invalid settings: {exc}") from None
+            # The setting's name and a stable reason: msgspec's own text can quote the
+            # value, and a value here can be a DSN with its password or a token.
+            reason, path = validation_reason(exc)
+            name = PREFIX + path.removeprefix("$.").split(".")[0].split("[")[0].upper()
+            where = name if path.startswith("$.") else "the settings"
+            raise ConfigurationError(f"invalid settings: {where}: {BODY_REASONS[reason]}") from None

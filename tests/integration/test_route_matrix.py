@@ -41,7 +41,11 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/audit/reports/breach-impact"): {AU},
     ("GET", "/v1/audit/reports/breach-impact/proofs"): {AU},
     ("GET", "/v1/audit/reports/subject/{record_id}"): {AU},
+    ("GET", "/v1/audit/volume"): {AU},
+    ("GET", "/v1/audit/break-glass"): {AU},
     ("GET", "/v1/alerts"): {AU},
+    ("POST", "/v1/alerts/{alert_id}/ack"): {AU},
+    ("GET", "/v1/stats"): {AN},
 }
 PUBLIC = {"/health/live", "/health/ready", "/.well-known/jwks.json"}
 
@@ -62,7 +66,7 @@ async def test_every_route_and_role(client, world: World) -> None:
     checked = 0
     for method, path in sorted(routes):
         url = path
-        for name in ("{record_id}", "{grant_id}", "{transfer_id}"):
+        for name in ("{record_id}", "{grant_id}", "{transfer_id}", "{alert_id}"):
             url = url.replace(name, str(uuid.uuid4()))
         for role, account in accounts.items():
             purpose = sorted(ROLE_PURPOSES[role])[0] if ROLE_PURPOSES[role] else "follow_up"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 
+import phonenumbers
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -137,6 +139,52 @@ def test_name_normalisation_distinct() -> None:
 )
 def test_phone_normalises_to_e164(raw: str) -> None:
     assert bi.normalise_phone(raw) == "+33612345678"
+
+
+def _phonenumbers_e164(value: str) -> str | None:
+    """The parser's answer, which the usual French spellings skip."""
+    try:
+        number = phonenumbers.parse(value, "FR")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def test_phone_fast_path_agrees_with_phonenumbers() -> None:
+    rng = random.Random(14)
+    prefixes = ["0", "0 ", "+33", "+33 ", "+330", "0033", "0033 ", "33", "+44 ", "00 33"]
+    taken = 0
+    for _ in range(20_000):
+        sep = rng.choice(["", " ", ".", "-"])
+        digits = [rng.choice("0123456789") for _ in range(rng.choice([8, 9, 9, 10]))]
+        body = "".join(d + (sep if k % 2 == 0 else "") for k, d in enumerate(digits))
+        value = rng.choice(prefixes) + body.rstrip(" .-")
+        if bi._FR_PHONE.fullmatch(value) is None:
+            continue
+        taken += 1
+        try:
+            ours: str | None = bi.normalise_phone(value)
+        except bi.NormalisationError:
+            ours = None
+        assert ours == _phonenumbers_e164(value), value
+    assert taken > 1_000
+
+
+def test_name_normalisation_ascii_shortcut() -> None:
+    # Only non-ASCII characters are looked up; format characters still drop.
+    assert bi.normalise_name("Le\u00adFevre\u2060") == bi.normalise_name("lefevre") == "lefevre"
+
+
+def test_seal_fields_opens_as_fields() -> None:
+    key = AESGCM(aead.new_key())
+    record_id = uuid.uuid4()
+    prefix = aead.field_aad_prefix(record_id, 1)
+    blobs = aead.seal_fields(key, prefix, {"a": b'"x"', "b": b"[1,2]"})
+    assert len({blob[1:13] for blob in blobs.values()}) == 2  # a nonce each
+    assert aead.open_fields(key, prefix, blobs, ["a", "b"]) == {"a": b'"x"', "b": b"[1,2]"}
+    assert aead.open_(key, blobs["a"], aead.field_aad(record_id, "a", 1)) == b'"x"'
 
 
 def test_other_normalisers() -> None:

@@ -587,7 +587,9 @@ def test_dockerfile_builds_a_non_root_image_without_dev_extras() -> None:
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", dockerfile, re.MULTILINE)
     assert base
     assert base.group(1).startswith("python:3.11-slim")
-    assert re.search(r"pip install \.\s*$", dockerfile, re.MULTILINE)
+    # Dependencies from the hashed lock, then the package alone.
+    assert re.search(r"pip install --require-hashes -r requirements-runtime\.lock", dockerfile)
+    assert re.search(r"pip install --no-deps \.\s*$", dockerfile, re.MULTILINE)
     assert not re.search(r"pip install[^\n]*\[(dev|test|lint)", dockerfile)
     user = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
     assert user
@@ -609,6 +611,7 @@ def test_dockerignore_is_an_allow_list() -> None:
     assert lines[0] == "*"
     assert "!vault_service/" in lines
     assert "!pyproject.toml" in lines
+    assert "!requirements-runtime.lock" in lines
 
 
 # --- Shell scripts -----------------------------------------------------------------

@@ -32,3 +32,11 @@ def test_a_bar_on_a_terminal() -> None:
     text = out.getvalue()
     assert "re-seal records" in text and "4/4" in text
     assert "re-seal records: " not in text  # no plain lines
+
+
+def test_plain_lines_with_the_rate() -> None:
+    out = io.StringIO()
+    with RotationProgress("import", 5, stream=out, rate=True) as progress:
+        progress.advance(5)
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("import: 5/5 (") and last.endswith("/s)")

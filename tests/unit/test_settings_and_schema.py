@@ -137,3 +137,56 @@ def test_working_hours_are_read_as_written() -> None:
     assert (week.days, week.start, week.end) == ((1, 2, 3, 4, 5), "07:00", "20:00")
     odd = parse_working_hours(" Mon-Wed,sat 08:30-24:00 ")
     assert (odd.days, odd.start, odd.end) == ((1, 2, 3, 6), "08:30", "24:00")
+
+
+_ISSUER = {
+    "issuer": "https://sso.example-ml.fr/realms/ml",
+    "audience": "console-client",
+    "jwks_uri": "https://sso.example-ml.fr/realms/ml/keys",
+    "algorithms": ["RS256"],
+}
+_CONSOLE = {
+    "issuer": "https://sso.example-ml.fr/realms/ml",
+    "client_id": "console-client",
+    "authorization_endpoint": "https://sso.example-ml.fr/realms/ml/auth",
+    "token_endpoint": "https://sso.example-ml.fr/realms/ml/token",
+    "scope": "openid mfa",
+}
+
+
+def test_console_sign_in_loads_and_names_its_origin() -> None:
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "VAULT_SERVICE_OIDC_ISSUERS": json.dumps([_ISSUER]),
+            "VAULT_SERVICE_CONSOLE_OIDC": json.dumps(_CONSOLE),
+        }
+    )
+    assert settings.console_oidc is not None
+    assert settings.console_oidc.connect_origin == "https://sso.example-ml.fr"
+    assert Settings.from_env(BASE).console_oidc is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"issuer": "https://other.example/realms/ml"},  # not a configured issuer
+        {"client_id": "another-client"},  # not that issuer's audience
+        {"token_endpoint": "http://sso.example-ml.fr/token"},  # plain HTTP off loopback
+        {"authorization_endpoint": "https://user:pw@sso.example-ml.fr/auth"},
+        {"authorization_endpoint": "https://sso.example-ml.fr/auth#x"},
+        {"scope": "profile"},  # not an OpenID request
+        {"scope": "openid <script>"},
+        {"client_id": "a b"},
+        {"extra": "member"},
+    ],
+)
+def test_console_sign_in_refuses_what_would_not_work_or_leak(change: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError):
+        Settings.from_env(
+            {
+                **BASE,
+                "VAULT_SERVICE_OIDC_ISSUERS": json.dumps([_ISSUER]),
+                "VAULT_SERVICE_CONSOLE_OIDC": json.dumps({**_CONSOLE, **change}),
+            }
+        )

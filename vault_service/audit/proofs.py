@@ -171,6 +171,21 @@ class EventsPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
+class VolumeRow(msgspec.Struct, kw_only=True):
+    day: datetime.datetime
+    key: str | None  # the actor's or structure's id; None for anonymous refusals
+    entries: int
+    records: int
+
+
+class VolumePage(msgspec.Struct, kw_only=True):
+    by: str
+    since: datetime.datetime
+    until: datetime.datetime
+    rows: list[VolumeRow]
+    truncated: bool
+
+
 class ImpactedRecord(msgspec.Struct, kw_only=True):
     record_id: uuid.UUID
     accesses: int
@@ -448,6 +463,27 @@ class AuditProofs:
             )
         items = [_event_item(r) for r in rows[:limit]]
         return EventsPage(items=items, next_cursor=_next_index_cursor(rows, limit))
+
+    async def volume(
+        self, by: str, since: datetime.datetime, until: datetime.datetime, limit: int
+    ) -> VolumePage:
+        """Entries and records named per UTC day and per actor or structure: counts and
+        ids only. More groups than `limit` answer the first `limit`, marked truncated."""
+        query = sql.VOLUME_BY_ACTOR if by == "actor" else sql.VOLUME_BY_STRUCTURE
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(query, since, until, limit + 1)
+        return VolumePage(
+            by=by,
+            since=since,
+            until=until,
+            rows=[
+                VolumeRow(
+                    day=r["day"], key=r["key"], entries=int(r["entries"]), records=int(r["records"])
+                )
+                for r in rows[:limit]
+            ],
+            truncated=len(rows) > limit,
+        )
 
     async def subject(self, record_id: uuid.UUID, cursor: str | None, limit: int) -> SubjectPage:
         after = decode_index_cursor(cursor)

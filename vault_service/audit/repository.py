@@ -76,7 +76,7 @@ APPEND_BATCH: Final = _APPEND_WRITES + _MOVE_HEAD
 # already committed, got there first), the head is set to -1, which its CHECK refuses:
 # the whole statement fails and nothing is appended twice.
 APPEND_INTEGRATED: Final = (
-    _APPEND_WRITES  # noqa: S608 - constants only
+    _APPEND_WRITES  # noqa: S608 - constants only  # nosec B608
     + """, integrated AS (
     DELETE FROM audit_pending p
     WHERE p.id = ANY ($13::bigint[]) AND EXISTS (SELECT 1 FROM expected)
@@ -274,4 +274,29 @@ LIMIT $3
 PRUNE_BODIES: Final = """
 WITH pruned AS (DELETE FROM audit_bodies WHERE at < $1 RETURNING idx)
 SELECT count(*) FROM pruned
+"""
+
+# The console's charts: entries and records named per day and per actor or structure
+# in a window, from the bodies themselves (ids and counts only). The BRIN index on
+# `at` bounds the scan to the window. Newest days first: a cut answer loses the
+# oldest days, never the latest activity.
+VOLUME_BY_ACTOR: Final = """
+SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'actor_id' AS key,
+       count(*) AS entries,
+       sum(jsonb_array_length(COALESCE(b.body -> 'record_ids', '[]'::jsonb))) AS records
+FROM audit_bodies b
+WHERE b.at >= $1 AND b.at < $2
+GROUP BY 1, 2
+ORDER BY 1 DESC, 2
+LIMIT $3
+"""
+VOLUME_BY_STRUCTURE: Final = """
+SELECT date_trunc('day', b.at, 'UTC') AS day, b.body ->> 'structure_id' AS key,
+       count(*) AS entries,
+       sum(jsonb_array_length(COALESCE(b.body -> 'record_ids', '[]'::jsonb))) AS records
+FROM audit_bodies b
+WHERE b.at >= $1 AND b.at < $2
+GROUP BY 1, 2
+ORDER BY 1 DESC, 2
+LIMIT $3
 """

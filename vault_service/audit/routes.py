@@ -12,10 +12,10 @@ import datetime
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -24,10 +24,11 @@ from vault_service.audit.proofs import AuditProofs
 from vault_service.audit.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
-from vault_service.errors import InvalidParameter
+from vault_service.errors import InvalidParameter, NotFound, invalid_body
 from vault_service.limits.budgets import Charge
 from vault_service.limits.defence import Alerts
 from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
+from vault_service.records.custody import CustodyService
 
 JSON: Final = "application/json"
 
@@ -129,6 +130,9 @@ def _proofs(request: Request[Any, Any, Any]) -> AuditProofs:
 _EVENTS: Final = frozenset({"record_id", "actor_id", "action", "since", "until", "cursor", "limit"})
 _REPORT: Final = frozenset({"actor_id", "since", "until", "cursor", "limit", "format"})
 _PAGE: Final = frozenset({"cursor", "limit"})
+# The console's charts: a quarter at most, and a bound on the groups it answers.
+_VOLUME_WINDOW: Final = datetime.timedelta(days=93)
+_VOLUME_ROWS: Final = 5000
 
 
 class AuditController(Controller):
@@ -273,6 +277,47 @@ class AuditController(Controller):
         return _json(bundle)
 
     @get(
+        "/volume",
+        opt=_opt("audit.volume"),
+        summary="Entries and records named per day and per actor or structure (counts only)",
+    )
+    async def volume(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"by", "since", "until"}))
+        by = params.get("by", "actor")
+        if by not in ("actor", "structure"):
+            raise InvalidParameter("by must be actor or structure")
+        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        if since is None or until is None:
+            raise InvalidParameter("since and until are required")
+        if until <= since:
+            raise InvalidParameter("until must be after since")
+        if until - since > _VOLUME_WINDOW:
+            raise InvalidParameter("the window is at most 93 days")
+        await _settled(request)
+        page = await _proofs(request).volume(by, since, until, _VOLUME_ROWS)
+        await _log(request, params)
+        return _json(page)
+
+    @get(
+        "/break-glass",
+        opt=_opt("audit.break_glass"),
+        summary="Break-the-glass grants and their reviews (ids, reasons, times, outcomes)",
+    )
+    async def break_glass(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
+        params = _params(request, frozenset({"state", "cursor", "limit"}))
+        state = params.get("state")
+        if state is not None and state not in ("pending", "reviewed"):
+            raise InvalidParameter("state must be pending or reviewed")
+        limit = _limit(params, 100, 500)
+        custody: CustodyService = request.app.state.custody
+        items = await custody.grants_for_audit(
+            request.user, state, decode_uuid_cursor(params.get("cursor")), limit
+        )
+        await _log(request, params, tuple(i["record_id"] for i in items))
+        next_cursor = encode_uuid_cursor(items[-1]["id"]) if len(items) == limit else None
+        return _json({"items": items, "next_cursor": next_cursor})
+
+    @get(
         "/reports/subject/{record_id:str}",
         opt=_opt("audit.subject"),
         summary="Who accessed one youth's record, when and why",
@@ -293,6 +338,14 @@ class AuditController(Controller):
 
 
 _ALERTS: Final = frozenset({"state", "since", "cursor", "limit"})
+
+
+class AckRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Why the alert is closed, kept with the alert (never in a log line or an entry).
+    comment: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+_ack_decoder = msgspec.json.Decoder(AckRequest)
 
 
 class AlertsController(Controller):
@@ -334,3 +387,30 @@ class AlertsController(Controller):
         await _log(request, params)
         next_cursor = encode_uuid_cursor(rows[-1]["id"]) if len(rows) == limit else None
         return _json({"items": items, "next_cursor": next_cursor})
+
+    @post(
+        "/alerts/{alert_id:str}/ack",
+        opt={"permission": Permission.ALERTS_ACK, "data": True, "action": "alert.ack"},
+        status_code=204,
+        summary="Acknowledge an open alert, with a comment (auditors)",
+    )
+    async def ack(
+        self, request: Request[Principal, Any, Any], alert_id: FromPath[str]
+    ) -> Response[None]:
+        if request.query_params:
+            raise InvalidParameter("unknown query parameter")
+        aid = _uuid(alert_id, "alert id")
+        assert aid is not None
+        try:
+            body = _ack_decoder.decode(await request.body())
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise invalid_body(exc) from None
+        source: Alerts = request.app.state.alerts
+        if not await source.acknowledge(
+            aid, request.user.account_id, body.comment, request_log(request.scope)
+        ):
+            raise NotFound(
+                "no open alert with this id that an auditor may acknowledge (critical "
+                "alerts and alerts about oneself go to an admin)"
+            )
+        return Response(None, status_code=204)

@@ -32,6 +32,8 @@ class Permission(StrEnum):
     TRANSFERS_DECIDE = "case:transfers:decide"
     TRANSFERS_CANCEL = "case:transfers:cancel"
     AUDIT_READ = "audit:events:read"
+    ALERTS_ACK = "audit:alerts:ack"
+    STATS_READ = "stats:aggregates:read"
 
 
 class Purpose(StrEnum):
@@ -47,6 +49,7 @@ class Purpose(StrEnum):
     BREAK_GLASS = "break_glass"
     SUPERVISION = "supervision"
     AUDIT = "audit"
+    STATISTICS = "statistics"
 
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
@@ -78,8 +81,9 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     ),
     # Admins manage accounts and keys through the CLI; never case data.
     Role.ADMIN: frozenset(),
-    Role.AUDITOR: frozenset({Permission.AUDIT_READ}),
-    Role.ANALYST: frozenset(),
+    Role.AUDITOR: frozenset({Permission.AUDIT_READ, Permission.ALERTS_ACK}),
+    # Counts with small cells suppressed (vault_service/stats/); never a row.
+    Role.ANALYST: frozenset({Permission.STATS_READ}),
 }
 
 # Which roles may state which purposes on data routes.
@@ -107,7 +111,7 @@ ROLE_PURPOSES: Final[dict[Role, frozenset[Purpose]]] = {
     ),
     Role.ADMIN: frozenset(),
     Role.AUDITOR: frozenset({Purpose.AUDIT}),
-    Role.ANALYST: frozenset(),
+    Role.ANALYST: frozenset({Purpose.STATISTICS}),
 }
 
 
@@ -123,6 +127,7 @@ MFA_PERMISSIONS: Final[frozenset[Permission]] = frozenset(
         Permission.TRANSFERS_DECIDE,
         Permission.TRANSFERS_CANCEL,
         Permission.AUDIT_READ,
+        Permission.ALERTS_ACK,
     }
 )
 

@@ -81,9 +81,37 @@ def record_key_aad(record_id: uuid.UUID, structure_id: uuid.UUID, branch_version
     )
 
 
+_V1: Final = bytes((FORMAT_V1,))
+
+
 def seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
-    return bytes((FORMAT_V1,)) + nonce + aead.encrypt(nonce, plaintext, aad)
+    return _V1 + nonce + aead.encrypt(nonce, plaintext, aad)
+
+
+def seal_fields(aead: AESGCM, prefix: bytes, plaintexts: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Seal several fields of one record (the create and import hot path): the shared AAD
+    prefix built once, the field paths' encodings cached, and every nonce drawn from one
+    read of the OS's CSPRNG (each nonce is still 96 random bits of its own; one read
+    instead of one system call a field). Blobs as `seal` makes them."""
+    count = len(plaintexts)
+    if not count:
+        return {}
+    nonces = os.urandom(NONCE_BYTES * count)
+    encrypt = aead.encrypt
+    encoded = _ENCODED_NAMES
+    out = {}
+    at = 0
+    for name, plaintext in plaintexts.items():
+        path = encoded.get(name)
+        if path is None:
+            path = name.encode("utf-8")
+            if len(encoded) < 4096:  # field paths: a small, fixed vocabulary
+                encoded[name] = path
+        nonce = nonces[at : at + NONCE_BYTES]
+        at += NONCE_BYTES
+        out[name] = _V1 + nonce + encrypt(nonce, plaintext, prefix + path)
+    return out
 
 
 def open_(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:

@@ -391,6 +391,9 @@ class TransitKeyAdmin:
         await asyncio.to_thread(self._run, "config", op)
 
 
+_KV_UPGRADE_ATTEMPTS: Final = 100
+
+
 def setup_transit(client: hvac.Client, mount: str = "transit") -> list[str]:
     """Enable transit and create the service's keys (admin token required; idempotent).
 
@@ -403,16 +406,26 @@ def setup_transit(client: hvac.Client, mount: str = "transit") -> list[str]:
         client.sys.enable_secrets_engine("transit", path=mount)
     if f"{ANCHOR_MOUNT}/" not in mounts:
         client.sys.enable_secrets_engine("kv", path=ANCHOR_MOUNT, options={"version": "2"})
-    try:
-        client.secrets.kv.v2.read_secret_version(
-            path=ANCHOR_PATH, mount_point=ANCHOR_MOUNT, raise_on_deleted_version=True
-        )
-    except hvac.exceptions.InvalidPath:
-        # Created empty by the operator: the service may update it, never create it.
-        client.secrets.kv.v2.create_or_update_secret(
-            path=ANCHOR_PATH, secret={}, cas=0, mount_point=ANCHOR_MOUNT
-        )
-        created.append(f"{ANCHOR_MOUNT}/{ANCHOR_PATH}")
+    for attempt in range(_KV_UPGRADE_ATTEMPTS):
+        try:
+            client.secrets.kv.v2.read_secret_version(
+                path=ANCHOR_PATH, mount_point=ANCHOR_MOUNT, raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            # Created empty by the operator: the service may update it, never create it.
+            client.secrets.kv.v2.create_or_update_secret(
+                path=ANCHOR_PATH, secret={}, cas=0, mount_point=ANCHOR_MOUNT
+            )
+            created.append(f"{ANCHOR_MOUNT}/{ANCHOR_PATH}")
+        except hvac.exceptions.InvalidRequest as exc:
+            # A kv-v2 mount just enabled on persistent storage upgrades itself for a
+            # moment and refuses reads meanwhile ("Upgrading from non-versioned to
+            # versioned data"): wait for it, a bounded number of times.
+            if "Upgrading" not in str(exc) or attempt == _KV_UPGRADE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1)
+            continue
+        break
     for name, key_type in SERVICE_KEYS.items():
         try:
             client.secrets.transit.read_key(name=name, mount_point=mount)

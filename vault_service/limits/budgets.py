@@ -9,7 +9,8 @@ record already counted in the window is free. Kinds, per account unless stated:
 - `summary.hour`: masked views (caseload, search, a supervisor's view of a record);
 - `break_glass.day`: full views read under break-the-glass (on top of the above);
 - `nir.hour`, `nir.day`: NIR lookups, each lookup counted, whatever it finds;
-- `transfer.hour`: distinct records a supervisor transfers or assigns.
+- `transfer.hour`: distinct records a supervisor transfers or assigns;
+- `stats.hour`: statistics queries of an analyst, each one counted.
 
 Limits come from the settings per role and are halved while an account is restricted
 (newly activated). The decision itself is made in PostgreSQL, atomically with the
@@ -40,6 +41,7 @@ class Charge(enum.Enum):
     SUMMARY = "summary"
     NIR = "nir"
     TRANSFER = "transfer"  # a record handed to another account (transfer, assignment)
+    STATS = "stats"  # a table of counts: no record, each query counted
 
 
 class BudgetExceeded(VaultServiceError):
@@ -89,6 +91,7 @@ class BudgetPolicy:
         self._nir_hour = settings.budget_nir_hour
         self._nir_day = settings.budget_nir_day
         self._transfer_hour = settings.budget_transfer_hour
+        self._stats_hour = settings.budget_stats_hour
 
     def claims(
         self,
@@ -139,6 +142,10 @@ class BudgetPolicy:
             # Custody moves: one supervisor handing a structure to one counsellor is the
             # bulk read of tomorrow.
             return [BudgetClaim(account, "transfer.hour", self._transfer_hour // half, record_ids)]
+        if charge is Charge.STATS:
+            # No record is returned; a fresh id stands for the query, as for a NIR
+            # lookup, so that every query counts.
+            return [BudgetClaim(account, "stats.hour", self._stats_hour // half, (uuid.uuid4(),))]
         # Nothing returned: the record budget's state, for the headers.
         return [BudgetClaim(account, "record.hour", self._record_hour[role] // half, ())]
 

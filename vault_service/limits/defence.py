@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import msgspec
@@ -26,6 +26,9 @@ from vault_service.audit.sequencer import Decision, add_in_transaction
 from vault_service.auth.principal import Principal
 from vault_service.errors import AuditUnavailable
 from vault_service.observability import export_alert
+
+if TYPE_CHECKING:
+    from vault_service.audit.recording import RequestLog
 
 __all__ = ["Alerts", "BulkReadDefence"]
 
@@ -47,6 +50,8 @@ WHERE ($1::text IS NULL OR state = $1)
 ORDER BY raised_at, id
 LIMIT $4
 """
+# An auditor's acknowledgement (0018): the id when an open alert was acknowledged.
+AUDITOR_ACK: Final = "SELECT vs_auditor_ack_alert($1, $2, $3)"
 _details = msgspec.json.Encoder()
 
 
@@ -106,6 +111,23 @@ class Alerts:
         the first)."""
         async with self._pool.acquire() as conn:
             return await conn.fetch(SELECT_ALERTS, state, since, after, limit)
+
+    async def acknowledge(
+        self, alert_id: uuid.UUID, auditor_id: uuid.UUID, comment: str, log: RequestLog
+    ) -> bool:
+        """An auditor acknowledges an open alert, with the request's access-log entry in
+        the same transaction (no acknowledgement without its entry). False: no open
+        alert with this id, nothing written."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval(AUDITOR_ACK, alert_id, auditor_id, comment)
+            if found is None:
+                return False
+            await log.within(conn, record_ids=(alert_id,))
+        # Ids only: the comment stays with the alert.
+        alerts_log.info(
+            "alert_acknowledged", alert_id=str(alert_id), actor_id=str(auditor_id), role="auditor"
+        )
+        return True
 
 
 class BulkReadDefence:

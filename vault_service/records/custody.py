@@ -433,6 +433,15 @@ class CustodyService:
         rows = await self._repo.review_queue(principal.structure_id, after, limit)
         return [dict(r) for r in rows]
 
+    async def grants_for_audit(
+        self, principal: Principal, state: str | None, after: uuid.UUID, limit: int
+    ) -> list[dict[str, Any]]:
+        """Every grant and its review, for auditors: ids, codes and times only."""
+        if principal.role != Role.AUDITOR:
+            raise Forbidden()
+        rows = await self._repo.grants_for_audit(state, after, limit)
+        return [dict(r) for r in rows]
+
     async def review(
         self, principal: Principal, grant_id: uuid.UUID, request: ReviewRequest, log: WriteLog
     ) -> None:

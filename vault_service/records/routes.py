@@ -156,6 +156,8 @@ class RecordsController(Controller):
         self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         service: RecordService = request.app.state.records
+        if request.scope["query_string"]:
+            raise InvalidParameter("unknown query parameter")  # as strict as every route
         purpose = request.state.purpose[0]
         document = await service.read(request.user, parse_id(record_id), purpose)
         full = document.view is View.FULL

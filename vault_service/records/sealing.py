@@ -43,7 +43,15 @@ StoredRow = AccessFacts
 
 
 class Sealer:
-    __slots__ = ("_keys", "_known", "_masked_fields", "_masked_sealed", "_national", "_schema")
+    __slots__ = (
+        "_encrypted",
+        "_keys",
+        "_known",
+        "_masked_fields",
+        "_masked_sealed",
+        "_national",
+        "_schema",
+    )
 
     def __init__(self, keys: KeyHierarchy, schema: RecordSchema) -> None:
         self._keys = keys
@@ -51,6 +59,7 @@ class Sealer:
         self._masked_fields = tuple(f for f in schema.fields.values() if f.mask is not None)
         self._masked_sealed = tuple(f.name for f in self._masked_fields if f.encrypted)
         self._known = frozenset(schema.fields)
+        self._encrypted = frozenset(f.name for f in schema.fields.values() if f.encrypted)
         self._national = frozenset(
             p.index.name for p in schema.indexed if p.index is not None and p.index.national
         )
@@ -95,15 +104,18 @@ class Sealer:
     ) -> tuple[dict[str, bytes], dict[str, Any]]:
         """(sealed blobs of the encrypted fields, plain values of the others), bound to
         the record key's version (a re-encrypted record is past version 1)."""
-        sealed: dict[str, bytes] = {}
+        plaintexts: dict[str, bytes] = {}
         clear: dict[str, Any] = {}
+        encrypted, encode = self._encrypted, _json_encoder.encode
         for name, value in values.items():
-            if self._schema.fields[name].encrypted:
-                aad = aead.field_aad(record_id, name, key_version)
-                sealed[name] = aead.seal(record_key, _json_encoder.encode(value), aad)
-            else:
+            if name in encrypted:
+                plaintexts[name] = encode(value)
+            elif name in self._known:
                 clear[name] = value
-        return sealed, clear
+            else:
+                raise KeyError(name)  # as the schema lookup did: no unknown field stored
+        prefix = aead.field_aad_prefix(record_id, key_version)
+        return aead.seal_fields(record_key, prefix, plaintexts), clear
 
     @staticmethod
     def pack(
@@ -249,6 +261,11 @@ class Sealer:
         return await self._keys.derived_key(national, label)
 
     # --- idempotency ----------------------------------------------------------------------
+    async def derived_key(self, label: bytes) -> bytes:
+        """A keyed-digest key derived inside Vault under the structure-scoped index root,
+        as the blind-index keys are (a bulk import's legacy-id digests)."""
+        return await self._keys.derived_key(False, label)
+
     async def request_digest(self, body: bytes) -> bytes:
         """Keyed digest of a request body: a replay is recognised without storing it."""
         key = await self._keys.derived_key(False, _IDEMPOTENCY_LABEL)

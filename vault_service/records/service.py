@@ -7,6 +7,7 @@ concerns (ETags, cursors, query parameters) stay in the routes.
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,7 +41,7 @@ from vault_service.records.retention import RetentionRule
 from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import RowState, Sealer
 
-__all__ = ["Created", "Page", "RecordDocument", "RecordService", "View"]
+__all__ = ["Created", "Page", "RecordDocument", "RecordService", "SealedNew", "View"]
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -50,6 +51,23 @@ class Created:
     record_id: uuid.UUID
     version: int
     replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SealedNew:
+    """A new record as it is stored (`RecordService.seal_new`), not yet written."""
+
+    record_id: uuid.UUID
+    structure_id: uuid.UUID
+    referent_id: uuid.UUID
+    branch_key_version: int
+    record_key: bytes
+    sealed: bytes
+    clear: str
+    index_names: list[str]
+    index_digests: list[bytes]
+    index_national: list[bool]
+    retain_until: datetime.date | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +164,45 @@ class RecordService:
         if self._on_honeytoken is not None:
             await self._on_honeytoken(principal, record_id)
 
+    def validate_create(self, body: bytes) -> dict[str, Any]:
+        """The values of a create body, validated exactly as `POST /v1/records` does
+        (InvalidBody otherwise): what a bulk import checks each line with."""
+        return self._decode_create(body)
+
+    async def seal_new(
+        self,
+        structure_id: uuid.UUID,
+        referent_id: uuid.UUID,
+        values: Mapping[str, Any],
+        record_id: uuid.UUID,
+    ) -> SealedNew:
+        """A new record in its stored form: its own record key under the structure's
+        active branch key, every encrypted field sealed, its blind indexes, its
+        integrity tag and its last readable day. The one path of every create (the
+        API's, the canaries', a bulk import's); InvalidBody when an indexed value
+        cannot be normalised."""
+        record_key, wrapped, branch_version = await self._sealer.new_record_key(
+            structure_id, record_id
+        )
+        sealed, clear = self._sealer.split(values, record_key, record_id)
+        names, digests = await self._sealer.index_values(structure_id, values, self._schema.indexed)
+        sealed_bytes, clear_text = self._sealer.pack(
+            sealed, clear, record_key, RowState(record_id, 1, structure_id, referent_id, 1)
+        )
+        return SealedNew(
+            record_id,
+            structure_id,
+            referent_id,
+            branch_version,
+            wrapped,
+            sealed_bytes,
+            clear_text,
+            names,
+            digests,
+            self._sealer.national_flags(names),
+            self._retention.retain_until(values),
+        )
+
     # --- operations -----------------------------------------------------------------------
     async def create(
         self,
@@ -165,34 +222,28 @@ class RecordService:
             if existing is not None:
                 return _replay(existing, request_digest)
 
-        structure_id = principal.structure_id
         # Chosen by the caller only for a canary, registered before it exists.
-        record_id = record_id or uuid.uuid4()
-        record_key, wrapped, branch_version = await self._sealer.new_record_key(
-            structure_id, record_id
+        new = await self.seal_new(
+            principal.structure_id, principal.account_id, values, record_id or uuid.uuid4()
         )
-        sealed, clear = self._sealer.split(values, record_key, record_id)
-        names, digests = await self._sealer.index_values(structure_id, values, self._schema.indexed)
-        sealed_bytes, clear_text = self._sealer.pack(
-            sealed, clear, record_key, RowState(record_id, 1, structure_id, principal.account_id, 1)
-        )
+        record_id = new.record_id
         try:
             # The record and its access-log entry commit together or not at all.
             row = await self._repo.create(
                 record_id=record_id,
-                structure_id=structure_id,
-                referent_id=principal.account_id,
-                branch_key_version=branch_version,
-                record_key=wrapped,
-                sealed=sealed_bytes,
-                clear=clear_text,
-                index_names=names,
-                index_digests=digests,
-                index_national=self._sealer.national_flags(names),
+                structure_id=new.structure_id,
+                referent_id=new.referent_id,
+                branch_key_version=new.branch_key_version,
+                record_key=new.record_key,
+                sealed=new.sealed,
+                clear=new.clear,
+                index_names=new.index_names,
+                index_digests=new.index_digests,
+                index_national=new.index_national,
                 idempotency_key=idempotency_key,
                 request_digest=request_digest,
                 entry=log.statement_entry(record_ids=(record_id,)),
-                retain_until=self._retention.retain_until(values),
+                retain_until=new.retain_until,
             )
         except IdempotencyRace:
             # A concurrent retry with the same key won; nothing of ours was written.

@@ -17,8 +17,6 @@ alone cannot tell).
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from vault_service.kms import VaultKms
 from vault_service.records.sealing import INTEGRITY_FIELD, RowState, Sealer, clear_values
 from vault_service.rotation import repository as sql
 from vault_service.rotation.common import acquire, branch_key, release
-from vault_service.rotation.progress import RotationProgress
+from vault_service.rotation.progress import Pace, RotationProgress
 
 _decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 _NO_ID = uuid.UUID(int=0)
@@ -91,7 +89,7 @@ async def rotate_records(
     serving reads while it runs."""
     await acquire(conn, "records")
     try:
-        pace = _Pace(max_rate)
+        pace = Pace(max_rate)
         return await _rotate(conn, kms, structures, batch_size, dry_run=dry_run, pace=pace)
     finally:
         await release(conn, "records")
@@ -104,7 +102,7 @@ async def _rotate(
     batch_size: int,
     *,
     dry_run: bool,
-    pace: _Pace,
+    pace: Pace,
 ) -> RecordsRotation:
     run = RecordsRotation(dry_run=dry_run)
     known = {r["structure_id"]: r for r in await conn.fetch(sql.SELECT_RECORD_KEY_VERSIONS)}
@@ -151,7 +149,7 @@ async def _reseal(
     item: StructureReseal,
     batch_size: int,
     bar: RotationProgress,
-    pace: _Pace,
+    pace: Pace,
 ) -> None:
     branches: dict[int, BranchKey] = {}
     while True:  # passes, until one finds nothing behind
@@ -216,21 +214,3 @@ def _reseal_rows(
         new_keys.append(wrapped)
         sealed.append(resealed)
     return ids, versions, old_versions, old_keys, new_keys, sealed
-
-
-class _Pace:
-    """Sleeps between batches so that the run stays at or under `rate` records a second
-    on average (0: no pacing)."""
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._started = time.monotonic()
-        self._done = 0
-
-    async def after(self, n: int) -> None:
-        if self._rate <= 0:
-            return
-        self._done += n
-        ahead = self._done / self._rate - (time.monotonic() - self._started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)

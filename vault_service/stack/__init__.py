@@ -36,7 +36,7 @@ import os
 import shutil
 import signal
 import ssl
-import subprocess
+import subprocess  # starts our own servers  # nosec B404
 import sys
 import time
 import urllib.error
@@ -211,7 +211,7 @@ class Stack:
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
         with (logs / f"{name}.log").open("ab") as out:
-            proc = subprocess.Popen(  # noqa: S603 - our own binaries and arguments
+            proc = subprocess.Popen(  # noqa: S603 - our own binaries and arguments  # nosec B603
                 cmd,
                 env=env,
                 stdout=out,
@@ -231,7 +231,7 @@ class Stack:
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
         with (logs / f"{name}.log").open("ab") as out:
-            rc = subprocess.run(  # noqa: S603 - our own scripts
+            rc = subprocess.run(  # noqa: S603 - our own scripts  # nosec B603
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False, **kw
             ).returncode  # type: ignore[call-overload]
         if rc != 0:
@@ -346,7 +346,7 @@ class Stack:
             "port": str(self.state.ports.postgres),
             "unix_socket_directories": str(self.pg_socket),
             "hba_file": str(INFRA / "postgres" / "pg_hba.conf"),
-            "password_encryption": "scram-sha-256",
+            "password_encryption": "scram-sha-256",  # a hashing method's name, not a password  # nosec B105
             "ssl": "on",
             "ssl_cert_file": str(tls / "server.crt"),
             "ssl_key_file": str(tls / "server.key"),
@@ -358,7 +358,7 @@ class Stack:
         proc = self._spawn("postgres", cmd, env, as_postgres=True)
         deadline = time.monotonic() + 60
         while True:
-            ready = subprocess.run(  # noqa: S603
+            ready = subprocess.run(  # noqa: S603  # nosec B603
                 [
                     str(_pg_bin() / "pg_isready"),
                     "-q",
@@ -411,7 +411,7 @@ class Stack:
     def stop_postgres(self, mode: str = "fast") -> None:
         """`pg_ctl stop -m fast` (clean: clients disconnected, checkpoint) or `immediate`
         (a crash: recovery from WAL at the next start)."""
-        subprocess.run(  # noqa: S603
+        subprocess.run(  # noqa: S603  # nosec B603
             [str(_pg_bin() / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.pg_data)],
             user=PG_OS_USER,
             group=PG_OS_USER,
@@ -444,7 +444,7 @@ class Stack:
         }
 
     def _bao_status(self) -> int:
-        return subprocess.run(  # noqa: S603
+        return subprocess.run(  # noqa: S603  # nosec B603
             [bao_binary(), "status"], env=self._bao_env(), capture_output=True, check=False
         ).returncode
 
@@ -542,7 +542,7 @@ class Stack:
                 raise ConfigurationError(f"{name} exited; see logs/{name}.log")
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(url, timeout=2) as r,  # noqa: S310 - loopback
+                urllib.request.urlopen(url, timeout=2) as r,  # noqa: S310 - loopback  # nosec B310
             ):
                 if r.status == 200:
                     return
@@ -588,7 +588,7 @@ class Stack:
             return False
         context = ssl.create_default_context(cafile=str(self.state.proxy_ca))
         try:
-            with urllib.request.urlopen(  # noqa: S310 - our proxy
+            with urllib.request.urlopen(  # noqa: S310 - our proxy  # nosec B310
                 self.state.proxy_url + "/health/ready", timeout=3, context=context
             ) as r:
                 return bool(r.status == 200)

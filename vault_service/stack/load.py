@@ -27,7 +27,7 @@ import os
 import random
 import ssl
 import string
-import subprocess
+import subprocess  # runs our own CLI  # nosec B404
 import sys
 import tempfile
 import time
@@ -75,7 +75,7 @@ async def owner_connection(stack: Stack) -> asyncpg.Connection:
 def issue_token(stack: Stack, subject: uuid.UUID, ttl: str = "1h") -> str:
     """`vault-service tokens issue`, with a replica's environment (AppRole, verify-full)."""
     cli = [sys.executable, "-m", "vault_service.cli"]
-    out = subprocess.run(  # noqa: S603 - our own CLI
+    out = subprocess.run(  # noqa: S603 - our own CLI  # nosec B603
         [*cli, "tokens", "issue", "--subject", str(subject), "--ttl", ttl],
         env=stack.replica_env(0),
         capture_output=True,
@@ -184,7 +184,7 @@ class Load:
     ) -> None:
         self.stack, self.accounts = stack, accounts
         self.write_share, self.base, self.pause = write_share, base, pause
-        self.rng = random.Random(seed)  # noqa: S311 - load shape, not security
+        self.rng = random.Random(seed)  # noqa: S311 - load shape, not security  # nosec B311
         self.tally = Tally()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -325,7 +325,7 @@ async def verify_log(stack: Stack, auditor_token: str) -> tuple[int, int, str]:
                 b.raise_for_status()
                 (d / f"bundle-{n}.json").write_bytes(b.content)
                 args += ["--bundle", str(d / f"bundle-{n}.json")]
-        out = subprocess.run(  # noqa: S603, ASYNC221 - our own CLI, once, at the end
+        out = subprocess.run(  # noqa: S603, ASYNC221 - our own CLI, once, at the end  # nosec B603
             [sys.executable, "-m", "vault_service.cli", "audit", "verify", *args],
             capture_output=True,
             check=False,

@@ -1,0 +1,1 @@
+"""The auditor and DPO console: static assets served by the service itself."""

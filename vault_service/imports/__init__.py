@@ -1,0 +1,1 @@
+"""Bulk import of a legacy export (`vault-service import`): see importer.py."""
