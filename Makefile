@@ -8,7 +8,7 @@ LOCK   := requirements.lock
 # What `make lock` resolves: every extra, for the Python and the platform of CI and the image.
 LOCK_ARGS := --generate-hashes --python-version 3.11 --python-platform linux --quiet
 
-.PHONY: run test lint snapshot bench clean chromium lock audit fuzz
+.PHONY: run test lint snapshot bench clean chromium caddy lock audit fuzz stack stack-down soak
 
 # Every dependency from the committed lock, each checked against its hashes; then the
 # project itself, without letting pip resolve anything more.
@@ -27,8 +27,12 @@ run: $(STAMP)
 chromium:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
+## Debian's Caddy for the stack's fault campaign (tests/stack/), as in `make stack`.
+caddy:
+	command -v caddy >/dev/null || (apt-get update && apt-get install -y caddy)
+
 ## Every test, against a real PostgreSQL and a real OpenBao started by the tests.
-test: $(STAMP) chromium
+test: $(STAMP) chromium caddy
 	$(BIN)/pytest -p no:cacheprovider -q $(ARGS)
 
 lint: $(STAMP)
@@ -64,4 +68,15 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.records $(ARGS)
 
 clean:
-	rm -rf $(VENV) .dev
+	rm -rf $(VENV) .dev .stack
+
+## The docker-compose.yml stack without containers (README, "Reliability"): state in .stack/.
+stack: $(STAMP)
+	$(BIN)/python -m vault_service.stack up $(ARGS)
+
+stack-down: $(STAMP)
+	$(BIN)/python -m vault_service.stack down $(ARGS)
+
+## Mixed load on a stack of its own for MINUTES (default 30), then the checks.
+soak: $(STAMP)
+	$(BIN)/python -m vault_service.stack.soak --minutes $(or $(MINUTES),30) $(ARGS)

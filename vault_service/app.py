@@ -31,7 +31,12 @@ from vault_service.auth.tokens import SigningKeys, TokenIssuer, TokenVerifier
 from vault_service.auth.verified import VerifiedTokens
 from vault_service.console.routes import console_config, console_file, console_index
 from vault_service.crypto.keys import KeyHierarchy
-from vault_service.errors import Unauthenticated, VaultServiceError
+from vault_service.errors import (
+    DATABASE_GONE,
+    DatabaseUnavailable,
+    Unauthenticated,
+    VaultServiceError,
+)
 from vault_service.gate import RequestGate
 from vault_service.health import live, ready
 from vault_service.kms import VaultKms
@@ -102,6 +107,11 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
     # quote the offending input.
     code = _HTTP_CODES.get(exc.status_code, "bad_request")
     return _problem(request, exc.status_code, code, code.replace("_", " ").capitalize(), code)
+
+
+def _on_database_gone(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("database_unavailable", error_type=type(exc).__name__)
+    return _on_service_error(request, DatabaseUnavailable())
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -403,6 +413,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers={
             VaultServiceError: _on_service_error,
             HTTPException: _on_http_error,
+            **dict.fromkeys(DATABASE_GONE, _on_database_gone),
             Exception: _on_unexpected,
         },
         # Responses may carry personal data: no cache anywhere, ever.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Final
 
+import asyncpg
 import msgspec
 
 
@@ -195,6 +196,30 @@ class KmsUnavailable(VaultServiceError):
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail, headers={"Retry-After": "5"})
+
+
+class DatabaseUnavailable(VaultServiceError):
+    """PostgreSQL refused the connection, dropped it or is shutting down: fail closed
+    with a code that says so, rather than a bare internal error."""
+
+    status = 503
+    code = "database_unavailable"
+    title = "The database is unavailable; try again later"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
+
+
+# What a database restart raises in a request (found by tests/stack/test_faults.py,
+# which saw them answer 500 internal_error): lost or refused connections, and the
+# server's own shutdown and start-up refusals.
+DATABASE_GONE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionError,  # refused or reset sockets
+)
 
 
 class DecryptionFailed(VaultServiceError):

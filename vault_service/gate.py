@@ -30,7 +30,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from vault_service.audit.recording import REFUSAL_LOGGED, AccessRecorder
 from vault_service.auth.guards import PUBLIC_OPT, authenticate, authorize
-from vault_service.errors import Unauthenticated, VaultServiceError
+from vault_service.errors import (
+    DATABASE_GONE,
+    DatabaseUnavailable,
+    Unauthenticated,
+    VaultServiceError,
+)
 from vault_service.observability import tracing_enabled
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -54,6 +59,8 @@ def _refusal_code(exc: Exception) -> str:
         return exc.code
     if isinstance(exc, HTTPException):
         return f"http_{exc.status_code}"
+    if isinstance(exc, DATABASE_GONE):
+        return DatabaseUnavailable.code
     return "internal_error"
 
 
@@ -62,6 +69,8 @@ def _status_of(exc: Exception) -> int:
         return exc.status
     if isinstance(exc, HTTPException):
         return exc.status_code
+    if isinstance(exc, DATABASE_GONE):
+        return DatabaseUnavailable.status
     return 500
 
 

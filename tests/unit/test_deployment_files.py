@@ -640,3 +640,11 @@ def test_compose_mounts_every_infra_script(services: dict[str, dict[str, Any]]) 
     }
     for script in SCRIPTS:
         assert script.resolve() in mounted or script.parent.resolve() in mounted, script
+
+
+def test_replicas_trust_exactly_the_proxy(services: dict[str, dict[str, Any]]) -> None:
+    """The access log's client fingerprint uses X-Forwarded-For only from a trusted
+    proxy: the replicas must name the proxy's fixed back-end address, and only it."""
+    address = services[PROXY]["networks"]["backend"]["ipv4_address"]
+    for name in APP_REPLICAS:
+        assert services[name]["environment"]["VAULT_SERVICE_TRUSTED_PROXIES"] == address, name
