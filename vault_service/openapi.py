@@ -54,7 +54,8 @@ _STATUS_TEXT: Final = {
     428: "If-Match is required (precondition_required)",
     429: "A budget or limit is spent: Retry-After says when to come back",
     500: "Internal error, or a stored value failed its integrity check",
-    503: "Vault or the access log is unavailable (kms_unavailable, audit_unavailable)",
+    503: "PostgreSQL, Vault or the access log is unavailable (database_unavailable, "
+    "kms_unavailable, audit_unavailable)",
 }
 _PROBLEM_SCHEMA: Final = {
     "type": "object",
