@@ -9,6 +9,7 @@ with its count or null when suppressed (suppression.py); nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime
 import io
@@ -161,6 +162,7 @@ class StatsService:
         self._pool = pool
         self.k = k
         self._cache: dict[tuple[object, ...], StatsTable] = {}
+        self._computing = asyncio.Semaphore(1)
         self._cached_rows = 0
         self._flat: dict[str, tuple[str, ...]] = {
             "programme": (*_enum(schema, "programme_kind"), NO_PROGRAMME),
@@ -205,7 +207,10 @@ class StatsService:
         counts: dict[tuple[str, ...], int] = {}
         for r in rows:
             counts[tuple(str(r[d]) for d in query.group_by)] = int(r["n"])
-        cells = protect(axes, counts, self.k)
+        # Off the event loop (a large sparse table takes a second of CPU), one at a
+        # time per process so that analysts cannot take every core (review finding).
+        async with self._computing:
+            cells = await asyncio.to_thread(protect, axes, counts, self.k)
         table = StatsTable(
             query, tuple(columns), self.k, refreshed_at, [_row(axes, c) for c in cells]
         )
