@@ -269,13 +269,14 @@ def _determined(
     """Hidden cells that the published cells and margins give away, knowing (zeros
     being published) that every hidden count is at least 1.
 
-    A hidden count of 2 or more is safe when the equations leave it free among the
-    hidden counts of 2 or more (the support of that null space): the published
-    answer then holds for a little more and a little less of it, every count staying
-    at least 1. A hidden count of exactly 1 is at its known floor: it is safe when it
-    can grow, the counts of 2 or more making up for it (its column in the span of
-    theirs). Counts of 1 are held at 1 for every other cell, which only makes the
-    check stricter. Anything else is given away (`_repair` hides more)."""
+    A hidden count of exactly 1 is at its known floor: it is safe when some change
+    keeping the equations raises it without lowering another count of 1
+    (`_can_grow`); the counts of 1 that cannot grow are given away, and held fixed.
+    Every other hidden count is safe when the equations leave it free among the
+    counts that can move (those of 2 or more, and the counts of 1 that can grow: the
+    support of that null space), since a change along the cone's direction then
+    moves it while every count stays at least 1. Anything else is given away
+    (`_repair` hides more)."""
     index: dict[tuple[Combo, Coord], int] = {}
     for combo in combos:
         for c in sorted(hidden[combo]):
@@ -301,7 +302,8 @@ def _determined(
     names = list(index)
     ones = [j for j, (combo, c) in enumerate(names) if tables[combo][c] <= 1]
     grow = _can_grow(matrix, ones)
-    kept = [j for j in range(len(names)) if j not in set(ones) or j in grow]
+    fixed = set(ones) - grow
+    kept = [j for j in range(len(names)) if j not in fixed]
     part = matrix[:, kept]
     # The null space of A is that of the small symmetric AᵀA (unknowns squared):
     # its eigenvectors whose eigenvalues are zero. Entries are small integers, so a
@@ -310,7 +312,7 @@ def _determined(
     null = vectors[:, values <= 1e-9 * max(1.0, float(values[-1]))]
     free = np.abs(null).max(axis=1) if null.shape[1] else np.zeros(len(kept))
     given = {kept[i] for i in range(len(kept)) if free[i] < 1e-9}
-    given |= set(ones) - grow
+    given |= fixed
     return [names[j] for j in sorted(given)]
 
 
