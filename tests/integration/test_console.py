@@ -544,6 +544,24 @@ async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
     outcomes = [e["outcome"] for e in r.json()["items"]]
     assert outcomes.count("allowed") == 1 and outcomes.count("refused") == 7, outcomes
     assert all("vu" not in json.dumps(e) for e in r.json()["items"])
+    # The acknowledgement's entry names the alert.
+    r = await client.get(
+        "/v1/audit/events", params={"record_id": str(alert), "action": "alert.ack"}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert [e["outcome"] for e in r.json()["items"]] == ["allowed"]
+    # Critical alerts and alerts about the auditor's own account stay with the admins.
+    for severity, about in (("critical", None), ("warning", auditor.id)):
+        other = uuid.uuid4()
+        await world.owner.execute(
+            "INSERT INTO alerts (id, severity, kind, account_id) VALUES ($1, $2, 'rule.test', $3)",
+            other,
+            severity,
+            about,
+        )
+        r = await client.post(f"/v1/alerts/{other}/ack", json={"comment": "ok"}, headers=h)
+        assert (r.status_code, r.json()["code"]) == (404, "not_found"), severity
+        assert await world.owner.fetchval("SELECT state FROM alerts WHERE id = $1", other) == "open"
     # Other roles are refused by the gate (the route matrix checks every role).
     counsellor = await world.counsellor()
     r = await client.get("/v1/audit/break-glass", headers=counsellor.headers())
@@ -715,4 +733,5 @@ async def test_console_signs_in_with_openid_connect_and_pkce(
         params={"actor_id": str(auditor.id), "action": "audit.volume"},
         headers=auditor.headers(purpose="audit"),
     )
+    assert r.status_code == 200, r.text
     assert [e["outcome"] for e in r.json()["items"]] == ["allowed"]
