@@ -206,6 +206,7 @@ def _start_stats(
     pool: asyncpg.Pool,
     records: RecordService,
     alerts: Alerts,
+    kms: VaultKms,
 ) -> StatsService:
     """The BI lane: the scheduled rebuild of the aggregate (one replica at a time;
     none when `stats_refresh_seconds` is 0) and the queries over it."""
@@ -213,14 +214,16 @@ def _start_stats(
         refresher = StatsRefresher(
             pool,
             records.sealer,
+            kms,
             records.is_canary,
+            k=settings.stats_k,
             batch_size=settings.stats_batch_size,
             alerts=alerts,
         )
         job = StatsJob(pool, refresher, settings.stats_refresh_seconds)
         job.start()
         stack.push_async_callback(job.stop)
-    return StatsService(pool, records.sealer.schema, settings.stats_k)
+    return StatsService(pool, kms, settings.stats_k)
 
 
 async def _start_watchers(
@@ -358,7 +361,7 @@ def create_app(settings: Settings) -> Litestar:
                     "audit_proofs": AuditProofs(pool, kms, settings.audit_origin),
                     "checkpoints": publisher,
                     # The BI lane's queries, and its scheduled rebuild.
-                    "stats": _start_stats(stack, settings, pool, records, alerts),
+                    "stats": _start_stats(stack, settings, pool, records, alerts, kms),
                 }
             )
             log.info("service_started", version=__version__)

@@ -515,7 +515,7 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 async def _stats_refresh(settings: Settings) -> dict[str, Any]:
-    """Rebuild the statistics aggregate now, with the service's role and keys (the
+    """Seal every closed year not sealed yet, with the service's role and keys (the
     same code as the service's scheduled round; one rebuild at a time)."""
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
@@ -536,7 +536,9 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
         refresher = StatsRefresher(
             pool,
             Sealer(keys, schema.load()),
+            kms,
             canaries.named,
+            k=settings.stats_k,
             batch_size=settings.stats_batch_size,
             alerts=Alerts(pool),
         )
@@ -546,10 +548,11 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
         await pool.close()
     return {
         "refreshed_at": done.refreshed_at.isoformat(),
+        "years_sealed": list(done.years),
+        "tables": done.tables,
         "records": done.records,
         "canaries_left_out": done.canaries,
         "unreadable_left_out": done.failed,
-        "cells": done.cells,
     }
 
 
@@ -833,7 +836,9 @@ def _stats_parser(sub: Any) -> None:
     stats = sub.add_parser("stats", help="the BI lane's aggregate").add_subparsers(
         dest="action", required=True
     )
-    stats.add_parser("refresh", help="rebuild the statistics aggregate now (service role)")
+    stats.add_parser(
+        "refresh", help="compute and seal the tables of every closed year not sealed yet"
+    )
 
 
 def _import_parser(sub: Any) -> None:

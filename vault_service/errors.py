@@ -252,6 +252,18 @@ class StatsUnprotectable(VaultServiceError):
         super().__init__("group by fewer dimensions or ask for a longer period")
 
 
+class StatsNotSealed(VaultServiceError):
+    """A closed year whose tables are not computed: the rebuild has not run since it
+    closed, or it held no record (vault_service/stats/)."""
+
+    status = 409
+    code = "stats_not_sealed"
+    title = "This year's statistics are not computed yet"
+
+    def __init__(self) -> None:
+        super().__init__("the tables of a year are computed at the first rebuild after it closes")
+
+
 class AuditUnavailable(VaultServiceError):
     status = 503
     code = "audit_unavailable"

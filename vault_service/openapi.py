@@ -37,7 +37,6 @@ _INDEX_CURSOR: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{11}$"}
 _UUID: Final = {"type": "string", "format": "uuid"}
 _UINT: Final = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _TIME: Final = {"type": "string", "format": "date-time"}
-_MONTH: Final = {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}
 _TEXT: Final = {"type": "string"}
 
 # What each status means here; the `code` of the body says which case it is.
@@ -46,7 +45,7 @@ _STATUS_TEXT: Final = {
     401: "No valid bearer token (the code names the reason: token_expired, ...)",
     403: "The role, scope or purpose does not allow this (forbidden, purpose_not_allowed, ...)",
     404: "No such resource, or not one the caller may see (not_found)",
-    409: "Conflicts with the current state (conflict)",
+    409: "Conflicts with the current state (conflict, stats_not_sealed)",
     412: "The record changed since it was read (precondition_failed)",
     413: "The request body is too large (payload_too_large)",
     422: "Well formed but not acceptable (idempotency_key_reused, invalid_transfer_target, "
@@ -345,12 +344,21 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
                 description="Comma-separated, distinct, at most "
                 f"{MAX_DIMENSIONS} of: {', '.join(DIMENSIONS)} (structure brings its region)",
             ),
-            Param("since", _MONTH, description="First month (default: 11 months before until)"),
-            Param("until", _MONTH, description="Last month, a closed one (default: last month)"),
+            Param(
+                "since",
+                {"type": "string", "pattern": r"^\d{4}-01$"},
+                description="January of a closed year (the period is one calendar year; "
+                "default: the last closed year)",
+            ),
+            Param(
+                "until",
+                {"type": "string", "pattern": r"^\d{4}-12$"},
+                description="December of the same year",
+            ),
             Param("format", {"type": "string", "enum": ["json", "csv"]}),
         ),
         success={200: {_JSON: {"$ref": _REF.format(name="StatsDocument")}, "text/csv": _TEXT}},
-        errors=frozenset({422}),
+        errors=frozenset({409, 422}),
     ),
     ("get", "/v1/alerts"): Operation(
         params=(

@@ -1,8 +1,9 @@
-"""The BI lane through HTTP on the real stack: youth created by counsellors, the
-aggregate rebuilt by `vault-service stats refresh` (and by the service's own round),
-and GET /v1/stats as an analyst sees it: small cells suppressed, no suppressed count
-recoverable by linear programming from the cells and margins, canaries not counted,
-every query logged and budgeted, nothing else reachable with an analyst's token."""
+"""The BI lane through HTTP on the real stack: youth created by counsellors and
+dated into a past year of their own, that year sealed by `vault-service stats
+refresh` (and by the service's own round), and GET /v1/stats as an analyst sees it:
+small cells suppressed, no suppressed count recoverable by linear programming from
+the cells and margins, canaries not counted, a sealed year never changing, every
+query logged and budgeted, nothing else reachable with an analyst's token."""
 
 from __future__ import annotations
 
@@ -53,18 +54,19 @@ def _youth(
         "email": f"stats.{secrets.token_hex(4)}@example.org",
     }
     if situation is not None:
-        record["situations"] = [{"kind": situation, "start_date": "2026-01-05"}]
+        # Started on the day of entry: the situation at the end of the entry month.
+        record["situations"] = [{"kind": situation, "start_date": at.isoformat()}]
     return record
 
 
-_MONTHS = itertools.count()
+_YEARS = itertools.count()
 
 
 def _own_month() -> datetime.date:
-    """A month of entry no other test writes in (other tests' youth enter today):
-    this test's tables hold its own youth only, whatever ran before it."""
-    n = next(_MONTHS)
-    return datetime.date(1990 + n // 12, n % 12 + 1, 15)
+    """A day of entry in a year no other test writes in (other tests' youth enter
+    today, in the open year): this test's tables hold its own youth only, whatever ran
+    before it, and its year is sealed by its own rebuild."""
+    return datetime.date(1990 + next(_YEARS), 3, 15)
 
 
 async def _backdate(world: World, sid: uuid.UUID, entered: datetime.date) -> None:
@@ -78,7 +80,7 @@ async def _backdate(world: World, sid: uuid.UUID, entered: datetime.date) -> Non
 
 
 def _period(entered: datetime.date) -> dict[str, str]:
-    return {"since": f"{entered:%Y-%m}", "until": f"{entered:%Y-%m}"}
+    return {"since": f"{entered.year}-01", "until": f"{entered.year}-12"}
 
 
 def _band(age: int) -> str:
@@ -166,7 +168,6 @@ async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
 ) -> None:
     analyst, structures = seeded["analyst"], seeded["structures"]
     period = seeded["period"]
-    month = period["since"]
     dims = {"sex": 0, "age_band": 1, "programme": 2, "situation": 3}
     answers = {}
     for group_by in (
@@ -177,7 +178,8 @@ async def test_small_cells_are_suppressed_and_cannot_be_recomputed(
     ):
         doc = await _stats(client, analyst, group_by=group_by, **period)
         answers[group_by] = doc
-        assert doc["k"] == K and doc["since"] == month and doc["until"] == month
+        assert doc["k"] == K
+        assert (doc["since"], doc["until"]) == (period["since"], period["until"])
         columns = _columns(doc)
         # Nothing but codes and counts: no cell shows a count in (0, k).
         for cell in doc["cells"]:
@@ -261,38 +263,129 @@ async def test_honeytokens_never_count(client, stack: Stack, world: World) -> No
     assert mine["count"] == 12  # 15 rows in `records`, three of them canaries
 
 
-async def test_an_erased_record_leaves_the_counts_at_the_next_rebuild(
-    client, stack: Stack, world: World
-) -> None:
+async def test_a_sealed_year_never_changes(client, stack: Stack, world: World) -> None:
+    """A youth erased before the year is sealed never counts; after it is sealed,
+    an erasure, a new situation or a structure moving to another region leave every
+    table as it was (review: two answers straddling a rebuild differed by one youth,
+    whose codes they gave away)."""
     sid = await world.structure()
+    await world.owner.execute("UPDATE structures SET region = 'Ouest' WHERE id = $1", sid)
     counsellor = await world.counsellor(sid)
     rng = random.Random(3)
     entered = _own_month()
     ids = []
-    for _ in range(12):
-        body = _youth(rng, "F", 19, "CEJ", None, entered)
+    for _ in range(13):
+        body = _youth(rng, "F", 19, "CEJ", "job_seeking", entered)
         r = await client.post("/v1/records", json=body, headers=counsellor.headers())
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     await _backdate(world, sid, entered)
-    _refresh(stack)
-    analyst = await world.account(Role.ANALYST, None)
-
-    async def count() -> int | None:
-        doc = await _stats(client, analyst, group_by="structure", **_period(entered))
-        [mine] = [c for c in doc["cells"] if c["structure"] == str(sid)]
-        return mine["count"]
-
-    assert await count() == 12
     a, b = await _admin_env(stack, world), await _admin_env(stack, world)
-    requested = json.loads(_cli(a, "records", "erase", ids[0]).stdout)
-    done = _cli(b, "records", "approve", requested["request_id"])
-    assert done.returncode == 0, done.stderr
-    # Until the next rebuild, the counts are those of the last one (its time is in
-    # every answer); the rebuild reads `records`, where the erased youth is no more.
-    assert await count() == 12
+
+    def erase(record_id: str) -> None:
+        requested = json.loads(_cli(a, "records", "erase", record_id).stdout)
+        done = _cli(b, "records", "approve", requested["request_id"])
+        assert done.returncode == 0, done.stderr
+
+    erase(ids[0])  # before the year is sealed: never counted
+    analyst = await world.account(Role.ANALYST, None)
+    r = await client.get(
+        "/v1/stats",
+        params={"group_by": "structure", **_period(entered)},
+        headers=analyst.headers(purpose="statistics"),
+    )
+    assert (r.status_code, r.json()["code"]) == (409, "stats_not_sealed")
+    report = _refresh(stack)
+    assert entered.year in report["years_sealed"]
+
+    async def tables() -> list[dict[str, Any]]:
+        return [
+            await _stats(client, analyst, group_by=g, **_period(entered))
+            for g in ("structure", "structure,situation", "region,situation")
+        ]
+
+    before = await tables()
+    [mine] = [c for c in before[0]["cells"] if c["structure"] == str(sid)]
+    assert mine["count"] == 12
+    # After: one more erased, one youth finds a job, the structure changes region.
+    erase(ids[1])
+    r = await client.get(f"/v1/records/{ids[2]}", headers=counsellor.headers())
+    assert r.status_code == 200, r.text
+    r = await client.patch(
+        f"/v1/records/{ids[2]}",
+        json={"situations": [{"kind": "employment", "start_date": "2026-01-05"}]},
+        headers={**counsellor.headers(), "If-Match": r.headers["ETag"]},
+    )
+    assert r.status_code == 200, r.text
+    await world.owner.execute("UPDATE structures SET region = 'Est' WHERE id = $1", sid)
+    report = _refresh(stack)
+    assert entered.year not in report["years_sealed"]
+    # A new process (no table kept in memory) reads the same sealed tables.
+    async with serve_processes(stack, 1, budget_stats_hour=100_000) as served:
+        after = []
+        for g in ("structure", "structure,situation", "region,situation"):
+            r = await served.http.get(
+                f"{served.bases[0]}/v1/stats",
+                params={"group_by": g, **_period(entered)},
+                headers=analyst.headers(purpose="statistics"),
+            )
+            assert r.status_code == 200, r.text
+            after.append(r.json())
+    assert after == before
+
+
+async def test_periods_are_one_closed_calendar_year(client, world: World) -> None:
+    """No two periods overlap unless equal: Jan-Jun minus Jan-May would be June,
+    whose small cells no one checked (review)."""
+    analyst = await world.account(Role.ANALYST, None)
+    headers = analyst.headers(purpose="statistics")
+    this_year = datetime.datetime.now(datetime.UTC).year
+    for params in (
+        {"since": "2020-01", "until": "2020-06"},
+        {"since": "2020-02", "until": "2020-12"},
+        {"since": "2020-01", "until": "2021-12"},
+        {"since": "2020-06"},
+        {"until": f"{this_year}-12"},
+        {"since": f"{this_year}-01"},
+    ):
+        r = await client.get("/v1/stats", params={"group_by": "sex", **params}, headers=headers)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter"), params
+    # Either bound alone names the year; without either, the last closed year.
+    for params in ({"since": "1971-01"}, {"until": "1971-12"}):
+        r = await client.get("/v1/stats", params={"group_by": "sex", **params}, headers=headers)
+        assert (r.status_code, r.json()["code"]) == (409, "stats_not_sealed"), r.text
+
+
+async def test_a_table_moved_in_the_database_is_not_served(
+    client, stack: Stack, world: World
+) -> None:
+    """Tables are sealed under the year's key and bound to their year and grouping:
+    the database holds no count in clear, and one table copied over another (by
+    someone holding the database) fails to open instead of being served."""
+    entered = _own_month()
+    sid, _ = await _seed(
+        client, world, f"Region E {secrets.token_hex(3)}", [("F", 19, "CEJ", None)] * 11, entered
+    )
     _refresh(stack)
-    assert await count() == 11
+    rows = await world.owner.fetch(
+        "SELECT group_by, body FROM stats_tables WHERE year = $1", entered.year
+    )
+    assert len(rows) == 57
+    for row in rows:
+        assert str(sid).encode() not in bytes(row["body"])
+    await world.owner.execute(
+        "UPDATE stats_tables SET body = (SELECT body FROM stats_tables "
+        "WHERE year = $1 AND group_by = 'sex') WHERE year = $1 AND group_by = 'programme'",
+        entered.year,
+    )
+    analyst = await world.account(Role.ANALYST, None)
+    async with serve_processes(stack, 1) as served:
+        r = await served.http.get(
+            f"{served.bases[0]}/v1/stats",
+            params={"group_by": "programme", **_period(entered)},
+            headers=analyst.headers(purpose="statistics"),
+        )
+    assert (r.status_code, r.json()["code"]) == (500, "decryption_failed"), r.text
 
 
 async def test_the_service_refreshes_by_itself(client, stack: Stack, world: World) -> None:
@@ -315,13 +408,17 @@ async def test_the_service_refreshes_by_itself(client, stack: Stack, world: Worl
                 params={"group_by": "structure", **_period(entered)},
                 headers=headers,
             )
+            if r.status_code == 409:  # not sealed yet
+                assert r.json()["code"] == "stats_not_sealed"
+                await asyncio.sleep(0.2)
+                continue
             assert r.status_code == 200, r.text
             counts = {c["structure"]: c["count"] for c in r.json()["cells"]}
-            if counts.get(str(sid)) == 11:
-                break
+            assert counts.get(str(sid)) == 11
+            break
             await asyncio.sleep(0.2)
         else:
-            raise AssertionError("the scheduled rebuild did not count the new records")
+            raise AssertionError("the scheduled rebuild did not seal the year")
 
 
 async def test_an_analyst_reaches_no_other_route(client, world: World) -> None:
@@ -376,13 +473,14 @@ async def test_purpose_is_required(client, world: World) -> None:
         {"group_by": "sex,age_band,programme,situation"},
         {"group_by": "structure,region"},
         {"group_by": "sex", "since": "2026-13"},
-        {"group_by": "sex", "since": "2026-05", "until": "2026-01"},
-        {"group_by": "sex", "since": "2020-01", "until": "2026-01"},
+        {"group_by": "sex", "since": "2025-01", "until": "2024-12"},
+        {"group_by": "sex", "since": "2020-01", "until": "2026-12"},
+        {"group_by": "sex", "since": "2020-01", "until": "2020-06"},
         {"group_by": "sex", "format": "xml"},
         {"group_by": "sex", "nir": "1"},
-        # The month still open (it changes at every rebuild) and years out of range.
-        {"group_by": "sex", "until": datetime.date.today().strftime("%Y-%m")},
-        {"group_by": "sex", "since": "0000-01", "until": "0000-02"},
+        # The year still open (it changes at every rebuild) and years out of range.
+        {"group_by": "sex", "until": f"{datetime.date.today().year}-12"},
+        {"group_by": "sex", "since": "0000-01", "until": "0000-12"},
         {"group_by": "sex", "until": "9999-12"},
     ],
 )
@@ -398,11 +496,15 @@ async def test_bad_queries_are_refused_with_a_stable_code(
             assert value not in r.json()["detail"]
 
 
-async def test_each_query_is_logged_and_budgeted(client, world: World) -> None:
+async def test_each_query_is_logged_and_budgeted(client, stack: Stack, world: World) -> None:
     analyst = await world.account(Role.ANALYST, None)
     auditor = await world.account(Role.AUDITOR, None)
     decided = None
-    entered = _own_month()  # an empty month: the table is all zeros, always served
+    entered = _own_month()
+    await _seed(
+        client, world, f"Region F {secrets.token_hex(3)}", [("M", 19, "CEJ", None)], entered
+    )
+    _refresh(stack)
     for i in range(61):
         r = await client.get(
             "/v1/stats",
@@ -433,26 +535,42 @@ async def test_each_query_is_logged_and_budgeted(client, world: World) -> None:
         assert sorted(e["criteria"]) == [
             "group_by_age_band",
             "group_by_sex",
-            f"since_{entered:%Y_%m}",
-            f"until_{entered:%Y_%m}",
+            f"since_{entered.year}_01",
+            f"until_{entered.year}_12",
         ]
 
 
 async def test_the_rebuild_is_logged_with_the_fields_it_opened(
     client, stack: Stack, world: World
 ) -> None:
+    entered = _own_month()
+    await _seed(
+        client, world, f"Region G {secrets.token_hex(3)}", [("F", 22, "CEJ", None)], entered
+    )
     report = _refresh(stack)
     auditor = await world.account(Role.AUDITOR, None)
-    r = await client.get(
-        "/v1/audit/events",
-        params={"action": "stats.refresh", "limit": "100"},
-        headers=auditor.headers(purpose="audit"),
-    )
-    assert r.status_code == 200, r.text
-    latest = r.json()["items"][-1]
+
+    async def entries() -> list[dict[str, Any]]:
+        r = await client.get(
+            "/v1/audit/events",
+            params={"action": "stats.refresh", "limit": "500"},
+            headers=auditor.headers(purpose="audit"),
+        )
+        assert r.status_code == 200, r.text
+        return list(r.json()["items"])
+
+    logged = await entries()
+    latest = logged[-1]
     assert latest["fields"] == ["sex", "birth_date", "situations"]
     assert latest["record_ids"] == [] and latest["actor_id"] is None
-    assert latest.get("count", 1) == max(report["records"], 1)
+    # Every record opened, canaries and unreadable ones included (the count tells
+    # nothing about either).
+    opened = report["records"] + report["canaries_left_out"] + report["unreadable_left_out"]
+    assert latest.get("count", 1) == opened >= 1  # 1 is left out of the body
+    # A round with no year to seal opens nothing and logs nothing.
+    again = _refresh(stack)
+    assert again["years_sealed"] == [] and again["records"] == 0
+    assert len(await entries()) == len(logged)
 
 
 async def test_a_table_that_cannot_be_protected_is_refused(
@@ -491,7 +609,8 @@ async def test_a_table_that_cannot_be_protected_is_refused(
         headers=auditor.headers(purpose="audit"),
     )
     outcomes = [(e["outcome"], e["refusal_code"]) for e in r.json()["items"]]
-    assert outcomes == [("allowed", None), ("refused", "stats_unprotectable")]
+    # The budget is charged before the table is read (one entry), then the refusal.
+    assert outcomes == [("allowed", None), ("allowed", None), ("refused", "stats_unprotectable")]
 
 
 async def test_a_tampered_row_is_left_out_and_alerted(client, stack: Stack, world: World) -> None:

@@ -140,3 +140,31 @@ def test_hidden_cells_known_to_be_at_least_one_are_not_given_away() -> None:
     assert any(c["age"] == "18_21" and c["structure"] == "s0" for c in hidden)
     for key, (low, high) in bounds(columns, cells).items():
         assert high - low >= 1, (key, low, high)
+
+
+def test_the_situation_counted_is_the_one_in_effect_at_the_end_of_the_entry_month() -> None:
+    """Frozen at entry: a situation recorded later (or one that ended before) never
+    moves a youth to another cell of a year already sealed."""
+    import datetime
+
+    from vault_service.stats.refresh import codes_of
+
+    entered = datetime.date(2025, 3, 10)
+
+    def situation(*items: dict[str, str]) -> str:
+        return codes_of({"situations": list(items)}, {}, entered)[1]
+
+    assert situation() == "none"
+    assert situation({"kind": "training", "start_date": "2025-03-31"}) == "training"
+    assert situation({"kind": "training", "start_date": "2025-04-01"}) == "none"
+    ended = {"kind": "employment", "start_date": "2024-01-01", "end_date": "2025-02-28"}
+    assert situation(ended) == "none"
+    assert (
+        situation(
+            {"kind": "employment", "start_date": "2026-01-05"},  # most recent first
+            {"kind": "job_seeking", "start_date": "2025-03-12"},
+            {"kind": "training", "start_date": "2024-09-01"},
+        )
+        == "job_seeking"
+    )
+    assert situation({"kind": "training", "start_date": "not a date"}) == "none"

@@ -1,19 +1,27 @@
-"""The aggregate behind GET /v1/stats, rebuilt as a whole from the records.
+"""The rebuild behind GET /v1/stats: closed years sealed, once each.
 
-The rebuild reads every record in batches, opens only the fields a dimension needs
-(`STATS_FIELDS`: sex, birth date, situations; never a name, a contact, the NIR or a
-note) through the one sealing path (records/sealing.py, which also checks each row's
-integrity tag), turns them into codes at once (a sex, an age band, a situation
-kind), and keeps nothing but counts per combination of codes. Canaries never count
-(the service recognises them by their tag, limits/honeytokens.py); anonymised and
-erased records have no row left in `records` (records/retention.py), so they drop
-out of every count at the next rebuild; until then the counts are those of the last
-rebuild (at most `stats_refresh_seconds` old, `refreshed_at` in every answer).
+A round reads the records of every closed year that has no tables yet (the year
+still open is never read: it is never published), in batches, opens only the
+fields a dimension needs (`STATS_FIELDS`: sex, birth date, situations; never a
+name, a contact, the NIR or a note) through the one sealing path
+(records/sealing.py, which also checks each row's integrity tag), turns them into
+codes at once (a sex, an age band at entry, the situation in effect at the end of
+the month of entry), and keeps nothing but counts per combination of codes.
+Canaries never count (the service recognises them by their tag,
+limits/honeytokens.py); anonymised and erased records have no row left in `records`
+(records/retention.py).
 
-The counts replace the previous ones in one transaction, with one access-log entry
-saying which fields of how many records were opened (`stats.refresh`, no id).
-Run every `stats_refresh_seconds` by whichever replica takes the round first, and
-by operators with `vault-service stats refresh`.
+For each such year holding records, every table an analyst may ask for is computed
+(service.build_tables: one per grouping, suppressed), sealed under a fresh data key
+of the year (wrapped by Vault) and written, with the year, in one transaction with
+one access-log entry saying which fields of how many records were opened
+(`stats.refresh`, no id). A sealed year is never read or changed again: an erasure,
+a new situation or a structure moving to another region after it is sealed leaves
+its tables as they were, so no two answers differ by one youth.
+
+Run every `stats_refresh_seconds` by whichever replica takes the round first (a
+round with nothing to seal reads nothing), and by operators with
+`vault-service stats refresh`.
 """
 
 from __future__ import annotations
@@ -30,32 +38,39 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 import structlog
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault_service.audit.recording import build_event
 from vault_service.audit.sequencer import add_in_transaction
+from vault_service.crypto import aead
 from vault_service.errors import (
     ConfigurationError,
     DecryptionFailed,
     KmsUnavailable,
     RecordIntegrityFailed,
 )
+from vault_service.kms import VaultKms
 from vault_service.limits.defence import Alerts
 from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer, clear_values
 from vault_service.stats import repository as sql
+from vault_service.stats.service import (
+    NO_PROGRAMME,
+    NO_SITUATION,
+    UNKNOWN,
+    build_tables,
+    flat_axes,
+    table_aad,
+)
 
-__all__ = ["AGE_BANDS", "STATS_FIELDS", "Refresh", "StatsJob", "StatsRefresher", "codes_of"]
+__all__ = ["STATS_FIELDS", "Refresh", "StatsJob", "StatsRefresher", "codes_of"]
 
 log = structlog.get_logger(__name__)
 
 STATS_FIELDS: Final = ("sex", "birth_date", "situations")
 """The only encrypted fields the rebuild opens."""
-AGE_BANDS: Final = ("under_16", "16_17", "18_21", "22_25", "26_plus", "unknown")
-NO_SITUATION: Final = "none"
-NO_PROGRAMME: Final = "none"
-UNKNOWN: Final = "unknown"
 
-Key = tuple[datetime.date, uuid.UUID, str, str, str, str]
+Key = tuple[datetime.date, str, str, str, str, str]
 
 
 def _age_band(birth: object, at: datetime.date) -> str:
@@ -77,20 +92,50 @@ def _age_band(birth: object, at: datetime.date) -> str:
     return "26_plus"
 
 
+def _month_end(day: datetime.date) -> datetime.date:
+    first_next = datetime.date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    return first_next - datetime.timedelta(days=1)
+
+
+def _date(value: object) -> datetime.date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _situation_at(situations: object, at: datetime.date) -> str:
+    """The kind of the situation in effect on `at`: started by then and not ended
+    before, the latest started if several; `none` without one. Frozen at entry, so
+    that a situation added later never changes a youth's cell."""
+    if not isinstance(situations, list):
+        return NO_SITUATION
+    best: tuple[datetime.date, str] | None = None
+    for s in situations:
+        if not isinstance(s, dict):
+            continue
+        start, end, kind = _date(s.get("start_date")), _date(s.get("end_date")), s.get("kind")
+        if start is None or not isinstance(kind, str) or start > at:
+            continue
+        if end is not None and end < at:
+            continue
+        if best is None or start > best[0]:
+            best = (start, kind)
+    return best[1] if best is not None else NO_SITUATION
+
+
 def codes_of(
     values: Mapping[str, Any], clear: Mapping[str, Any], entered: datetime.date
 ) -> tuple[str, str, str, str]:
-    """(programme, situation, age band at entry, sex) of one record's opened fields."""
+    """(programme, situation at the end of the month of entry, age band at entry,
+    sex) of one record's opened fields."""
     programme = clear.get("programme_kind")
-    situations = values.get("situations")
-    situation = NO_SITUATION
-    if isinstance(situations, list) and situations and isinstance(situations[0], dict):
-        # Most recent first (the schema's order).
-        situation = str(situations[0].get("kind") or NO_SITUATION)
     sex = values.get("sex")
     return (
         str(programme) if isinstance(programme, str) else NO_PROGRAMME,
-        situation,
+        _situation_at(values.get("situations"), _month_end(entered)),
         _age_band(values.get("birth_date"), entered),
         str(sex) if isinstance(sex, str) else UNKNOWN,
     )
@@ -99,10 +144,11 @@ def codes_of(
 @dataclass(frozen=True, slots=True)
 class Refresh:
     refreshed_at: datetime.datetime
+    years: tuple[int, ...]  # sealed by this round
     records: int  # counted
     canaries: int  # read and left out
     failed: int  # unreadable (integrity or decryption): left out, logged
-    cells: int  # rows of the aggregate
+    tables: int  # written
 
 
 _NEVER_OPENED: Final = frozenset({"national_id", "contact", "special_category", "financial"})
@@ -123,78 +169,140 @@ def check_fields(schema: RecordSchema) -> None:
             raise ConfigurationError(f"the statistics may not open the field {name}")
 
 
+def _refresh_event(opened: int) -> Any:
+    """The round's entry: which fields of how many records it opened (canaries and
+    unreadable rows included, so that the count tells nothing about either)."""
+    return msgspec.structs.replace(
+        build_event(None, {}, "stats.refresh", "allowed", fields=STATS_FIELDS), count=opened
+    )
+
+
+@dataclass(slots=True)
+class _Read:
+    """What one pass over the records of the years to seal gave."""
+
+    counts: dict[int, Counter[Key]]
+    opened: int = 0
+    records: int = 0
+    canaries: int = 0
+    failed: int = 0
+
+
 class StatsRefresher:
     def __init__(
         self,
         pool: asyncpg.Pool,
         sealer: Sealer,
+        kms: VaultKms,
         is_canary: Callable[[uuid.UUID], bool],
         *,
+        k: int,
         batch_size: int = 1000,
         alerts: Alerts | None = None,
+        today: Callable[[], datetime.date] | None = None,
     ) -> None:
         check_fields(sealer.schema)
         self._alerts = alerts
         self._alerted: set[uuid.UUID] = set()
         self._pool = pool
         self._sealer = sealer
+        self._kms = kms
         self._is_canary = is_canary
+        self._k = k
         self._batch = batch_size
+        self._flat = flat_axes(sealer.schema)
+        self._today = today or (lambda: datetime.datetime.now(datetime.UTC).date())
+        self._sealing = asyncio.Lock()
 
     async def refresh(self, conn: Any | None = None) -> Refresh:
-        """Rebuild the aggregate (on `conn` when given: a leader's connection)."""
+        """Seal every closed year not sealed yet (on `conn` when given: a leader's
+        connection)."""
         if conn is None:
             async with self._pool.acquire() as own:
                 return await self._refresh(own)
         return await self._refresh(conn)
 
     async def _refresh(self, conn: Any) -> Refresh:
-        counts: Counter[Key] = Counter()
-        canaries = failed = records = 0
         tampered: list[tuple[uuid.UUID, uuid.UUID]] = []
+        read = await self._read(conn, tampered)
+        counts, opened = read.counts, read.opened
+        structures = await conn.fetch(sql.STRUCTURES)
+        region_of = {str(r["id"]): str(r["region"]) for r in structures}
+        written: list[int] = []
+        tables = 0
+        logged = opened == 0  # a round that opened nothing writes no entry
+        for year, year_counts in sorted(counts.items()):
+            # CPU only (suppression: up to a second for a large sparse table), off the
+            # event loop and one year at a time per process.
+            async with self._sealing:
+                bodies = await asyncio.to_thread(
+                    build_tables, year, year_counts, region_of, self._flat, self._k
+                )
+            if await self._seal(conn, year, bodies, 0 if logged else opened):
+                written.append(year)
+                tables += len(bodies)
+                logged = True
+        async with conn.transaction():
+            if not logged:  # every year was sealed by another rebuild meanwhile
+                await add_in_transaction(conn, _refresh_event(opened))
+            at: datetime.datetime = await conn.fetchval(sql.MARK)
+        if read.failed:
+            log.warning("stats_records_unreadable", count=read.failed)
+        await self._alert(conn, tampered)
+        log.info("stats_refreshed", years=len(written), tables=tables)
+        return Refresh(at, tuple(written), read.records, read.canaries, read.failed, tables)
+
+    async def _read(self, conn: Any, tampered: list[tuple[uuid.UUID, uuid.UUID]]) -> _Read:
+        """Counts per closed year not sealed yet, from one pass over its records."""
+        open_year = self._today().year
+        sealed = [int(r["year"]) for r in await conn.fetch(sql.SEALED_YEARS)]
+        read = _Read({})
         after = uuid.UUID(int=0)
+        before = datetime.datetime(open_year, 1, 1, tzinfo=datetime.UTC)
         while True:
-            rows = await conn.fetch(sql.RECORDS_PAGE, after, self._batch)
+            rows = await conn.fetch(sql.RECORDS_PAGE, after, before, sealed, self._batch)
             if not rows:
-                break
+                return read
             after = rows[-1]["id"]
             for row in rows:
+                created: datetime.datetime = row["created_at"]
+                entered = created.astimezone(datetime.UTC).date()
+                bucket = read.counts.setdefault(entered.year, Counter())
+                read.opened += 1
                 if self._is_canary(row["id"]):
-                    canaries += 1
+                    read.canaries += 1
                     continue
                 try:
                     record_key = await self._sealer.record_key(row)
                     values = self._sealer.decrypt_values(row, record_key, STATS_FIELDS)
                 except KmsUnavailable:
-                    raise  # no partial aggregate: the previous one stays
+                    raise  # nothing sealed: the next round starts again
                 except (DecryptionFailed, msgspec.DecodeError) as exc:
-                    failed += 1
+                    read.failed += 1
                     if isinstance(exc, RecordIntegrityFailed):
                         tampered.append((row["id"], row["structure_id"]))
                     continue
-                created: datetime.datetime = row["created_at"]
-                entered = created.astimezone(datetime.UTC).date()
-                month = entered.replace(day=1)
                 programme, situation, band, sex = codes_of(values, clear_values(row), entered)
-                counts[(month, row["structure_id"], programme, situation, band, sex)] += 1
-                records += 1
-        keys = list(counts)
-        columns = [list(col) for col in zip(*keys, strict=True)] if keys else [[]] * 6
-        event = msgspec.structs.replace(
-            build_event(None, {}, "stats.refresh", "allowed", fields=STATS_FIELDS),
-            count=max(records, 1),
-        )
+                month = entered.replace(day=1)
+                bucket[(month, str(row["structure_id"]), programme, situation, band, sex)] += 1
+                read.records += 1
+
+    async def _seal(self, conn: Any, year: int, bodies: Mapping[str, bytes], opened: int) -> bool:
+        """One year's tables, sealed under a fresh key of the year, and (with the
+        first year of a round) the access-log entry of what the round opened."""
+        wrapped = await self._kms.generate_wrapped_key()
+        data_key = await self._kms.unwrap_key(wrapped)
+        cipher = AESGCM(data_key)
+        names = sorted(bodies)
+        blobs = [aead.seal(cipher, bodies[n], table_aad(year, n)) for n in names]
         async with conn.transaction():
             await conn.execute(sql.LOCK, sql.REFRESH_LOCK_ID)
-            await conn.execute(sql.CLEAR)
-            await conn.execute(sql.INSERT, *columns, [counts[k] for k in keys])
-            at: datetime.datetime = await conn.fetchval(sql.MARK, records, canaries, failed)
-            await add_in_transaction(conn, event)
-        if failed:
-            log.warning("stats_records_unreadable", count=failed)
-        await self._alert(conn, tampered)
-        log.info("stats_refreshed", records=records, cells=len(keys))
-        return Refresh(at, records, canaries, failed, len(keys))
+            if await conn.fetchval(sql.SEAL_YEAR, year, self._k, wrapped) is None:
+                return False  # another rebuild sealed it first
+            await conn.execute(sql.INSERT_TABLES, year, names, blobs)
+            if opened:
+                await add_in_transaction(conn, _refresh_event(opened))
+        return True
 
     async def _alert(self, conn: Any, tampered: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
         """A row that fails its integrity check was written by someone holding the

@@ -1,4 +1,4 @@
-"""Every statement of the BI lane: the aggregate's rebuild and its queries."""
+"""Every statement of the BI lane: the rebuild that seals closed years, and reads."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ from typing import Final
 REFRESH_LOCK_ID: Final = 0x7661756C74_17
 """One rebuild at a time (the scheduled round of one replica, or an operator's CLI)."""
 
-# The records to aggregate, by keyset: what the sealer needs to open the three
-# fields a dimension needs and to check the row's integrity tag, and the month.
+SEALED_YEARS: Final = "SELECT year FROM stats_years"
+# The records of closed years not sealed yet, by keyset: what the sealer needs to
+# open the three fields a dimension needs and to check the row's integrity tag, and
+# the entry date. `$2` is the first instant of the open year (UTC).
 RECORDS_PAGE: Final = """
 SELECT id, structure_id, referent_id, branch_key_version, record_key, key_version,
        sealed, clear, version, created_at
 FROM records
 WHERE id > $1
+  AND created_at < $2
+  AND date_part('year', created_at AT TIME ZONE 'UTC')::integer <> ALL ($3::integer[])
 ORDER BY id
-LIMIT $2
+LIMIT $4
 """
 LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
 ROUND_LOCK_ID: Final = REFRESH_LOCK_ID + 1
@@ -26,39 +30,27 @@ FRESH: Final = """
 SELECT EXISTS (SELECT 1 FROM stats_refresh
                WHERE refreshed_at > now() - make_interval(secs => $1))
 """
-CLEAR: Final = "DELETE FROM stats_counts"
-INSERT: Final = """
-INSERT INTO stats_counts (month, structure_id, programme, situation, age_band, sex, n)
-SELECT * FROM unnest($1::date[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::integer[])
-"""
 MARK: Final = """
-INSERT INTO stats_refresh (id, refreshed_at, records, canaries, failed)
-VALUES (true, now(), $1, $2, $3)
-ON CONFLICT (id) DO UPDATE
-SET refreshed_at = excluded.refreshed_at, records = excluded.records,
-    canaries = excluded.canaries, failed = excluded.failed
+INSERT INTO stats_refresh (id, refreshed_at) VALUES (true, now())
+ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at
 RETURNING refreshed_at
 """
-LAST_REFRESH: Final = "SELECT refreshed_at FROM stats_refresh"
+# A year is sealed once: a rebuild racing another (the lock is taken again inside
+# the transaction) finds it there and writes nothing.
+SEAL_YEAR: Final = """
+INSERT INTO stats_years (year, sealed_at, k, wrapped_key) VALUES ($1, now(), $2, $3)
+ON CONFLICT (year) DO NOTHING
+RETURNING sealed_at
+"""
+INSERT_TABLES: Final = """
+INSERT INTO stats_tables (year, group_by, body)
+SELECT $1, * FROM unnest($2::text[], $3::bytea[])
+"""
 STRUCTURES: Final = "SELECT id, coalesce(region, 'unknown') AS region FROM structures ORDER BY id"
-
-# One query per grouping: the columns not grouped are summed over. Each grouped
-# column comes back as text (the structure's id, a month as YYYY-MM), the others as
-# NULL, so one statement serves every grouping (GROUPING SETS would compute many).
-COUNTS: Final = """
-SELECT CASE WHEN $3 THEN to_char(c.month, 'YYYY-MM') END AS month,
-       CASE WHEN $4 THEN c.structure_id::text END AS structure,
-       CASE WHEN $5 THEN coalesce(s.region, 'unknown') END AS region,
-       CASE WHEN $6 THEN c.programme END AS programme,
-       CASE WHEN $7 THEN c.situation END AS situation,
-       CASE WHEN $8 THEN c.age_band END AS age_band,
-       CASE WHEN $9 THEN c.sex END AS sex,
-       sum(c.n)::bigint AS n
-FROM stats_counts c
-JOIN structures s ON s.id = c.structure_id
-WHERE c.month >= $1 AND c.month <= $2
-GROUP BY 1, 2, 3, 4, 5, 6, 7
+TABLE: Final = """
+SELECT y.sealed_at, y.k, y.wrapped_key, t.body
+FROM stats_years y JOIN stats_tables t ON t.year = y.year
+WHERE y.year = $1 AND t.group_by = $2
 """
 # A tampered row met by the rebuild: alerted once, whoever met it first (a read, a
 # rebuild of another process, an earlier round).

@@ -3,7 +3,8 @@
 A data route like any other: `stats:aggregates:read` (the analyst role alone),
 `X-Purpose: statistics`, one access-log entry per query naming its dimensions and
 period (criteria, never a count), and the `stats.hour` budget, decided atomically
-with that entry before the table leaves.
+with that entry before the table is even read: a query over budget learns nothing
+(not whether its table exists or is refused) and costs nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class StatsDocument(msgspec.Struct):
     since: str
     until: str
     k: int
-    refreshed_at: str | None
+    sealed_at: str
     total: str
     cells: list[StatsCell]
 
@@ -79,7 +80,10 @@ class StatsController(Controller):
         opt={"permission": Permission.STATS_READ, "data": True, "action": "stats.query"},
         summary="Counts of youth records by up to three dimensions, small cells suppressed",
         description=(
-            "Analysts only, with `X-Purpose: statistics`. Every cell of the grid and every "
+            "Analysts only, with `X-Purpose: statistics`. One closed calendar year "
+            "(`since` its January, `until` its December; default the last closed year), "
+            "computed once when the year closed (`409 stats_not_sealed` before). "
+            "Every cell of the grid and every "
             "margin (`*`), each with its count or null when suppressed (fewer than k youth, "
             "or a complement that keeps a suppressed cell from being recomputed). "
             "`Accept: text/csv` or `format=csv` for CSV. Each query is logged and counts "
@@ -95,12 +99,12 @@ class StatsController(Controller):
         csv = _wants_csv(request, params)
         query = parse_query(params, datetime.datetime.now(datetime.UTC).date())
         service: StatsService = request.app.state.stats
-        table = await service.table(query)
         log = request_log(request.scope)
         await log.allowed(Charge.STATS, criteria=query.criteria)
+        table = await service.table(query)
         headers = rate_limit_headers(log.decision)
         if csv:
-            name = f"stats-{'-'.join(query.group_by)}-{query.since:%Y%m}-{query.until:%Y%m}.csv"
+            name = f"stats-{'-'.join(query.group_by)}-{query.year}.csv"
             headers["Content-Disposition"] = f'attachment; filename="{name}"'
             return Response(table.to_csv().encode(), media_type=CSV, headers=headers)
         return Response(_encoder.encode(table.document()), media_type=JSON, headers=headers)

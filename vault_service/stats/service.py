@@ -1,47 +1,94 @@
-"""Statistics queries: a grouping and a period in, a protected table of counts out.
+"""Statistics: the tables of a closed year, computed once, and the queries over them.
 
 Dimensions: `month` (of entry: the record's creation), `structure` (with its region
 as the level above), `region`, `programme` (programme_kind), `situation` (kind of
-the most recent situation, `none` without one), `age_band` (age at entry) and
-`sex`. A table holds every cell of the grid (zeros included) and every margin, each
-with its count or null when suppressed (suppression.py); nothing else.
+the situation in effect at the end of the month of entry, `none` without one),
+`age_band` (age at entry) and `sex`. A table holds every cell of the grid (zeros
+included) and every margin, each with its count or null when suppressed
+(suppression.py); nothing else.
+
+The period is one calendar year, once it has closed: the one grid of periods, so
+that no two answers overlap without being one the margin of the other (two periods
+ending a month apart would give that month, whose small cells no one checked). At
+the first rebuild after a year closes, every table of that year is computed
+(`build_tables`, one per grouping of one to three dimensions) and sealed for good
+(refresh.py); a query reads one, never computes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime
 import io
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
+import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault_service.errors import InvalidParameter
+from vault_service.crypto import aead
+from vault_service.errors import InvalidParameter, StatsNotSealed, StatsUnprotectable
+from vault_service.kms import VaultKms
 from vault_service.records.schema import RecordSchema
 from vault_service.stats import repository as sql
-from vault_service.stats.refresh import AGE_BANDS, NO_PROGRAMME, NO_SITUATION, UNKNOWN
 from vault_service.stats.suppression import TOTAL, Axis, Cell, protect
 
-__all__ = ["DIMENSIONS", "StatsQuery", "StatsService", "StatsTable", "parse_query"]
+__all__ = [
+    "AGE_BANDS",
+    "DIMENSIONS",
+    "GROUPINGS",
+    "NO_PROGRAMME",
+    "NO_SITUATION",
+    "UNKNOWN",
+    "Counts",
+    "StatsQuery",
+    "StatsService",
+    "StatsTable",
+    "build_tables",
+    "flat_axes",
+    "parse_query",
+    "table_aad",
+]
 
 DIMENSIONS: Final = ("month", "structure", "region", "programme", "situation", "age_band", "sex")
 """Every dimension, in the one order tables are computed and shown in (the pattern
 of suppressions must not depend on the order a caller lists them in)."""
 MAX_DIMENSIONS: Final = 3
-MAX_MONTHS: Final = 36
 MAX_CELLS: Final = 20_000
+AGE_BANDS: Final = ("under_16", "16_17", "18_21", "22_25", "26_plus", "unknown")
+NO_SITUATION: Final = "none"
+NO_PROGRAMME: Final = "none"
+UNKNOWN: Final = "unknown"
+GROUPINGS: Final = tuple(
+    g
+    for n in range(1, MAX_DIMENSIONS + 1)
+    for g in itertools.combinations(DIMENSIONS, n)
+    if not ("structure" in g and "region" in g)
+)
+"""Every grouping an analyst may ask for, each a table sealed with its year."""
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+Counts = Mapping[tuple[datetime.date, str, str, str, str, str], int]
+"""One year's counts by (month, structure id, programme, situation, age band, sex)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StatsQuery:
     group_by: tuple[str, ...]  # in DIMENSIONS order
-    since: datetime.date  # first day of the first month
-    until: datetime.date  # first day of the last month
+    year: int
+
+    @property
+    def since(self) -> datetime.date:
+        return datetime.date(self.year, 1, 1)
+
+    @property
+    def until(self) -> datetime.date:
+        """The first day of the last month."""
+        return datetime.date(self.year, 12, 1)
 
     @property
     def criteria(self) -> tuple[str, ...]:
@@ -60,17 +107,10 @@ def _month(raw: str, name: str) -> datetime.date:
     return datetime.date(int(m[1]), int(m[2]), 1)
 
 
-def _months(since: datetime.date, until: datetime.date) -> list[datetime.date]:
-    out, at = [], since
-    while at <= until:
-        out.append(at)
-        at = datetime.date(at.year + at.month // 12, at.month % 12 + 1, 1)
-    return out
-
-
 def parse_query(params: Mapping[str, str], today: datetime.date) -> StatsQuery:
-    """Strict: known dimensions only, each once, at most three; months as YYYY-MM;
-    the period defaults to the twelve months ending with the current one."""
+    """Strict: known dimensions only, each once, at most three; the period is one
+    closed calendar year, `since` its January and `until` its December (either one
+    alone names the year; neither: the last closed year)."""
     raw = params.get("group_by")
     if not raw:
         raise InvalidParameter("group_by is required (comma-separated dimensions)")
@@ -83,23 +123,20 @@ def parse_query(params: Mapping[str, str], today: datetime.date) -> StatsQuery:
         raise InvalidParameter(f"group_by: at most {MAX_DIMENSIONS} dimensions")
     if "structure" in names and "region" in names:
         raise InvalidParameter("group_by: structure already brings its region")
-    # Closed months only: a month still open changes at every rebuild, and two
-    # answers an hour apart would give the youth who arrived in between (review).
-    current = today.replace(day=1)
-    closed = datetime.date(current.year - (current.month == 1), (current.month - 2) % 12 + 1, 1)
-    until = _month(params["until"], "until") if "until" in params else closed
-    if until > closed:
-        raise InvalidParameter("until must be a closed month (before this one)")
-    if "since" in params:
-        since = _month(params["since"], "since")
-    else:
-        since = datetime.date(until.year - 1 + (until.month == 12), until.month % 12 + 1, 1)
-    if since > until:
-        raise InvalidParameter("since must not be after until")
-    if len(_months(since, until)) > MAX_MONTHS:
-        raise InvalidParameter(f"the period is at most {MAX_MONTHS} months")
-    group_by = tuple(d for d in DIMENSIONS if d in names)
-    return StatsQuery(group_by, since, until)
+    since = _month(params["since"], "since") if "since" in params else None
+    until = _month(params["until"], "until") if "until" in params else None
+    if since is not None and since.month != 1:
+        raise InvalidParameter("the period is a calendar year: since is a January")
+    if until is not None and until.month != 12:
+        raise InvalidParameter("the period is a calendar year: until is a December")
+    if since is not None and until is not None and since.year != until.year:
+        raise InvalidParameter("the period is one calendar year: since and until in the same")
+    year = (since or until or datetime.date(today.year - 1, 1, 1)).year
+    # Closed years only: an open year changes at every rebuild, and two answers an
+    # hour apart would give the youth who arrived in between (review).
+    if year >= today.year:
+        raise InvalidParameter("the year must be closed (before this one)")
+    return StatsQuery(tuple(d for d in DIMENSIONS if d in names), year)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +144,8 @@ class StatsTable:
     query: StatsQuery
     columns: tuple[str, ...]  # output columns (structure brings region)
     k: int
-    refreshed_at: datetime.datetime | None
-    rows: list[tuple[tuple[str, ...], int | None]]
+    sealed_at: datetime.datetime
+    rows: Sequence[tuple[tuple[str, ...], int | None]]
 
     def document(self) -> dict[str, Any]:
         return {
@@ -116,7 +153,7 @@ class StatsTable:
             "since": f"{self.query.since:%Y-%m}",
             "until": f"{self.query.until:%Y-%m}",
             "k": self.k,
-            "refreshed_at": self.refreshed_at.isoformat() if self.refreshed_at else None,
+            "sealed_at": self.sealed_at.isoformat(),
             "total": TOTAL,
             "cells": [
                 {**dict(zip(self.columns, values, strict=True)), "count": count}
@@ -148,71 +185,143 @@ def _enum(schema: RecordSchema, *path: str) -> tuple[str, ...]:
     return tuple(str(v) for v in node["enum"])
 
 
+def flat_axes(schema: RecordSchema) -> dict[str, tuple[str, ...]]:
+    """The values of every dimension that is a fixed list (from the record schema)."""
+    return {
+        "programme": (*_enum(schema, "programme_kind"), NO_PROGRAMME),
+        "situation": (*_enum(schema, "situations", "items", "properties", "kind"), NO_SITUATION),
+        "age_band": AGE_BANDS,
+        "sex": (*_enum(schema, "sex"), UNKNOWN),
+    }
+
+
+class _Sealed(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """A table as kept: its output columns and rows (values then count, null when
+    suppressed), or why it is refused (`unprotectable`, `too_large`)."""
+
+    refused: str | None
+    columns: list[str]
+    rows: list[tuple[list[str], int | None]]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Sealed).decode
+
+
+def table_aad(year: int, group_by: str) -> bytes:
+    """Binds a sealed table to its year and grouping: one cannot be served as another."""
+    return b"vault-service/stats-table/v1\x00" + f"{year}\x00{group_by}".encode()
+
+
+def _grid_of(
+    group_by: Sequence[str],
+    year: int,
+    region_of: Mapping[str, str],
+    flat: Mapping[str, tuple[str, ...]],
+) -> tuple[list[Axis], list[str]]:
+    axes: list[Axis] = []
+    columns: list[str] = []
+    for d in group_by:
+        if d == "month":
+            axes.append(Axis.flat(d, [f"{year:04d}-{m:02d}" for m in range(1, 13)]))
+        elif d == "structure":
+            axes.append(Axis.nested(("structure", "region"), list(region_of), region_of))
+        elif d == "region":
+            axes.append(Axis.flat(d, sorted(set(region_of.values()))))
+        else:
+            axes.append(Axis.flat(d, flat[d]))
+        columns.extend(axes[-1].names)
+    return axes, columns
+
+
+_POSITION: Final = {"month": 0, "structure": 1, "programme": 2, "situation": 3, "age_band": 4}
+
+
+def build_tables(
+    year: int,
+    counts: Counts,
+    region_of: Mapping[str, str],
+    flat: Mapping[str, tuple[str, ...]],
+    k: int,
+) -> dict[str, bytes]:
+    """Every table of one year, suppressed and encoded (to be sealed): CPU only, run
+    off the event loop. Each grouping's counts are summed from the year's counts."""
+    out: dict[str, bytes] = {}
+    for group_by in GROUPINGS:
+        axes, columns = _grid_of(group_by, year, region_of, flat)
+        cells_wanted = 1
+        for axis in axes:
+            cells_wanted *= len(axis.levels[0])
+        name = ",".join(group_by)
+        if cells_wanted > MAX_CELLS:
+            out[name] = _encode(_Sealed("too_large", columns, []))
+            continue
+        grouped: dict[tuple[str, ...], int] = {}
+        for key, n in counts.items():
+            coord = tuple(
+                f"{key[0]:%Y-%m}"
+                if d == "month"
+                else region_of[key[1]]
+                if d == "region"
+                else str(key[_POSITION.get(d, 5)])
+                for d in group_by
+            )
+            grouped[coord] = grouped.get(coord, 0) + n
+        try:
+            cells = protect(axes, grouped, k)
+        except StatsUnprotectable:
+            out[name] = _encode(_Sealed("unprotectable", columns, []))
+            continue
+        rows = [_row(axes, c) for c in cells]
+        out[name] = _encode(_Sealed(None, columns, [(list(v), n) for v, n in rows]))
+    return out
+
+
 _CACHE_MAX: Final = 256
 _CACHE_ROWS_MAX: Final = 1_000_000
 """Cells kept across all cached tables (a few hundred bytes each) before starting over."""
 
 
 class StatsService:
-    """Tables are computed once per aggregate: an answer depends only on the query,
-    the rebuild it reads (its `refreshed_at`) and the structures (the grid and the
-    regions), so it is kept until any of them changes."""
+    """Queries over sealed tables: one row read, opened with the year's key (unwrapped
+    by Vault), decoded; kept in memory afterwards (a sealed table never changes)."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: RecordSchema, k: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, kms: VaultKms, k: int) -> None:
         self._pool = pool
+        self._kms = kms
         self.k = k
-        self._cache: dict[tuple[object, ...], StatsTable] = {}
-        self._computing = asyncio.Semaphore(1)
+        self._cache: dict[tuple[int, tuple[str, ...]], StatsTable] = {}
         self._cached_rows = 0
-        self._flat: dict[str, tuple[str, ...]] = {
-            "programme": (*_enum(schema, "programme_kind"), NO_PROGRAMME),
-            "situation": (
-                *_enum(schema, "situations", "items", "properties", "kind"),
-                NO_SITUATION,
-            ),
-            "age_band": AGE_BANDS,
-            "sex": (*_enum(schema, "sex"), UNKNOWN),
-        }
 
     async def table(self, query: StatsQuery) -> StatsTable:
-        grouped = [d in query.group_by for d in ("month", "structure", "region")]
-        grouped += [d in query.group_by for d in ("programme", "situation", "age_band", "sex")]
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            # One snapshot: the counts are those of the rebuild named.
-            refreshed_at = await conn.fetchval(sql.LAST_REFRESH)
-            structures = await conn.fetch(sql.STRUCTURES)
-            region_of = {str(r["id"]): str(r["region"]) for r in structures}
-            key = (query, refreshed_at, tuple(region_of.items()))
-            cached = self._cache.get(key)
-            if cached is not None:
-                return cached
-            rows = await conn.fetch(sql.COUNTS, query.since, query.until, *grouped)
-        axes: list[Axis] = []
-        columns: list[str] = []
-        for d in query.group_by:
-            if d == "month":
-                axes.append(Axis.flat(d, [f"{m:%Y-%m}" for m in _months(query.since, query.until)]))
-            elif d == "structure":
-                axes.append(Axis.nested(("structure", "region"), list(region_of), region_of))
-            elif d == "region":
-                axes.append(Axis.flat(d, sorted(set(region_of.values()))))
-            else:
-                axes.append(Axis.flat(d, self._flat[d]))
-            columns.extend(axes[-1].names)
-        cells_wanted = 1
-        for axis in axes:
-            cells_wanted *= len(axis.levels[0])
-        if cells_wanted > MAX_CELLS:
+        key = (query.year, query.group_by)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        group_by = ",".join(query.group_by)
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(sql.TABLE, query.year, group_by)
+        if row is None:
+            raise StatsNotSealed()
+        if int(row["k"]) < self.k:
+            # Sealed under a smaller k than the one configured now: not served
+            # (fail closed); README says how an operator deals with it.
+            raise StatsUnprotectable()
+        data_key = await self._kms.unwrap_key(str(row["wrapped_key"]))
+        # A body that does not authenticate was written by someone holding the
+        # database: DecryptionFailed, nothing served.
+        plain = aead.open_(AESGCM(data_key), bytes(row["body"]), table_aad(query.year, group_by))
+        sealed = _decode(plain)
+        if sealed.refused == "unprotectable":
+            raise StatsUnprotectable()
+        if sealed.refused is not None:
             raise InvalidParameter(f"the table would have more than {MAX_CELLS} cells")
-        counts: dict[tuple[str, ...], int] = {}
-        for r in rows:
-            counts[tuple(str(r[d]) for d in query.group_by)] = int(r["n"])
-        # Off the event loop (a large sparse table takes a second of CPU), one at a
-        # time per process so that analysts cannot take every core (review finding).
-        async with self._computing:
-            cells = await asyncio.to_thread(protect, axes, counts, self.k)
         table = StatsTable(
-            query, tuple(columns), self.k, refreshed_at, [_row(axes, c) for c in cells]
+            query,
+            tuple(sealed.columns),
+            int(row["k"]),
+            row["sealed_at"],
+            [(tuple(values), n) for values, n in sealed.rows],
         )
         self._cached_rows += len(table.rows)
         if len(self._cache) >= _CACHE_MAX or self._cached_rows > _CACHE_ROWS_MAX:
