@@ -217,6 +217,7 @@ def _start_stats(
             kms,
             records.is_canary,
             k=settings.stats_k,
+            seal_after_days=settings.stats_seal_after_days,
             batch_size=settings.stats_batch_size,
             alerts=alerts,
         )

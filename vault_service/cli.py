@@ -539,6 +539,7 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
             kms,
             canaries.named,
             k=settings.stats_k,
+            seal_after_days=settings.stats_seal_after_days,
             batch_size=settings.stats_batch_size,
             alerts=Alerts(pool),
         )

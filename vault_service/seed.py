@@ -68,11 +68,12 @@ def youth(fake: Any, rng: random.Random, department: str) -> dict[str, Any]:
         "programme_kind": rng.choice(["CEJ", "PACEA"]),
         "pathway_status": "active",
     }
-    # The latest situation, for the statistics' `situation` dimension (drawn last:
-    # the values above stay those of earlier demo data).
+    # The situation at entry, for the statistics' `situation` dimension (drawn last:
+    # the values above stay those of earlier demo data; started before any demo
+    # youth's entry, so in effect at it).
     kind = rng.choice(["job_seeking", "training", "employment", "apprenticeship", "none"])
     if kind != "none":
-        record["situations"] = [{"kind": kind, "start_date": "2026-01-05"}]
+        record["situations"] = [{"kind": kind, "start_date": "2024-06-03"}]
     return record
 
 
@@ -125,4 +126,10 @@ async def seed(
         for _ in range(youth_per_counsellor):
             body = msgspec.json.encode(youth(fake, rng, departments[account.structure_id]))
             await records.create(principal, body, None, ToolLog(principal, "record.seed"))
+    # Demo youth entered over the last 18 months, so that the statistics (closed
+    # years only, each sealed once) have last year's tables from the first rebuild.
+    await owner.execute(
+        "UPDATE records SET created_at = created_at "
+        "- make_interval(days => mod(abs(hashtext(id::text)::bigint), 540)::integer)"
+    )
     return accounts

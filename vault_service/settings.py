@@ -195,11 +195,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # so that the service keeps serving reads meanwhile (bench/keys.py measures both).
     rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
     # The BI lane (vault_service/stats/): cells counting fewer than this many youth
-    # are suppressed, with complements; how often the aggregate is rebuilt (seconds,
-    # 0: only by `vault-service stats refresh`); records decrypted per batch.
+    # are suppressed, with complements; how often a rebuild looks for a closed year to
+    # seal (seconds, 0: only by `vault-service stats refresh`); records decrypted per
+    # batch; days after a year closes before it is sealed (late data entry of December
+    # counts: a sealed year never changes).
     stats_k: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 10
     stats_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
     stats_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    stats_seal_after_days: Annotated[int, msgspec.Meta(ge=0, le=366)] = 31
     # `vault-service import`: records per batch (one transaction, one access-log entry
     # naming every record it created; the entry schema caps record_ids at 10,000).
     import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000

@@ -1,7 +1,8 @@
 """The rebuild behind GET /v1/stats: closed years sealed, once each.
 
-A round reads the records of every closed year that has no tables yet (the year
-still open is never read: it is never published), in batches, opens only the
+A round reads the records of every closed year that has no tables yet, once
+`stats_seal_after_days` have passed since it closed (so that December's late data
+entry counts; the year still open is never read: it is never published), in batches, opens only the
 fields a dimension needs (`STATS_FIELDS`: sex, birth date, situations; never a
 name, a contact, the NIR or a note) through the one sealing path
 (records/sealing.py, which also checks each row's integrity tag), turns them into
@@ -197,6 +198,7 @@ class StatsRefresher:
         is_canary: Callable[[uuid.UUID], bool],
         *,
         k: int,
+        seal_after_days: int = 31,
         batch_size: int = 1000,
         alerts: Alerts | None = None,
         today: Callable[[], datetime.date] | None = None,
@@ -209,6 +211,7 @@ class StatsRefresher:
         self._kms = kms
         self._is_canary = is_canary
         self._k = k
+        self._seal_after = datetime.timedelta(days=seal_after_days)
         self._batch = batch_size
         self._flat = flat_axes(sealer.schema)
         self._today = today or (lambda: datetime.datetime.now(datetime.UTC).date())
@@ -254,7 +257,8 @@ class StatsRefresher:
 
     async def _read(self, conn: Any, tampered: list[tuple[uuid.UUID, uuid.UUID]]) -> _Read:
         """Counts per closed year not sealed yet, from one pass over its records."""
-        open_year = self._today().year
+        # A year is sealed `seal_after_days` after it closes (December's late entries).
+        open_year = (self._today() - self._seal_after).year
         sealed = [int(r["year"]) for r in await conn.fetch(sql.SEALED_YEARS)]
         read = _Read({})
         after = uuid.UUID(int=0)
