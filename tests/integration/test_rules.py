@@ -171,6 +171,8 @@ async def test_a_structure_far_above_its_baseline_is_flagged(client, world: Worl
         if found:
             break
         await asyncio.sleep(0.1)
-    assert [(a["account_id"], a["details"]) for a in found] == [
-        (None, {"count": 24, "threshold": 20})
-    ]
+    # The rule runs beside the reads: it may fire once the structure reaches its
+    # threshold, before the last of the 24 reads (seen in CI under load).
+    [alert] = found
+    assert alert["account_id"] is None and alert["details"]["threshold"] == 20
+    assert 20 <= alert["details"]["count"] <= 24

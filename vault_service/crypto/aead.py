@@ -138,7 +138,7 @@ def open_fields(
     try:
         for name in names:
             blob = blobs[name]
-            if blob[0] != FORMAT_V1:
+            if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != FORMAT_V1:
                 raise DecryptionFailed()
             path = encoded.get(name)
             if path is None:
