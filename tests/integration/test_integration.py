@@ -4,13 +4,18 @@ the tree by one leader, never twice, never lost, and one bad row never stops the
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
-from tests.conftest import Stack
+from tests.conftest import Captured, Stack
 from tests.integration.test_audit_log import AuditDb, check_tree, drop_database, event, new_database
+from vault_service.app import create_app
 from vault_service.audit.entry import prepare_stored
 from vault_service.audit.integrator import Integrator
 from vault_service.audit.log import AccessLog
@@ -111,3 +116,119 @@ async def test_a_row_that_is_not_an_entry_is_quarantined_and_the_tree_moves_on(
         await integrator.stop()
         await tree.stop()
         await pool.close()
+
+
+async def _waiting_appends(conn: asyncpg.Connection) -> int:
+    """Statements waiting for the tree lock (asked outside a transaction: inside one,
+    pg_stat_activity answers from a snapshot taken at its first read)."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%audit_tree_state%'"
+        )
+    )
+
+
+async def _release_after(seconds: float, lock: Transaction) -> None:
+    await asyncio.sleep(seconds)
+    await lock.rollback()
+
+
+async def test_stopping_the_integrate_process_mid_batch_appends_everything_once(
+    db: AuditDb, stack: Stack
+) -> None:
+    """SIGTERM reaches `vault-service audit integrate` while a batch of its is still
+    waiting for the tree lock. It must let that batch land before it reads the queue
+    again for its last round: those rows are still pending until the batch commits,
+    and appending them a second time fails that whole batch (logged as
+    audit_append_failed, with the privilege error of the tree's growth trigger)."""
+    count = 40
+    pool = await db.pool()
+    sequencer = Sequencer(pool)
+    sequencer.start()
+    blocker, watcher = await db.superuser(), await db.superuser()
+    proc: subprocess.Popen[str] | None = None
+    try:
+        await asyncio.gather(*(sequencer.commit(event()) for _ in range(count)))
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT size FROM audit_tree_state WHERE id = 1 FOR UPDATE")
+        env = stack.service_env(database_url=db.dsn("vault_service_app"), log_level="WARNING")
+        proc = subprocess.Popen(  # noqa: ASYNC220 - a process of its own, as deployed
+            [sys.executable, "-m", "vault_service.cli", "audit", "integrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Its first batch is sent and waits for the lock held here.
+        for _ in range(200):
+            if await _waiting_appends(watcher) == 1:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the integrator never sent a batch")
+        proc.send_signal(signal.SIGTERM)
+        # Long enough for a last round to read the queue and send its own batch.
+        await asyncio.sleep(0.5)
+        await lock.rollback()
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "audit_append_failed" not in stderr
+        assert "InsufficientPrivilege" not in stderr
+        async with pool.acquire() as conn:
+            size, _ = await check_tree(conn)
+            assert size == count
+            assert await conn.fetchval("SELECT count(*) FROM audit_pending") == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await blocker.close()
+        await watcher.close()
+        await sequencer.stop()
+        await pool.close()
+
+
+async def test_the_service_stopping_mid_batch_appends_everything_once(
+    db: AuditDb, stack: Stack, captured: Captured
+) -> None:
+    """The same stop, in the service's own lifespan (its integrator leads when no
+    dedicated process runs): the last entries its requests sequenced are in the tree,
+    once each, and nothing is logged as failed."""
+    count = 40
+    app = create_app(stack.settings(database_url=db.dsn("vault_service_app")))
+    blocker, watcher = await db.superuser(), await db.superuser()
+    logged = len(captured.logs.getvalue())
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT size FROM audit_tree_state WHERE id = 1 FOR UPDATE")
+        async with app.lifespan():
+            sequencer = app.state.sequencer
+            events = [event() for _ in range(count)]
+            await asyncio.gather(*(sequencer.commit(e) for e in events))
+            for _ in range(200):
+                if await _waiting_appends(watcher) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the integrator never sent a batch")
+            # Shutdown starts now; the batch in flight lands half a second later.
+            release = asyncio.create_task(_release_after(0.5, lock))
+        await release
+        await check_tree(watcher)
+        assert await watcher.fetchval("SELECT count(*) FROM audit_pending") == 0
+        # The service logs acts of its own beside these (its stats rebuild): ours are each
+        # in exactly once.
+        ids = await watcher.fetchval(
+            "SELECT array_agg(body->>'request_id') FROM audit_bodies WHERE body->>'request_id' = ANY ($1::text[])",
+            [e.request_id for e in events],
+        )
+        assert sorted(ids) == sorted(e.request_id for e in events)
+        log = captured.logs.getvalue()[logged:]
+        assert "audit_append_failed" not in log
+        assert "InsufficientPrivilege" not in log
+    finally:
+        await blocker.close()
+        await watcher.close()

@@ -61,6 +61,10 @@ class Integrator:
             failed_event="integration_round_failed",
         )
         self._swept_at = 0.0
+        # The append of the last batch read from the queue, as a task of its own: a round
+        # cancelled while it is in flight (stop) must not let the next read of the queue
+        # see its rows, which stay pending until it commits.
+        self._appending: asyncio.Task[list[int]] | None = None
         self.integrated = 0
         """Entries this process moved into the tree (tests and metrics)."""
 
@@ -115,6 +119,7 @@ class Integrator:
         leader = self._lead.connection
         if leader is None:
             return 0
+        await self._landed()
         rows = await leader.fetch(sql.SELECT_PENDING, self._batch)
         if not rows:
             return 0
@@ -129,9 +134,27 @@ class Integrator:
                 alerts.error("audit_pending_quarantined", alert=True, pending_id=int(r["id"]))
         if not prepared:
             return len(rows)
-        await self._log.append_prepared(prepared)
+        appending = asyncio.create_task(self._log.append_prepared(prepared))
+        self._appending = appending
+        # Shielded: cancelling the round leaves the batch to land (or fail) on its own,
+        # and `_landed` waits for it before the queue is read again.
+        await asyncio.shield(appending)
+        self._appending = None
         self.integrated += len(prepared)
         return len(prepared)
+
+    async def _landed(self) -> None:
+        """Wait for an append that a cancelled round left in flight. Reading the queue
+        before it commits would append its rows a second time: that batch would fail
+        whole (the rows are no longer pending when it runs), taking with it any entry
+        read after them, and the writer would log the failure."""
+        appending, self._appending = self._appending, None
+        if appending is None:
+            return
+        await asyncio.wait((appending,))
+        if not appending.cancelled() and appending.exception() is None:
+            self.integrated += len(appending.result())
+        # A failure was logged by the writer; its rows are still pending, read again below.
 
     async def _sweep_budgets(self) -> None:
         """Budget marks and counts of windows long closed are of no further use."""
