@@ -241,14 +241,18 @@ def stop_all(
     pg: devstack.Postgres,
     tmp: Path,
 ) -> None:
-    """A benchmark's processes, then its OpenBao and PostgreSQL, then its files."""
-    for p in procs:
+    """A benchmark's processes, then its OpenBao and PostgreSQL, then its files.
+
+    The processes stop one at a time, the last started first: the servers commit their
+    last entries to the pending queue before a dedicated integrator (started before
+    them) stops, so that its last round integrates them."""
+    for p in reversed(procs):
         p.terminate()
-    for p in procs:
         try:
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
     bao.stop()
     pg.stop()
     shutil.rmtree(tmp, ignore_errors=True)
