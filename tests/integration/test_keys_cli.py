@@ -82,9 +82,11 @@ def _transit(stack: Stack) -> dict[str, int]:
 
 
 async def _kek_versions(world: World) -> dict[int, int]:
+    # Branch keys and the keys of sealed statistics years: the KEK wraps both.
     rows = await world.owner.fetch(
         "SELECT substr(split_part(wrapped_key, ':', 2), 2)::int AS v, count(*) AS n "
-        "FROM structure_keys GROUP BY 1"
+        "FROM (SELECT wrapped_key FROM structure_keys "
+        "      UNION ALL SELECT wrapped_key FROM stats_years) k GROUP BY 1"
     )
     return {r["v"]: r["n"] for r in rows}
 

@@ -655,3 +655,37 @@ async def test_a_tampered_row_is_left_out_and_alerted(client, stack: Stack, worl
         )
         == 1
     )
+
+
+async def test_a_sealed_year_survives_a_kek_rotation(client, stack: Stack, world: World) -> None:
+    """A year's key is wrapped under the branch-key KEK: `keys rotate kek --retire`
+    rewraps it with the branch keys, and a fresh process (no table kept in memory)
+    still opens the year's tables with only the new KEK version enabled."""
+    from tests.integration.test_keys_cli import _cli as keys_cli
+    from tests.integration.test_keys_cli import _operator, _transit
+
+    entered = _own_month()
+    sid, _ = await _seed(
+        client, world, f"Region H {secrets.token_hex(3)}", [("F", 19, "CEJ", None)] * 11, entered
+    )
+    _refresh(stack)
+    op = await _operator(stack, world)
+    code, out, err = await keys_cli(op.env, "keys", "rotate", "kek", "--retire", "--json")
+    assert code == 0, err
+    assert json.loads(out)["retired"] is True
+    latest = _transit(stack)
+    assert latest["min_decryption"] == latest["latest"]
+    wrapped = [
+        r["wrapped_key"] for r in await world.owner.fetch("SELECT wrapped_key FROM stats_years")
+    ]
+    assert wrapped and all(w.startswith(f"vault:v{latest['latest']}:") for w in wrapped)
+    analyst = await world.account(Role.ANALYST, None)
+    async with serve_processes(stack, 1) as served:
+        r = await served.http.get(
+            f"{served.bases[0]}/v1/stats",
+            params={"group_by": "structure", **_period(entered)},
+            headers=analyst.headers(purpose="statistics"),
+        )
+    assert r.status_code == 200, r.text
+    [mine] = [c for c in r.json()["cells"] if c["structure"] == str(sid)]
+    assert mine["count"] == 11

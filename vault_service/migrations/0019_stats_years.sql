@@ -21,7 +21,7 @@ CREATE TABLE stats_years (
     year         integer PRIMARY KEY CHECK (year BETWEEN 1970 AND 2100),
     sealed_at    timestamptz NOT NULL,
     k            integer NOT NULL CHECK (k >= 10),
-    wrapped_key  text NOT NULL CHECK (length(wrapped_key) BETWEEN 16 AND 1024)
+    wrapped_key  text NOT NULL CHECK (wrapped_key ~ '^vault:v[0-9]+:' AND length(wrapped_key) <= 1024)
 );
 
 CREATE TABLE stats_tables (
@@ -33,3 +33,5 @@ CREATE TABLE stats_tables (
 
 GRANT SELECT, INSERT ON stats_years TO vault_service_app;
 GRANT SELECT, INSERT ON stats_tables TO vault_service_app;
+-- `keys rotate kek` rewraps a year's key with the branch keys (same transit key).
+GRANT SELECT (year, wrapped_key), UPDATE (wrapped_key) ON stats_years TO vault_service_admin;

@@ -1,6 +1,7 @@
 """`vault-service keys rotate kek`: a new version of the branch-key KEK in Vault, every
-stored branch key rewrapped to it through transit's rewrap (no plaintext key leaves
-Vault), then, with `retire`, the older versions disabled (min_decryption_version).
+stored branch key (and the key of every sealed statistics year) rewrapped to it
+through transit's rewrap (no plaintext key leaves Vault), then, with `retire`, the
+older versions disabled (min_decryption_version).
 
 The run is stateless and resumable: a branch key still wrapped under a version below
 the latest is work left over, so a run that finds any resumes rather than rotating
@@ -109,25 +110,27 @@ async def _rotate(
     if dry_run:
         return run
     with RotationProgress("rewrap branch keys", run.to_rewrap) as progress:
-        while True:
-            async with conn.transaction():
-                rows = await conn.fetch(sql.SELECT_KEK_BATCH, run.target_version, batch_size)
-                if not rows:
-                    break
-                fresh = await kms.rewrap_keys([r["wrapped_key"] for r in rows])
-                if any(wrapped_version(w) < run.target_version for w in fresh):
-                    raise InternalError("transit rewrapped below the target version")
-                await conn.executemany(
-                    sql.UPDATE_WRAPPED,
-                    [
-                        (r["structure_id"], r["version"], w)
-                        for r, w in zip(rows, fresh, strict=True)
-                    ],
-                )
-                await conn.execute(sql.LOG_ADMIN_ACT, "key.rewrap_kek", None, len(rows))
-            run.rewrapped += len(rows)
-            run.batches += 1
-            progress.advance(len(rows))
+        # Branch keys, then the keys of sealed statistics years (same KEK).
+        for select, update, key_of in (
+            (sql.SELECT_KEK_BATCH, sql.UPDATE_WRAPPED, ("structure_id", "version")),
+            (sql.SELECT_STATS_KEK_BATCH, sql.UPDATE_STATS_WRAPPED, ("year",)),
+        ):
+            while True:
+                async with conn.transaction():
+                    rows = await conn.fetch(select, run.target_version, batch_size)
+                    if not rows:
+                        break
+                    fresh = await kms.rewrap_keys([r["wrapped_key"] for r in rows])
+                    if any(wrapped_version(w) < run.target_version for w in fresh):
+                        raise InternalError("transit rewrapped below the target version")
+                    await conn.executemany(
+                        update,
+                        [(*(r[c] for c in key_of), w) for r, w in zip(rows, fresh, strict=True)],
+                    )
+                    await conn.execute(sql.LOG_ADMIN_ACT, "key.rewrap_kek", None, len(rows))
+                run.rewrapped += len(rows)
+                run.batches += 1
+                progress.advance(len(rows))
     if retire and run.min_decryption_version < run.target_version:
         assert admin is not None
         async with conn.transaction():

@@ -37,7 +37,8 @@ ORDER BY k.structure_id, k.version
 """  # noqa: S608 - a constant expression, no input  # nosec B608
 
 COUNT_BELOW_KEK: Final = f"""
-SELECT count(*) FROM structure_keys k WHERE {_KEK_VERSION} < $1
+SELECT (SELECT count(*) FROM structure_keys k WHERE {_KEK_VERSION} < $1)
+     + (SELECT count(*) FROM stats_years k WHERE {_KEK_VERSION} < $1)
 """  # noqa: S608 - a constant expression, no input  # nosec B608
 
 COUNT_BY_KEK: Final = f"""
@@ -54,6 +55,16 @@ ORDER BY k.structure_id, k.version
 LIMIT $2
 FOR UPDATE
 """  # noqa: S608 - a constant expression, no input  # nosec B608
+
+# The keys of sealed statistics years (vault_service/stats/), wrapped under the same KEK.
+SELECT_STATS_KEK_BATCH: Final = f"""
+SELECT k.year, k.wrapped_key FROM stats_years k
+WHERE {_KEK_VERSION} < $1
+ORDER BY k.year
+LIMIT $2
+FOR UPDATE
+"""  # noqa: S608 - a constant expression, no input  # nosec B608
+UPDATE_STATS_WRAPPED: Final = "UPDATE stats_years SET wrapped_key = $2 WHERE year = $1"
 
 UPDATE_WRAPPED: Final = """
 UPDATE structure_keys SET wrapped_key = $3 WHERE structure_id = $1 AND version = $2
