@@ -109,6 +109,13 @@ def _limit(maximum: int) -> Param:
     return Param("limit", {"type": "integer", "minimum": 1, "maximum": maximum}, False)
 
 
+_ORDER = Param(
+    "order",
+    {"type": "string", "enum": ["oldest", "newest"]},
+    False,
+    description="oldest first (the default) or newest first; repeat it with `cursor`, "
+    "which continues the order it was given in",
+)
 _PURPOSE = Param(
     "X-Purpose",
     {"type": "string", "enum": sorted(p.value for p in Purpose)},
@@ -254,6 +261,13 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
             Param("record_id", _UUID),
             Param("actor_id", _UUID),
             Param(
+                "structure_id",
+                _UUID,
+                description="Entries made by accounts of this structure (the entry's "
+                "`structure_id`, as `GET /v1/audit/volume?by=structure` groups them); "
+                "needs since and until, at most 7 days apart",
+            ),
+            Param(
                 "action",
                 {
                     "type": "string",
@@ -315,13 +329,14 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         params=(
             Param("by", {"type": "string", "enum": ["actor", "structure"]}),
             Param("since", _TIME, True),
-            Param("until", _TIME, True),
+            Param("until", _TIME, True, description="At most 93 days after since"),
         ),
         success={200: {_JSON: _OBJECT}},
     ),
     ("get", "/v1/audit/break-glass"): Operation(
         params=(
             Param("state", {"type": "string", "enum": ["pending", "reviewed"]}),
+            _ORDER,
             Param("cursor", _UUID_CURSOR),
             _limit(500),
         ),
@@ -364,6 +379,7 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         params=(
             Param("state", {"type": "string", "enum": ["open", "acknowledged"]}),
             Param("since", _TIME),
+            _ORDER,
             Param("cursor", _UUID_CURSOR),
             _limit(500),
         ),

@@ -129,6 +129,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Statistics queries (GET /v1/stats) per analyst and hour: each query counts,
     # whatever it returns (differencing many tables is how suppressed cells leak).
     budget_stats_hour: Budget = 60
+    # Access-volume queries (GET /v1/audit/volume) per auditor and hour: each one groups
+    # up to 93 days of the access log, so each counts, whatever it returns.
+    budget_volume_hour: Budget = 60
     # Days a cross-structure transfer request waits for the receiving structure's
     # acceptance; past them it can only be asked again.
     transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14

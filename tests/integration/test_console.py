@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import secrets
 import struct
@@ -48,6 +49,7 @@ CHROMIUM_ARGS = [
 ]
 AXE = (Path(__file__).parent.parent / "vendor" / "axe.min.js").read_text("utf-8")
 FULL = json.loads(load_fixture("full_record.json"))
+CONSOLE_PAGE = 50  # rows per page of the alerts and grants lists (app.js PAGE)
 VIEWS = {
     "volume": ("Volume d’accès", "Access volume"),
     "alerts": ("Alertes ouvertes", "Open alerts"),
@@ -136,7 +138,21 @@ async def seed(client: Any, world: World, owner: Any) -> dict[str, Any]:
         counsellor.id,
         sid,
     )
+    # More open alerts and grants than one console page (50), all newer than the ones
+    # above: newest first, those are on a later page, reached with "Show more". Removed
+    # by the test when it ends (other tests read the first page of every alert).
+    fillers = [uuid.uuid4() for _ in range(CONSOLE_PAGE + 5)]
+    await owner.executemany(
+        "INSERT INTO alerts (id, severity, kind) VALUES ($1, 'info', 'rule.console_filler')",
+        [(f,) for f in fillers],
+    )
+    await owner.executemany(
+        "INSERT INTO break_glass_grants (id, record_id, account_id, structure_id, reason, "
+        "expires_at) VALUES ($1, $2, $3, $4, 'service_continuity', now() + interval '1 hour')",
+        [(f, uuid.UUID(ids[1]), colleague.id, sid) for f in fillers],
+    )
     return {
+        "fillers": fillers,
         "canaries": canaries,
         "counsellor": counsellor,
         "auditor": auditor,
@@ -144,7 +160,28 @@ async def seed(client: Any, world: World, owner: Any) -> dict[str, Any]:
         "grant": grant,
         "alert": alert,
         "structure": sid,
+        "structure_accounts": (counsellor.id, colleague.id, supervisor.id),
     }
+
+
+async def more_until(page: Page, name: str, wanted: Any) -> None:
+    """Press "Show more" of a list (focused, then Enter: the keyboard's way) until
+    `wanted` (a locator) has a row, or, with None, until the list is complete."""
+    for _ in range(200):
+        if wanted is not None and await wanted.count() > 0:
+            return
+        button = page.locator(f"#{name}-more")
+        if await button.is_hidden():
+            assert wanted is None, f"{name}: the list ended without the row"
+            return
+        pages = await page.get_attribute(f"#{name}-table", "data-pages")
+        await button.focus()
+        await page.keyboard.press("Enter")
+        await page.wait_for_function(
+            "([n, p]) => document.querySelector(`#${n}-table`).dataset.pages !== p",
+            arg=[name, pages],
+        )
+    raise AssertionError(f"{name}: more than 200 pages")
 
 
 async def show(page: Page, view: str, errors: list[str] | None = None) -> None:
@@ -251,8 +288,17 @@ async def test_console_end_to_end(
             await page.click("#volume-form button[type=submit]")
             srow = page.locator("#volume-table tbody tr", has_text=str(seeded["structure"])).first
             await srow.wait_for()
+            scells = await srow.locator("td").all_text_contents()
             await srow.get_by_role("button").click()
             await page.wait_for_selector("#drill:not([hidden]) #drill-table tbody tr")
+            # Filtered by the API: exactly the structure's entries of that day, as many
+            # as the volume row counts, and made by its own accounts only.
+            await more_until(page, "drill", None)
+            drilled = await page.locator(
+                "#drill-table tbody tr td:nth-child(5)"
+            ).all_text_contents()
+            assert len(drilled) == int(scells[2]), (len(drilled), scells)
+            assert set(drilled) <= {str(a) for a in seeded["structure_accounts"]}
 
             shots: dict[str, bytes] = {}
             seen: dict[str, str] = {}
@@ -269,7 +315,16 @@ async def test_console_end_to_end(
             # --- alerts ---------------------------------------------------------------------
             await show(page, "alerts", errors)
             alert_row = page.locator("#alerts-table tbody tr", has_text=counsellor_id)
+            # Newest first, a page of 50: the seeded alert is older than the fillers, so
+            # not on the first page; "Show more", from the keyboard, brings it.
+            assert await page.locator("#alerts-table tbody tr").count() == CONSOLE_PAGE
+            assert await alert_row.count() == 0
+            assert "d’autres suivent" in (await page.text_content("#alerts-count") or "")
+            await more_until(page, "alerts", alert_row)
+            assert await page.locator("#alerts-table tbody tr").count() > CONSOLE_PAGE
             assert "budget.exceeded" in (await alert_row.first.text_content() or "")
+            raised = await page.locator("#alerts-table tbody tr td:first-child").all_text_contents()
+            assert raised == sorted(raised, reverse=True)  # newest first, across pages
             await check_view("alerts")
             # Acknowledged from the console: a comment is required, then the alert leaves
             # the open list, acknowledged by this auditor, with an entry in the log.
@@ -284,6 +339,9 @@ async def test_console_end_to_end(
             await page.wait_for_function(
                 "() => document.querySelector('#status').textContent.startsWith('Alerte ')"
             )
+            # Gone from every page, not only from the first one the list reloaded.
+            await more_until(page, "alerts", None)
+            assert "la liste est complète" in (await page.text_content("#alerts-count") or "")
             assert await alert_row.count() == 0
             row = await owner.fetchrow(
                 "SELECT state, acked_by, ack_comment FROM alerts WHERE id = $1", seeded["alert"]
@@ -293,6 +351,11 @@ async def test_console_end_to_end(
             # --- break-the-glass ----------------------------------------------------------
             await show(page, "grants", errors)
             grant_row = page.locator("#grants-table tbody tr", has_text=seeded["ids"][0])
+            assert await page.locator("#grants-table tbody tr").count() == CONSOLE_PAGE
+            assert await grant_row.count() == 0
+            await more_until(page, "grants", grant_row)
+            opened = await page.locator("#grants-table tbody tr td:first-child").all_text_contents()
+            assert opened == sorted(opened, reverse=True)
             text = await grant_row.first.text_content() or ""
             assert "safety_emergency" in text and "unjustified" in text
             await check_view("grants")
@@ -442,6 +505,8 @@ async def test_console_end_to_end(
             assert await page.text_content("#view-reports h2") == VIEWS["reports"][1]
             await show(page, "alerts", errors)
             assert await page.text_content("#view-alerts h2") == VIEWS["alerts"][1]
+            assert await page.text_content("#alerts-more") == "Show more"
+            assert "more follow" in (await page.text_content("#alerts-count") or "")
             await show(page, "volume", errors)
             assert await page.text_content("#view-volume h2") == VIEWS["volume"][1]
             assert await axe_violations(page) == []
@@ -475,6 +540,10 @@ async def test_console_end_to_end(
             assert errors == []
         finally:
             await browser.close()
+            await owner.execute("DELETE FROM alerts WHERE id = ANY($1)", seeded["fillers"])
+            await owner.execute(
+                "DELETE FROM break_glass_grants WHERE id = ANY($1)", seeded["fillers"]
+            )
 
 
 async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
@@ -492,6 +561,7 @@ async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
         ("/v1/audit/volume", {"since": "2026-01-01T00:00:00Z", "until": now, "x": "1"}),
         ("/v1/audit/break-glass", {"state": "open"}),
         ("/v1/audit/break-glass", {"limit": "0"}),
+        ("/v1/audit/break-glass", {"order": "random"}),
     ]
     for path, params in bad:
         r = await client.get(path, params=params, headers=h)
@@ -505,7 +575,7 @@ async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
     r = await client.get("/v1/audit/break-glass", params={"state": "reviewed"}, headers=h)
     assert r.status_code == 200
     # Every answer, refused or given, is an entry of the access log under its action.
-    for action, allowed, refused in (("audit.volume", 1, 6), ("audit.break_glass", 1, 2)):
+    for action, allowed, refused in (("audit.volume", 1, 6), ("audit.break_glass", 1, 3)):
         r = await client.get(
             "/v1/audit/events",
             params={"actor_id": str(auditor.id), "action": action},
@@ -566,6 +636,194 @@ async def test_console_endpoints_refuse_bad_input_and_log_every_answer(
     counsellor = await world.counsellor()
     r = await client.get("/v1/audit/break-glass", headers=counsellor.headers())
     assert r.status_code == 403
+
+
+async def _pages(client: Any, path: str, params: dict[str, str], h: dict[str, str]) -> list[list]:
+    """Every page of a list, following next_cursor."""
+    pages: list[list] = []
+    query = dict(params)
+    for _ in range(1000):
+        r = await client.get(path, params=query, headers=h)
+        assert r.status_code == 200, r.text
+        pages.append(r.json()["items"])
+        if r.json()["next_cursor"] is None:
+            return pages
+        query["cursor"] = r.json()["next_cursor"]
+    raise AssertionError("more than 1000 pages")
+
+
+WEEK = ("2026-01-01T00:00:00Z", "2026-01-08T00:00:00Z")
+
+
+async def test_the_consoles_lists_page_newest_first_and_entries_filter_by_structure(
+    client: Any, world: World
+) -> None:
+    auditor = await world.account(Role.AUDITOR, None)
+    h = auditor.headers(purpose="audit")
+    for path, params in (
+        ("/v1/alerts", {"order": "latest"}),
+        ("/v1/alerts", {"order": ""}),
+        ("/v1/audit/break-glass", {"order": "NEWEST"}),
+        ("/v1/audit/events", {"structure_id": "not-a-uuid"}),
+        ("/v1/audit/events", {"structure_id": uuid.uuid4().hex}),
+        # No index on the structure: a window of a week at most bounds the scan.
+        ("/v1/audit/events", {"structure_id": str(uuid.uuid4())}),
+        ("/v1/audit/events", {"structure_id": str(uuid.uuid4()), "since": WEEK[0]}),
+        (
+            "/v1/audit/events",
+            {"structure_id": str(uuid.uuid4()), "since": WEEK[0], "until": "2026-01-08T00:00:01Z"},
+        ),
+    ):
+        r = await client.get(path, params=params, headers=h)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_parameter"), (path, params)
+        assert all(v not in r.json()["detail"] for v in params.values() if v), params
+
+    # Alerts, newest first, two a page: five of ours, each once, in descending order,
+    # the second page reached by its cursor (others may be raised meanwhile: only
+    # ours are counted, the order is checked on all).
+    since = await world.owner.fetchval("SELECT now()")
+    ours = []
+    for _ in range(5):
+        ours.append(uuid.uuid4())
+        # One transaction each: distinct raised_at, in this order.
+        await world.owner.execute(
+            "INSERT INTO alerts (id, severity, kind) VALUES ($1, 'info', 'rule.paging')", ours[-1]
+        )
+    params = {"since": since.isoformat(), "order": "newest", "limit": "2"}
+    pages = await _pages(client, "/v1/alerts", params, h)
+    assert len(pages) >= 3 and all(len(p) <= 2 for p in pages)
+    listed = [a for p in pages for a in p]
+    keys = [(a["raised_at"], a["id"]) for a in listed]
+    assert keys == sorted(keys, reverse=True)
+    assert [a["id"] for a in listed if a["kind"] == "rule.paging"] == [
+        str(a) for a in reversed(ours)
+    ]
+    # The default is unchanged: oldest first.
+    oldest = await _pages(client, "/v1/alerts", {"since": since.isoformat(), "limit": "2"}, h)
+    assert [a["id"] for p in oldest for a in p if a["kind"] == "rule.paging"] == [
+        str(a) for a in ours
+    ]
+
+    # Break-the-glass grants, newest first, two a page: ours are the newest three.
+    sid = await world.structure()
+    counsellor, colleague = await world.counsellor(sid), await world.counsellor(sid)
+    r = await client.post("/v1/records", json=FULL, headers=counsellor.headers())
+    assert r.status_code == 201, r.text
+    record = r.json()["id"]
+    grants = []
+    for reason in ("safety_emergency", "service_continuity", "legal_obligation"):
+        r = await client.post(
+            f"/v1/records/{record}/break-glass",
+            json={"reason": reason},
+            headers=colleague.headers(purpose="break_glass"),
+        )
+        assert r.status_code == 201, r.text
+        grants.append(r.json()["grant_id"])
+    r = await client.get(
+        "/v1/audit/break-glass", params={"order": "newest", "limit": "2"}, headers=h
+    )
+    first = r.json()
+    assert [g["id"] for g in first["items"]] == [grants[2], grants[1]]
+    assert first["next_cursor"] is not None
+    r = await client.get(
+        "/v1/audit/break-glass",
+        params={"order": "newest", "limit": "2", "cursor": first["next_cursor"]},
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["items"][0]["id"] == grants[0]
+    everything = await _pages(client, "/v1/audit/break-glass", {"order": "newest"}, h)
+    opened = [(g["opened_at"], g["id"]) for p in everything for g in p]
+    assert opened == sorted(opened, reverse=True) and len(set(opened)) == len(opened)
+    by_id = await _pages(client, "/v1/audit/break-glass", {"limit": "500"}, h)
+    assert sorted(g["id"] for p in by_id for g in p) == sorted(g for _, g in opened)
+
+    # Entries by structure: exactly the structure's (one record created, three grants,
+    # their entries), paged two at a time; another structure's entries are not there.
+    other = await world.counsellor()
+    r = await client.post("/v1/records", json=FULL, headers=other.headers())
+    assert r.status_code == 201, r.text
+    now = datetime.datetime.now(datetime.UTC)
+    window = {
+        "since": (now - datetime.timedelta(days=1)).isoformat(),
+        "until": (now + datetime.timedelta(days=1)).isoformat(),
+    }
+    pages = await _pages(
+        client, "/v1/audit/events", {"structure_id": str(sid), "limit": "2", **window}, h
+    )
+    assert len(pages) >= 2
+    entries = [e for p in pages for e in p]
+    assert {e["structure_id"] for e in entries} == {str(sid)}
+    assert {e["actor_id"] for e in entries} == {str(counsellor.id), str(colleague.id)}
+    assert [e["action"] for e in entries].count("record.create") == 1
+    indexes = [e["index"] for e in entries]
+    assert indexes == sorted(set(indexes))
+    # The same as filtering every entry in the page, as the console did before.
+    r = await client.get(
+        "/v1/audit/events",
+        params={"actor_id": str(colleague.id), "structure_id": str(sid), **window},
+        headers=h,
+    )
+    assert [e["index"] for e in r.json()["items"]] == [
+        e["index"] for e in entries if e["actor_id"] == str(colleague.id)
+    ]
+    r = await client.get(
+        "/v1/audit/events", params={"structure_id": str(uuid.uuid4()), **window}, headers=h
+    )
+    assert r.json() == {"items": [], "next_cursor": None}
+    r = await client.get(
+        "/v1/audit/events",
+        params={"structure_id": str(sid), "since": WEEK[0], "until": WEEK[1]},
+        headers=h,
+    )
+    assert r.json() == {"items": [], "next_cursor": None}
+
+
+async def test_volume_queries_draw_on_the_auditors_volume_budget(client: Any, world: World) -> None:
+    auditor = await world.account(Role.AUDITOR, None)
+    h = auditor.headers(purpose="audit")
+    params = {"by": "structure", "since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"}
+    refused_at = None
+    for i in range(61):
+        r = await client.get("/v1/audit/volume", params=params, headers=h)
+        if r.status_code == 429:
+            refused_at = i
+            break
+        assert r.status_code == 200, r.text
+        assert r.headers["RateLimit-Policy"] == '"volume-hour";q=60;w=3600'
+        assert r.headers["RateLimit"].startswith(f'"volume-hour";r={59 - i};')
+    assert refused_at == 60, (
+        "the 61st query of the hour is refused (VAULT_SERVICE_BUDGET_VOLUME_HOUR)"
+    )
+    assert r.json()["code"] == "volume_budget_exceeded"
+    assert 0 < int(r.headers["Retry-After"]) <= 3600
+    # A refused query is not an answer: nothing but the problem document.
+    assert "rows" not in r.json()
+    # Another route of the same auditor is not refused: the budget is the volume's.
+    r = await client.get("/v1/audit/break-glass", params={"limit": "1"}, headers=h)
+    assert r.status_code == 200, r.text
+    # Each query is an entry; the refusal too, with its code, decided with it.
+    other = await world.account(Role.AUDITOR, None)
+    entries = [
+        e
+        for p in await _pages(
+            client,
+            "/v1/audit/events",
+            {"actor_id": str(auditor.id), "action": "audit.volume", "limit": "1000"},
+            other.headers(purpose="audit"),
+        )
+        for e in p
+    ]
+    outcomes = [(e["outcome"], e.get("refusal_code")) for e in entries]
+    assert outcomes.count(("allowed", None)) == 60
+    assert outcomes[-1] == ("refused", "volume_budget_exceeded")
+    assert all(e["record_ids"] == [] for e in entries)
+    # The refusal raised the budget alert about this auditor, as any budget does.
+    raised = await world.owner.fetchval(
+        "SELECT count(*) FROM alerts WHERE account_id = $1 AND kind = 'budget.exceeded'",
+        auditor.id,
+    )
+    assert raised == 1
 
 
 class ConsoleProvider:

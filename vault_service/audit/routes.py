@@ -25,7 +25,7 @@ from vault_service.audit.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter, NotFound, invalid_body
-from vault_service.limits.budgets import Charge
+from vault_service.limits.budgets import Charge, rate_limit_headers
 from vault_service.limits.defence import Alerts
 from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
 from vault_service.records.custody import CustodyService
@@ -98,6 +98,16 @@ def _time(raw: str | None, name: str) -> datetime.datetime | None:
     return value
 
 
+def _newest_first(params: Mapping[str, str]) -> bool:
+    """`order`: `oldest` first (the default, as before the parameter existed) or
+    `newest` first. A cursor continues the order it was given in; it carries no order
+    of its own, so the caller repeats `order` with it."""
+    order = params.get("order", "oldest")
+    if order not in ("oldest", "newest"):
+        raise InvalidParameter("order must be oldest or newest")
+    return order == "newest"
+
+
 def _json(value: object) -> Response[bytes]:
     return Response(_encoder.encode(value), media_type=JSON)
 
@@ -127,12 +137,16 @@ def _proofs(request: Request[Any, Any, Any]) -> AuditProofs:
     return proofs
 
 
-_EVENTS: Final = frozenset({"record_id", "actor_id", "action", "since", "until", "cursor", "limit"})
+_EVENTS: Final = frozenset(
+    {"record_id", "actor_id", "structure_id", "action", "since", "until", "cursor", "limit"}
+)
 _REPORT: Final = frozenset({"actor_id", "since", "until", "cursor", "limit", "format"})
 _PAGE: Final = frozenset({"cursor", "limit"})
 # The console's charts: a quarter at most, and a bound on the groups it answers.
 _VOLUME_WINDOW: Final = datetime.timedelta(days=93)
 _VOLUME_ROWS: Final = 5000
+# The entries of one structure: a week at most (the console asks for one day).
+_STRUCTURE_WINDOW: Final = datetime.timedelta(days=7)
 
 
 class AuditController(Controller):
@@ -142,7 +156,7 @@ class AuditController(Controller):
     @get(
         "/events",
         opt=_opt("audit.events"),
-        summary="Access-log entries by record, actor, action and time",
+        summary="Access-log entries by record, actor, structure, action and time",
     )
     async def events(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, _EVENTS)
@@ -153,6 +167,12 @@ class AuditController(Controller):
         since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
         if since is not None and until is not None and until <= since:
             raise InvalidParameter("until must be after since")
+        structure_id = _uuid(params.get("structure_id"), "structure_id")
+        if structure_id is not None and (
+            since is None or until is None or until - since > _STRUCTURE_WINDOW
+        ):
+            # No index on the structure: the window is what bounds the scan.
+            raise InvalidParameter("structure_id needs since and until, at most 7 days apart")
         proofs = _proofs(request)
         await _settled(request)
         page = await proofs.events(
@@ -163,6 +183,7 @@ class AuditController(Controller):
             until=until,
             cursor=params.get("cursor"),
             limit=_limit(params, 100, proofs.events_page_max),
+            structure_id=structure_id,
         )
         await _log(request, params, (record_id,) if record_id else ())
         return _json(page)
@@ -280,6 +301,12 @@ class AuditController(Controller):
         "/volume",
         opt=_opt("audit.volume"),
         summary="Entries and records named per day and per actor or structure (counts only)",
+        description=(
+            "A window of at most 93 days; at most 5,000 (day, key) groups, newest days "
+            "first, `truncated` when more. Each query is logged and counts against the "
+            "auditor's `volume.hour` budget (429 `volume_budget_exceeded` past it), "
+            "decided before the query runs."
+        ),
     )
     async def volume(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"by", "since", "until"}))
@@ -293,10 +320,16 @@ class AuditController(Controller):
             raise InvalidParameter("until must be after since")
         if until - since > _VOLUME_WINDOW:
             raise InvalidParameter("the window is at most 93 days")
+        # The budget is decided (with the durable entry) before the query runs, not
+        # after as for the other auditor routes: what it bounds is the scan itself, so
+        # a refused request must not cost the database one.
+        log = request_log(request.scope)
+        decision = await log.allowed(Charge.VOLUME, criteria=tuple(sorted(params)))
         await _settled(request)
         page = await _proofs(request).volume(by, since, until, _VOLUME_ROWS)
-        await _log(request, params)
-        return _json(page)
+        return Response(
+            _encoder.encode(page), media_type=JSON, headers=rate_limit_headers(decision)
+        )
 
     @get(
         "/break-glass",
@@ -304,14 +337,20 @@ class AuditController(Controller):
         summary="Break-the-glass grants and their reviews (ids, reasons, times, outcomes)",
     )
     async def break_glass(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
-        params = _params(request, frozenset({"state", "cursor", "limit"}))
+        params = _params(request, frozenset({"state", "order", "cursor", "limit"}))
         state = params.get("state")
         if state is not None and state not in ("pending", "reviewed"):
             raise InvalidParameter("state must be pending or reviewed")
+        newest = _newest_first(params)
         limit = _limit(params, 100, 500)
+        cursor = params.get("cursor")
         custody: CustodyService = request.app.state.custody
         items = await custody.grants_for_audit(
-            request.user, state, decode_uuid_cursor(params.get("cursor")), limit
+            request.user,
+            state,
+            None if cursor is None else decode_uuid_cursor(cursor),
+            limit,
+            newest_first=newest,
         )
         await _log(request, params, tuple(i["record_id"] for i in items))
         next_cursor = encode_uuid_cursor(items[-1]["id"]) if len(items) == limit else None
@@ -337,7 +376,7 @@ class AuditController(Controller):
         return _json(page)
 
 
-_ALERTS: Final = frozenset({"state", "since", "cursor", "limit"})
+_ALERTS: Final = frozenset({"state", "since", "order", "cursor", "limit"})
 
 
 class AckRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -364,11 +403,14 @@ class AlertsController(Controller):
         state = params.get("state")
         if state is not None and state not in ("open", "acknowledged"):
             raise InvalidParameter("state must be open or acknowledged")
+        newest = _newest_first(params)
         cursor = params.get("cursor")
         after = None if cursor is None else decode_uuid_cursor(cursor)
         limit = _limit(params, 100, 500)
         source: Alerts = request.app.state.alerts
-        rows = await source.page(state, _time(params.get("since"), "since"), after, limit)
+        rows = await source.page(
+            state, _time(params.get("since"), "since"), after, limit, newest_first=newest
+        )
         items = [
             {
                 "id": r["id"],

@@ -10,7 +10,9 @@ record already counted in the window is free. Kinds, per account unless stated:
 - `break_glass.day`: full views read under break-the-glass (on top of the above);
 - `nir.hour`, `nir.day`: NIR lookups, each lookup counted, whatever it finds;
 - `transfer.hour`: distinct records a supervisor transfers or assigns;
-- `stats.hour`: statistics queries of an analyst, each one counted.
+- `stats.hour`: statistics queries of an analyst, each one counted;
+- `volume.hour`: access-volume queries of an auditor (a grouping over up to 93 days
+  of the access log), each one counted.
 
 Limits come from the settings per role and are halved while an account is restricted
 (newly activated). The decision itself is made in PostgreSQL, atomically with the
@@ -42,6 +44,7 @@ class Charge(enum.Enum):
     NIR = "nir"
     TRANSFER = "transfer"  # a record handed to another account (transfer, assignment)
     STATS = "stats"  # a table of counts: no record, each query counted
+    VOLUME = "volume"  # the access log grouped per day: no record, each query counted
 
 
 class BudgetExceeded(VaultServiceError):
@@ -92,6 +95,7 @@ class BudgetPolicy:
         self._nir_day = settings.budget_nir_day
         self._transfer_hour = settings.budget_transfer_hour
         self._stats_hour = settings.budget_stats_hour
+        self._volume_hour = settings.budget_volume_hour
 
     def claims(
         self,
@@ -146,6 +150,11 @@ class BudgetPolicy:
             # No record is returned; a fresh id stands for the query, as for a NIR
             # lookup, so that every query counts.
             return [BudgetClaim(account, "stats.hour", self._stats_hour // half, (uuid.uuid4(),))]
+        if charge is Charge.VOLUME:
+            # Not the analysts' budget: that one guards suppressed cells against
+            # differencing, this one the database against an auditor's (or a stolen
+            # auditor token's) repeated quarter-long scans of the log. Each query counts.
+            return [BudgetClaim(account, "volume.hour", self._volume_hour // half, (uuid.uuid4(),))]
         # Nothing returned: the record budget's state, for the headers.
         return [BudgetClaim(account, "record.hour", self._record_hour[role] // half, ())]
 

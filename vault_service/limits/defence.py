@@ -50,6 +50,19 @@ WHERE ($1::text IS NULL OR state = $1)
 ORDER BY raised_at, id
 LIMIT $4
 """
+# The same, newest first (the console's list): the cursor's alert bounds the page from
+# above, on the same (raised_at, id) index read backwards.
+SELECT_ALERTS_NEWEST: Final = """
+SELECT id, raised_at, severity, kind, account_id, structure_id, details::text AS details,
+       state, acked_by, acked_at
+FROM alerts
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::timestamptz IS NULL OR raised_at >= $2)
+  AND ($3::uuid IS NULL
+       OR (raised_at, id) < (SELECT a.raised_at, a.id FROM alerts a WHERE a.id = $3))
+ORDER BY raised_at DESC, id DESC
+LIMIT $4
+"""
 # An auditor's acknowledgement (0018): the id when an open alert was acknowledged.
 AUDITOR_ACK: Final = "SELECT vs_auditor_ack_alert($1, $2, $3)"
 _details = msgspec.json.Encoder()
@@ -106,11 +119,14 @@ class Alerts:
         since: datetime.datetime | None,
         after: uuid.UUID | None,
         limit: int,
+        *,
+        newest_first: bool = False,
     ) -> list[asyncpg.Record]:
-        """Alerts in the order they were raised, after the alert `after` (None: from
-        the first)."""
+        """Alerts in the order they were raised (or the reverse), after the alert
+        `after` in that order (None: from the first)."""
+        query = SELECT_ALERTS_NEWEST if newest_first else SELECT_ALERTS
         async with self._pool.acquire() as conn:
-            return await conn.fetch(SELECT_ALERTS, state, since, after, limit)
+            return await conn.fetch(query, state, since, after, limit)
 
     async def acknowledge(
         self, alert_id: uuid.UUID, auditor_id: uuid.UUID, comment: str, log: RequestLog

@@ -434,12 +434,19 @@ class CustodyService:
         return [dict(r) for r in rows]
 
     async def grants_for_audit(
-        self, principal: Principal, state: str | None, after: uuid.UUID, limit: int
+        self,
+        principal: Principal,
+        state: str | None,
+        after: uuid.UUID | None,
+        limit: int,
+        *,
+        newest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """Every grant and its review, for auditors: ids, codes and times only."""
+        """Every grant and its review, for auditors: ids, codes and times only; in id
+        order, or newest first, after the grant `after` (None: from the first)."""
         if principal.role != Role.AUDITOR:
             raise Forbidden()
-        rows = await self._repo.grants_for_audit(state, after, limit)
+        rows = await self._repo.grants_for_audit(state, after, limit, newest_first=newest_first)
         return [dict(r) for r in rows]
 
     async def review(

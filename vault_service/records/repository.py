@@ -243,6 +243,20 @@ WHERE ($1::text IS NULL
 ORDER BY id
 LIMIT $3
 """
+# The same, newest grant first (the console's list): the cursor's grant bounds the page
+# from above in (opened_at, id) order; no cursor ($2 NULL) starts from the newest.
+SELECT_GRANTS_FOR_AUDIT_NEWEST: Final = """
+SELECT id, record_id, account_id, structure_id, reason, opened_at, expires_at,
+       reviewed_by, reviewed_at, review_outcome
+FROM break_glass_grants
+WHERE ($1::text IS NULL
+       OR ($1 = 'pending' AND reviewed_by IS NULL)
+       OR ($1 = 'reviewed' AND reviewed_by IS NOT NULL))
+  AND ($2::uuid IS NULL
+       OR (opened_at, id) < (SELECT g.opened_at, g.id FROM break_glass_grants g WHERE g.id = $2))
+ORDER BY opened_at DESC, id DESC
+LIMIT $3
+"""
 REVIEW_GRANT: Final = """
 UPDATE break_glass_grants SET reviewed_by = $3, reviewed_at = now(), review_outcome = $4
 WHERE id = $1 AND structure_id = $2 AND reviewed_by IS NULL AND account_id <> $3
@@ -581,10 +595,14 @@ class RecordRepository:
             return await conn.fetch(SELECT_REVIEW_QUEUE, structure_id, after, limit)
 
     async def grants_for_audit(
-        self, state: str | None, after: uuid.UUID, limit: int
+        self, state: str | None, after: uuid.UUID | None, limit: int, *, newest_first: bool
     ) -> list[asyncpg.Record]:
         async with self._pool.acquire() as conn:
-            return await conn.fetch(SELECT_GRANTS_FOR_AUDIT, state, after, limit)
+            if newest_first:
+                return await conn.fetch(SELECT_GRANTS_FOR_AUDIT_NEWEST, state, after, limit)
+            return await conn.fetch(
+                SELECT_GRANTS_FOR_AUDIT, state, after or uuid.UUID(int=0), limit
+            )
 
     async def review_grant(
         self,

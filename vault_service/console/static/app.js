@@ -80,6 +80,62 @@ function fill(table, items, render) {
   }
 }
 
+// --- lists read page by page ---------------------------------------------------------
+// A list of the API ({items, next_cursor}) shown page by page: the first page replaces
+// the table's rows, "Show more" appends the next one (the API's cursor), and a line
+// says how many rows are shown and whether more follow. `keep` filters a page in the
+// browser only where the API has no filter for it (entries of no account or structure).
+const PAGE = 50;
+const lists = {};
+
+function list(name, path, query, render, keep) {
+  lists[name] = { path, query, render, keep, cursor: null, shown: 0 };
+  return more(name, true);
+}
+
+async function more(name, first = false) {
+  const l = lists[name];
+  if (!l || l.busy || (!first && !l.cursor)) return; // a second click while a page loads
+  const query = new URLSearchParams(l.query);
+  if (!first) {
+    query.set("cursor", l.cursor);
+    status(t("loading"));
+  }
+  l.busy = true;
+  let page;
+  try {
+    page = await (await api(`${l.path}?${query}`)).json();
+  } finally {
+    l.busy = false;
+  }
+  if (lists[name] !== l) return; // another load of this list started meanwhile
+  const body = $(`#${name}-table tbody`);
+  if (first) body.replaceChildren();
+  const items = l.keep ? page.items.filter(l.keep) : page.items;
+  for (const item of items) {
+    const row = document.createElement("tr");
+    l.render(row, item);
+    body.appendChild(row);
+  }
+  l.shown += items.length;
+  l.cursor = page.next_cursor;
+  l.pages = (l.pages ?? 0) + 1;
+  $(`#${name}-table`).dataset.pages = String(l.pages);
+  counted(name);
+  if (!first) {
+    status(t("loaded"));
+    // The button is gone once the list is complete: focus goes to the line saying so.
+    if (!l.cursor) $(`#${name}-count`).focus();
+  }
+}
+
+function counted(name) {
+  const l = lists[name];
+  if (!l) return;
+  $(`#${name}-more`).hidden = !l.cursor;
+  $(`#${name}-count`).textContent = t(l.cursor ? "shown_more" : "shown_all", { n: l.shown });
+}
+
 function isoDay(seconds) {
   return new Date(seconds * 1000).toISOString().slice(0, 10);
 }
@@ -99,6 +155,7 @@ function applyLanguage() {
   const other = lang === "fr" ? "en" : "fr";
   $("#lang").textContent = other === "en" ? "English" : "Français";
   $("#lang").lang = other;
+  for (const name of Object.keys(lists)) counted(name);
 }
 
 // --- navigation ----------------------------------------------------------------------
@@ -247,6 +304,11 @@ function signOut() {
   if (chart) chart.destroy();
   chart = null;
   for (const tb of document.querySelectorAll("tbody")) tb.replaceChildren();
+  for (const name of Object.keys(lists)) {
+    delete lists[name];
+    $(`#${name}-more`).hidden = true;
+    $(`#${name}-count`).textContent = "";
+  }
   $("#nav").hidden = true;
   $("#signout").hidden = true;
   show("signin");
@@ -310,57 +372,57 @@ async function loadVolume() {
   $("#volume-caption").textContent = t("chart_caption") + (page.truncated ? ` ${t("truncated")}` : "");
 }
 
-// The entries behind one cell of the chart: an account's through the events filter,
-// a structure's from that day's entries (up to ten pages of the events API).
+// The entries behind one cell of the chart, filtered by the API (its actor_id or
+// structure_id filter) and paged, so that a busy day is complete once "Show more" is
+// gone. Entries of no account or no structure have no filter: the day's entries are
+// paged and those kept in the page.
+function drillRow(row, e) {
+  cell(row, String(e.index));
+  cell(row, when(e.at));
+  cell(row, e.action);
+  cell(row, e.outcome);
+  cell(row, e.actor_id, "id");
+  cell(row, e.purpose);
+  cell(row, String((e.record_ids ?? []).length));
+  cell(row, e.verified ? t("yes") : t("no"), e.verified ? "ok" : "bad");
+}
+
 async function drill(by, key, day) {
   const since = new Date(Date.parse(day));
   const until = new Date(since.getTime() + DAY * 1000);
   const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString(), limit: "500" });
-  if (by === "actor" && key !== null) query.set("actor_id", key);
-  let items = [];
-  for (let page = 0; page < 10; page++) {
-    const answer = await (await api(`/v1/audit/events?${query}`)).json();
-    items = items.concat(answer.items.filter((e) => (by === "actor" ? e.actor_id : e.structure_id) === key));
-    if (!answer.next_cursor) break;
-    query.set("cursor", answer.next_cursor);
-  }
-  fill($("#drill-table"), items, (row, e) => {
-    cell(row, String(e.index));
-    cell(row, when(e.at));
-    cell(row, e.action);
-    cell(row, e.outcome);
-    cell(row, e.actor_id, "id");
-    cell(row, e.purpose);
-    cell(row, String((e.record_ids ?? []).length));
-    cell(row, e.verified ? t("yes") : t("no"), e.verified ? "ok" : "bad");
-  });
-  $("#drill-what").textContent = t("drill_what", { key: key ?? t("anonymous"), day: day.slice(0, 10), n: items.length });
+  const field = by === "actor" ? "actor_id" : "structure_id";
+  if (key !== null) query.set(field, key);
+  await list("drill", "/v1/audit/events", query, drillRow, key === null ? (e) => e[field] == null : undefined);
+  $("#drill-what").textContent = t("drill_what", { key: key ?? t("anonymous"), day: day.slice(0, 10) });
   $("#drill").hidden = false;
   $("#h-drill").focus();
 }
 
 // --- alerts and grants ---------------------------------------------------------------
+function alertRow(row, a) {
+  cell(row, when(a.raised_at));
+  cell(row, a.severity);
+  cell(row, a.kind);
+  cell(row, a.account_id, "id");
+  cell(row, a.structure_id, "id");
+  cell(row, a.state);
+  const td = cell(row, "");
+  const input = document.createElement("input");
+  input.id = `ack-${a.id}`;
+  input.maxLength = 500;
+  input.autocomplete = "off";
+  input.setAttribute("aria-label", t("ack_comment_for", { id: a.id.slice(0, 8) }));
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = t("ack");
+  button.addEventListener("click", () => acknowledge(a.id, input).catch(failed));
+  td.append(input, " ", button);
+}
+
 async function loadAlerts() {
-  const page = await (await api("/v1/alerts?state=open")).json();
-  fill($("#alerts-table"), page.items, (row, a) => {
-    cell(row, when(a.raised_at));
-    cell(row, a.severity);
-    cell(row, a.kind);
-    cell(row, a.account_id, "id");
-    cell(row, a.structure_id, "id");
-    cell(row, a.state);
-    const td = cell(row, "");
-    const input = document.createElement("input");
-    input.id = `ack-${a.id}`;
-    input.maxLength = 500;
-    input.autocomplete = "off";
-    input.setAttribute("aria-label", t("ack_comment_for", { id: a.id.slice(0, 8) }));
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = t("ack");
-    button.addEventListener("click", () => acknowledge(a.id, input).catch(failed));
-    td.append(input, " ", button);
-  });
+  const query = new URLSearchParams({ state: "open", order: "newest", limit: String(PAGE) });
+  await list("alerts", "/v1/alerts", query, alertRow);
 }
 
 async function acknowledge(id, input) {
@@ -376,17 +438,19 @@ async function acknowledge(id, input) {
   $("#h-alerts").focus();
 }
 
+function grantRow(row, g) {
+  cell(row, when(g.opened_at));
+  cell(row, g.account_id, "id");
+  cell(row, g.record_id, "id");
+  cell(row, g.reason);
+  cell(row, when(g.expires_at));
+  cell(row, g.review_outcome ?? t("pending"), g.review_outcome === "unjustified" ? "bad" : undefined);
+  cell(row, g.reviewed_by, "id");
+}
+
 async function loadGrants() {
-  const page = await (await api("/v1/audit/break-glass")).json();
-  fill($("#grants-table"), page.items, (row, g) => {
-    cell(row, when(g.opened_at));
-    cell(row, g.account_id, "id");
-    cell(row, g.record_id, "id");
-    cell(row, g.reason);
-    cell(row, when(g.expires_at));
-    cell(row, g.review_outcome ?? t("pending"), g.review_outcome === "unjustified" ? "bad" : undefined);
-    cell(row, g.reviewed_by, "id");
-  });
+  const query = new URLSearchParams({ order: "newest", limit: String(PAGE) });
+  await list("grants", "/v1/audit/break-glass", query, grantRow);
 }
 
 // --- checkpoint ----------------------------------------------------------------------
@@ -571,6 +635,7 @@ function start() {
   on("#breach-proofs", "click", breachProofs);
   on("#subject-form", "submit", loadSubject);
   on("#subject-csv", "click", subjectCsv);
+  for (const name of ["alerts", "grants", "drill"]) on(`#${name}-more`, "click", () => more(name));
   applyLanguage();
   document.body.dataset.view = "signin";
   loadSignInConfig()
