@@ -81,3 +81,62 @@ def bounds(
         assert low.status == 0, "the published table is inconsistent"
         out[key] = (low.fun, float("inf") if high.status == 3 else -high.fun)
     return out
+
+
+def joint_pins(
+    tables: Mapping[str, tuple[Sequence[str], Sequence[tuple[Sequence[str], int | None]]]],
+    values: Mapping[str, Sequence[str]],
+    region_of: Mapping[str, str],
+) -> list[tuple[str, tuple[str, ...], float, float]]:
+    """The attacker who downloads every table of a year and solves them together
+    (written apart from the service's own check, vault_service/stats/joint.py): one
+    unknown per finest count (month x structure x programme x situation x age band x
+    sex, at least 0), every published cell and margin an equation, every suppressed
+    one at least 1; for each suppressed cell, its least and greatest value. Returns
+    the cells whose range holds a single whole number. Dense: small grids only."""
+    dims = ("month", "structure", "programme", "situation", "age_band", "sex")
+    shape = [len(values[d]) for d in dims]
+    grid = np.indices(shape).reshape(len(dims), -1)
+    index = {d: {v: i for i, v in enumerate(values[d])} for d in dims}
+    region_of_code = np.array([region_of[s] for s in values["structure"]])
+    rows = []
+    for name, (columns, cells) in tables.items():
+        for vals, count in cells:
+            mask = np.ones(grid.shape[1], dtype=bool)
+            for column, v in zip(columns, vals, strict=True):
+                if v == TOTAL:
+                    continue
+                if column == "region":
+                    mask &= region_of_code[grid[1]] == v
+                else:
+                    d = dims.index(column)
+                    mask &= grid[d] == index[column][v]
+            rows.append((name, tuple(vals), mask, count))
+    zero = np.zeros(grid.shape[1], dtype=bool)
+    for *_, mask, count in rows:
+        if count == 0:
+            zero |= mask
+    live = np.flatnonzero(~zero)
+    eq = [(mask[live], count) for *_, mask, count in rows if count]
+    hidden = [(name, vals, mask[live]) for name, vals, mask, count in rows if count is None]
+    a_eq = np.array([m for m, _ in eq], dtype=float) if eq else None
+    b_eq = np.array([c for _, c in eq], dtype=float) if eq else None
+    a_ub = -np.array([m for *_, m in hidden], dtype=float) if hidden else None
+    b_ub = -np.ones(len(hidden)) if hidden else None
+    pinned = []
+    seen: set[bytes] = set()
+    for name, vals, mask in hidden:
+        if mask.tobytes() in seen:
+            continue
+        seen.add(mask.tobytes())
+        c = mask.astype(float)
+        kw: dict[str, Any] = {
+            "A_ub": a_ub, "b_ub": b_ub, "A_eq": a_eq, "b_eq": b_eq,
+            "bounds": (0, None), "method": "highs",
+        }  # fmt: skip
+        low, high = linprog(c, **kw), linprog(-c, **kw)
+        lo = low.fun if low.status == 0 else float("-inf")
+        hi = -high.fun if high.status == 0 else float("inf")
+        if np.ceil(lo - 1e-7) >= np.floor(hi + 1e-7):
+            pinned.append((name, vals, lo, hi))
+    return pinned

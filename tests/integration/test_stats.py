@@ -502,7 +502,7 @@ async def test_each_query_is_logged_and_budgeted(client, stack: Stack, world: Wo
     decided = None
     entered = _own_month()
     await _seed(
-        client, world, f"Region F {secrets.token_hex(3)}", [("M", 19, "CEJ", None)], entered
+        client, world, f"Region F {secrets.token_hex(3)}", [("M", 19, "CEJ", None)] * 12, entered
     )
     _refresh(stack)
     for i in range(61):

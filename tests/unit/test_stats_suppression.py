@@ -168,3 +168,95 @@ def test_the_situation_counted_is_the_one_in_effect_at_the_end_of_the_entry_mont
         == "job_seeking"
     )
     assert situation({"kind": "training", "start_date": "not a date"}) == "none"
+
+
+def _review_year(seed: int, n: int) -> tuple[dict, dict[str, str]]:
+    """The review's small year: `n` youth, one month, one structure, skewed."""
+    import datetime
+    import random
+    from collections import Counter
+
+    from vault_service.records import schema
+    from vault_service.stats.service import flat_axes
+
+    flat = flat_axes(schema.load())
+    rnd = random.Random(seed)
+    sid = "00000000-0000-0000-0000-000000000000"
+    counts: Counter = Counter()
+    for _ in range(n):
+        counts[
+            (
+                datetime.date(2025, rnd.randint(1, 1), 1),
+                rnd.choice([sid]),
+                rnd.choices(flat["programme"], weights=[40, 10, 15, 5, 3, 2, 25])[0],
+                rnd.choices(flat["situation"], weights=[5, 10, 5, 2, 40, 3, 35])[0],
+                rnd.choices(flat["age_band"], weights=[1, 15, 50, 30, 3, 1])[0],
+                rnd.choices(flat["sex"], weights=[48, 48, 4])[0],
+            )
+        ] += 1
+    return counts, {sid: "IDF"}
+
+
+def _solve_year(bodies: dict[str, bytes], region_of: dict[str, str]) -> list:
+    import msgspec
+
+    from tests.stats_solver import joint_pins
+    from vault_service.records import schema
+    from vault_service.stats.service import _Sealed, flat_axes
+
+    flat = flat_axes(schema.load())
+    decode = msgspec.msgpack.Decoder(_Sealed).decode
+    tables = {}
+    for name, body in bodies.items():
+        sealed = decode(body)
+        if sealed.refused is None:
+            tables[name] = (sealed.columns, [(v, n) for v, n in sealed.rows])
+    values = {
+        "month": [f"2025-{m:02d}" for m in range(1, 13)],
+        "structure": list(region_of),
+        **{d: list(flat[d]) for d in ("programme", "situation", "age_band", "sex")},
+    }
+    return joint_pins(tables, values, region_of)
+
+
+@pytest.mark.parametrize("seed", [2, 4])
+def test_no_suppressed_cell_is_given_away_by_all_the_tables_of_a_year_together(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's counter-example: 60 youth in one month. Each table protected on
+    its own, `programme,situation` and `situation,age_band,sex` together pinned
+    hidden situation counts (employment exactly 4). With the joint check, an
+    attacker solving every published table of the year at once pins nothing; without
+    it (the check switched off), the same attacker does, so this test can fail."""
+    from vault_service.records import schema
+    from vault_service.stats import service
+    from vault_service.stats.service import build_tables, flat_axes
+
+    flat = flat_axes(schema.load())
+    counts, region_of = _review_year(seed, 60)
+    published = build_tables(2025, counts, region_of, flat, 10)
+    assert _solve_year(published, region_of) == []
+    refused = [name for name, body in published.items() if b"unprotectable" in body]
+    assert len(refused) < 10, "a few tables refused, not the year"
+    monkeypatch.setattr(service, "_check_together", lambda *a, **k: None)
+    unchecked = build_tables(2025, counts, region_of, flat, 10)
+    assert _solve_year(unchecked, region_of), "the review's pinned cells"
+
+
+def test_the_joint_check_fails_closed_when_out_of_time() -> None:
+    """No time left: every table with a suppressed cell is refused, the others
+    (nothing hidden in them) are published."""
+    import msgspec
+
+    from vault_service.records import schema
+    from vault_service.stats.service import _Sealed, build_tables, flat_axes
+
+    counts, region_of = _review_year(2, 60)
+    bodies = build_tables(2025, counts, region_of, flat_axes(schema.load()), 10, audit_seconds=-1)
+    decode = msgspec.msgpack.Decoder(_Sealed).decode
+    tables = {name: decode(body) for name, body in bodies.items()}
+    published = [t for t in tables.values() if t.refused is None]
+    assert published, "tables with nothing suppressed are still published"
+    for t in published:
+        assert all(n is not None for _, n in t.rows)
+    assert any(t.refused == "unprotectable" for t in tables.values())

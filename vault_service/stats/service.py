@@ -22,6 +22,7 @@ import datetime
 import io
 import itertools
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,6 +36,7 @@ from vault_service.errors import InvalidParameter, StatsNotSealed, StatsUnprotec
 from vault_service.kms import VaultKms
 from vault_service.records.schema import RecordSchema
 from vault_service.stats import repository as sql
+from vault_service.stats.joint import OverBudget, given_away, shows
 from vault_service.stats.suppression import TOTAL, Axis, Cell, protect
 
 __all__ = [
@@ -243,18 +245,20 @@ def build_tables(
     region_of: Mapping[str, str],
     flat: Mapping[str, tuple[str, ...]],
     k: int,
+    audit_seconds: float = 600.0,
 ) -> dict[str, bytes]:
-    """Every table of one year, suppressed and encoded (to be sealed): CPU only, run
-    off the event loop. Each grouping's counts are summed from the year's counts."""
-    out: dict[str, bytes] = {}
+    """Every table of one year, suppressed, checked together (joint.py) and encoded
+    (to be sealed): CPU only, run off the event loop. Each grouping's counts are
+    summed from the year's counts."""
+    tables: dict[tuple[str, ...], _Sealed] = {}
+    truth: dict[tuple[str, ...], dict[tuple[str, ...], int]] = {}
     for group_by in GROUPINGS:
         axes, columns = _grid_of(group_by, year, region_of, flat)
         cells_wanted = 1
         for axis in axes:
             cells_wanted *= len(axis.levels[0])
-        name = ",".join(group_by)
         if cells_wanted > MAX_CELLS:
-            out[name] = _encode(_Sealed("too_large", columns, []))
+            tables[group_by] = _Sealed("too_large", columns, [])
             continue
         grouped: dict[tuple[str, ...], int] = {}
         for key, n in counts.items():
@@ -267,14 +271,70 @@ def build_tables(
                 for d in group_by
             )
             grouped[coord] = grouped.get(coord, 0) + n
+        truth[group_by] = grouped
         try:
             cells = protect(axes, grouped, k)
         except StatsUnprotectable:
-            out[name] = _encode(_Sealed("unprotectable", columns, []))
+            tables[group_by] = _Sealed("unprotectable", columns, [])
             continue
         rows = [_row(axes, c) for c in cells]
-        out[name] = _encode(_Sealed(None, columns, [(list(v), n) for v, n in rows]))
-    return out
+        tables[group_by] = _Sealed(None, columns, [(list(v), n) for v, n in rows])
+    _check_together(tables, truth, year, region_of, flat, time.monotonic() + audit_seconds)
+    return {",".join(g): _encode(t) for g, t in tables.items()}
+
+
+def _finest(table: _Sealed) -> dict[tuple[str, ...], int | None]:
+    """A table's finest cells (no `*`), by grouped values (a structure without its
+    region column)."""
+    keep = [
+        i
+        for i, c in enumerate(table.columns)
+        if not (c == "region" and "structure" in table.columns)
+    ]
+    return {tuple(values[i] for i in keep): n for values, n in table.rows if TOTAL not in values}
+
+
+def _check_together(
+    tables: dict[tuple[str, ...], _Sealed],
+    truth: Mapping[tuple[str, ...], Mapping[tuple[str, ...], int]],
+    year: int,
+    region_of: Mapping[str, str],
+    flat: Mapping[str, tuple[str, ...]],
+    deadline: float,
+) -> None:
+    """Refuse tables until the published set, solved together, pins no suppressed
+    cell (joint.py); past the deadline or too large to check, refuse every table
+    with a suppressed cell."""
+    values = {
+        "month": [f"{year:04d}-{m:02d}" for m in range(1, 13)],
+        "structure": list(region_of),
+        **{d: list(flat[d]) for d in ("programme", "situation", "age_band", "sex")},
+    }
+    total: int | None = None
+    for table in tables.values():
+        if table.refused is None:
+            total = next(n for v, n in table.rows if all(x == TOTAL for x in v))
+            break
+
+    def refuse(group_by: tuple[str, ...]) -> None:
+        for g, t in tables.items():
+            if t.refused is None and shows(g, group_by):
+                tables[g] = _Sealed("unprotectable", t.columns, [])
+
+    free: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    while True:
+        published = {g: _finest(t) for g, t in tables.items() if t.refused is None}
+        try:
+            found = given_away(values, region_of, published, truth, total, deadline, free)
+        except OverBudget:  # fail closed: nothing suppressed is published
+            for g, t in tables.items():
+                if t.refused is None and any(n is None for _, n in t.rows):
+                    tables[g] = _Sealed("unprotectable", t.columns, [])
+            return
+        if found is None:
+            return
+        pinned = found[0]
+        refuse([g for g in published if shows(g, pinned)][-1])
 
 
 _CACHE_MAX: Final = 256
