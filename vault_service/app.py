@@ -218,6 +218,7 @@ def _start_stats(
             records.is_canary,
             k=settings.stats_k,
             seal_after_days=settings.stats_seal_after_days,
+            audit_seconds=settings.stats_audit_seconds,
             batch_size=settings.stats_batch_size,
             alerts=alerts,
         )

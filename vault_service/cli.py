@@ -540,6 +540,7 @@ async def _stats_refresh(settings: Settings) -> dict[str, Any]:
             canaries.named,
             k=settings.stats_k,
             seal_after_days=settings.stats_seal_after_days,
+            audit_seconds=settings.stats_audit_seconds,
             batch_size=settings.stats_batch_size,
             alerts=Alerts(pool),
         )

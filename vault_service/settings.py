@@ -206,6 +206,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     stats_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
     stats_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     stats_seal_after_days: Annotated[int, msgspec.Meta(ge=0, le=366)] = 31
+    # Seconds the joint check of a year's tables may take before every table with a
+    # suppressed cell is refused instead (vault_service/stats/joint.py).
+    stats_audit_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 1800.0
     # `vault-service import`: records per batch (one transaction, one access-log entry
     # naming every record it created; the entry schema caps record_ids at 10,000).
     import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000

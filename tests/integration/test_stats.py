@@ -689,3 +689,50 @@ async def test_a_sealed_year_survives_a_kek_rotation(client, stack: Stack, world
     assert r.status_code == 200, r.text
     [mine] = [c for c in r.json()["cells"] if c["structure"] == str(sid)]
     assert mine["count"] == 11
+
+
+async def test_records_dated_before_the_newest_sealed_year_are_never_sealed_and_alerted(
+    client, stack: Stack, world: World
+) -> None:
+    """`created_at` is the service's clock at creation: records that turn up in a
+    closed year older than the newest sealed one were dated there by someone holding
+    the database, who could otherwise have two years sealed that differ by one youth
+    (review). Sealing goes forward only; such records raise one critical alert."""
+    later, _ = await _seed(
+        client, world, f"Region I {secrets.token_hex(3)}", [("F", 20, "CEJ", None)] * 11,
+        _own_month(),
+    )  # fmt: skip
+    newest = _refresh(stack)["years_sealed"]
+    assert newest
+    older = datetime.date(1985, 6, 1)  # before every year the tests seal
+    sid, _ = await _seed(
+        client, world, f"Region J {secrets.token_hex(3)}", [("M", 20, "CEJ", None)] * 11, older
+    )
+    try:
+        report = _refresh(stack)
+        assert older.year not in report["years_sealed"] and report["records"] == 0
+        alerts = await world.owner.fetch(
+            "SELECT severity, details FROM alerts WHERE kind = 'stats.backdated_records' "
+            "AND state = 'open'"
+        )
+        assert [a["severity"] for a in alerts] == ["critical"]
+        assert json.loads(alerts[0]["details"])["records"] >= 11
+        _refresh(stack)  # still there: no second alert while the first is open
+        assert (
+            await world.owner.fetchval(
+                "SELECT count(*) FROM alerts WHERE kind = 'stats.backdated_records'"
+            )
+            == 1
+        )
+        analyst = await world.account(Role.ANALYST, None)
+        r = await client.get(
+            "/v1/stats",
+            params={"group_by": "sex", **_period(older)},
+            headers=analyst.headers(purpose="statistics"),
+        )
+        assert (r.status_code, r.json()["code"]) == (409, "stats_not_sealed")
+    finally:  # the records back in the open year, the alert closed: later tests
+        await world.owner.execute(
+            "UPDATE records SET created_at = now() WHERE structure_id = $1", sid
+        )
+        await world.owner.execute("DELETE FROM alerts WHERE kind = 'stats.backdated_records'")

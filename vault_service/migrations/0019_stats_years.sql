@@ -31,6 +31,9 @@ CREATE TABLE stats_tables (
     PRIMARY KEY (year, group_by)
 );
 
+-- A round reads only the records of years after the newest sealed one.
+CREATE INDEX records_created_at_brin ON records USING brin (created_at);
+
 GRANT SELECT, INSERT ON stats_years TO vault_service_app;
 GRANT SELECT, INSERT ON stats_tables TO vault_service_app;
 -- `keys rotate kek` rewraps a year's key with the branch keys (same transit key).

@@ -30,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import multiprocessing
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -170,6 +172,14 @@ def check_fields(schema: RecordSchema) -> None:
             raise ConfigurationError(f"the statistics may not open the field {name}")
 
 
+async def _in_a_process(*args: Any) -> dict[str, bytes]:
+    """`build_tables` in a process of its own: minutes of CPU (the joint check's
+    linear programmes) that hold neither the service's event loop nor its GIL."""
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await loop.run_in_executor(pool, build_tables, *args)
+
+
 def _refresh_event(opened: int) -> Any:
     """The round's entry: which fields of how many records it opened (canaries and
     unreadable rows included, so that the count tells nothing about either)."""
@@ -199,6 +209,7 @@ class StatsRefresher:
         *,
         k: int,
         seal_after_days: int = 31,
+        audit_seconds: float = 1800.0,
         batch_size: int = 1000,
         alerts: Alerts | None = None,
         today: Callable[[], datetime.date] | None = None,
@@ -212,6 +223,7 @@ class StatsRefresher:
         self._is_canary = is_canary
         self._k = k
         self._seal_after = datetime.timedelta(days=seal_after_days)
+        self._audit = audit_seconds
         self._batch = batch_size
         self._flat = flat_axes(sealer.schema)
         self._today = today or (lambda: datetime.datetime.now(datetime.UTC).date())
@@ -238,8 +250,8 @@ class StatsRefresher:
             # CPU only (suppression: up to a second for a large sparse table), off the
             # event loop and one year at a time per process.
             async with self._sealing:
-                bodies = await asyncio.to_thread(
-                    build_tables, year, year_counts, region_of, self._flat, self._k
+                bodies = await _in_a_process(
+                    year, dict(year_counts), region_of, self._flat, self._k, self._audit
                 )
             if await self._seal(conn, year, bodies, 0 if logged else opened):
                 written.append(year)
@@ -260,18 +272,21 @@ class StatsRefresher:
         # A year is sealed `seal_after_days` after it closes (December's late entries).
         open_year = (self._today() - self._seal_after).year
         sealed = [int(r["year"]) for r in await conn.fetch(sql.SEALED_YEARS)]
+        # Forward only: the years after the newest sealed one (records older than it
+        # that are not sealed were dated there by someone holding the database).
+        since = datetime.datetime(max(sealed, default=1969) + 1, 1, 1, tzinfo=datetime.UTC)
+        await self._backdated(conn, since, sealed)
         read = _Read({})
         after = uuid.UUID(int=0)
         before = datetime.datetime(open_year, 1, 1, tzinfo=datetime.UTC)
         while True:
-            rows = await conn.fetch(sql.RECORDS_PAGE, after, before, sealed, self._batch)
+            rows = await conn.fetch(sql.RECORDS_PAGE, after, before, sealed, self._batch, since)
             if not rows:
                 return read
             after = rows[-1]["id"]
             for row in rows:
                 created: datetime.datetime = row["created_at"]
                 entered = created.astimezone(datetime.UTC).date()
-                bucket = read.counts.setdefault(entered.year, Counter())
                 read.opened += 1
                 if self._is_canary(row["id"]):
                     read.canaries += 1
@@ -287,6 +302,9 @@ class StatsRefresher:
                         tampered.append((row["id"], row["structure_id"]))
                     continue
                 programme, situation, band, sex = codes_of(values, clear_values(row), entered)
+                # A year is sealed for the records it counts (a year of canaries or
+                # unreadable rows only is not: review).
+                bucket = read.counts.setdefault(entered.year, Counter())
                 month = entered.replace(day=1)
                 bucket[(month, str(row["structure_id"]), programme, situation, band, sex)] += 1
                 read.records += 1
@@ -298,7 +316,7 @@ class StatsRefresher:
         data_key = await self._kms.unwrap_key(wrapped)
         cipher = AESGCM(data_key)
         names = sorted(bodies)
-        blobs = [aead.seal(cipher, bodies[n], table_aad(year, n)) for n in names]
+        blobs = [aead.seal(cipher, bodies[n], table_aad(year, n, self._k)) for n in names]
         async with conn.transaction():
             await conn.execute(sql.LOCK, sql.REFRESH_LOCK_ID)
             if await conn.fetchval(sql.SEAL_YEAR, year, self._k, wrapped) is None:
@@ -307,6 +325,25 @@ class StatsRefresher:
             if opened:
                 await add_in_transaction(conn, _refresh_event(opened))
         return True
+
+    async def _backdated(self, conn: Any, since: datetime.datetime, sealed: list[int]) -> None:
+        """Records in a closed year older than the newest sealed one: never sealed (a
+        year differing from another by one youth would show that youth's codes), and
+        one critical alert while it is open."""
+        found = int(await conn.fetchval(sql.BACKDATED, since, sealed))
+        if not found:
+            return
+        log.warning("stats_backdated_records", count=found)
+        if self._alerts is None or await conn.fetchval(sql.BACKDATED_ALERTED):
+            return
+        await self._alerts.raise_on(
+            conn,
+            "critical",
+            "stats.backdated_records",
+            account_id=None,
+            structure_id=None,
+            details={"records": found},
+        )
 
     async def _alert(self, conn: Any, tampered: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
         """A row that fails its integrity check was written by someone holding the

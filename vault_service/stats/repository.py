@@ -16,10 +16,23 @@ SELECT id, structure_id, referent_id, branch_key_version, record_key, key_versio
        sealed, clear, version, created_at
 FROM records
 WHERE id > $1
-  AND created_at < $2
+  AND created_at >= $5 AND created_at < $2
   AND date_part('year', created_at AT TIME ZONE 'UTC')::integer <> ALL ($3::integer[])
 ORDER BY id
 LIMIT $4
+"""
+# Records dated into a closed year older than the newest sealed one, not sealed:
+# `created_at` is the service's `now()` at creation, so only someone holding the
+# database puts a record there (to have a year sealed that differs from another by
+# one youth: review). Never sealed; alerted. `$1` is the first instant after the
+# newest sealed year. Bounded by the BRIN index on created_at (0019).
+BACKDATED: Final = """
+SELECT count(*) FROM records
+WHERE created_at < $1
+  AND date_part('year', created_at AT TIME ZONE 'UTC')::integer <> ALL ($2::integer[])
+"""
+BACKDATED_ALERTED: Final = """
+SELECT EXISTS (SELECT 1 FROM alerts WHERE kind = 'stats.backdated_records' AND state = 'open')
 """
 LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
 ROUND_LOCK_ID: Final = REFRESH_LOCK_ID + 1

@@ -210,9 +210,10 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Sealed).decode
 
 
-def table_aad(year: int, group_by: str) -> bytes:
-    """Binds a sealed table to its year and grouping: one cannot be served as another."""
-    return b"vault-service/stats-table/v1\x00" + f"{year}\x00{group_by}".encode()
+def table_aad(year: int, group_by: str, k: int) -> bytes:
+    """Binds a sealed table to its year, its grouping and the k it was suppressed
+    with: one cannot be served as another, nor under another k (review)."""
+    return b"vault-service/stats-table/v1\x00" + f"{year}\x00{group_by}\x00{k}".encode()
 
 
 def _grid_of(
@@ -370,7 +371,9 @@ class StatsService:
         data_key = await self._kms.unwrap_key(str(row["wrapped_key"]))
         # A body that does not authenticate was written by someone holding the
         # database: DecryptionFailed, nothing served.
-        plain = aead.open_(AESGCM(data_key), bytes(row["body"]), table_aad(query.year, group_by))
+        plain = aead.open_(
+            AESGCM(data_key), bytes(row["body"]), table_aad(query.year, group_by, int(row["k"]))
+        )
         sealed = _decode(plain)
         if sealed.refused == "unprotectable":
             raise StatsUnprotectable()
