@@ -260,3 +260,14 @@ def test_the_joint_check_fails_closed_when_out_of_time() -> None:
     for t in published:
         assert all(n is not None for _, n in t.rows)
     assert any(t.refused == "unprotectable" for t in tables.values())
+
+
+def test_a_year_under_k_in_all_keeps_its_total_hidden_from_all_the_tables_together() -> None:
+    """Eight youth in the year: the grand total is itself under k and suppressed in
+    every table; solved together, the tables must not pin it (nor anything else)."""
+    from vault_service.records import schema
+    from vault_service.stats.service import build_tables, flat_axes
+
+    counts, region_of = _review_year(3, 8)
+    published = build_tables(2025, counts, region_of, flat_axes(schema.load()), 10)
+    assert _solve_year(published, region_of) == []

@@ -69,6 +69,8 @@ def given_away(
     None. `truth` holds the true counts of the suppressed cells; `free` the cells
     already shown free (refusing tables only loosens the system, so they stay
     free), grown in place. Raises OverBudget."""
+    if not published:
+        return None
     problem = _Problem(values, region_of, published, total)
     pending = [c for c in problem.targets if c not in free]
     if not pending:
@@ -128,20 +130,8 @@ class _Problem:
         index["region"] = {v: i for i, v in enumerate(regions)}
         self._sizes = {d: len(values[d]) for d in FINE} | {"region": len(regions)}
         status, counts = self._grids(published, index)
-        # Candidates: the product of each dimension's values not published as zero,
-        # then every cell under a published zero taken out.
-        keep = []
-        for d in FINE:
-            one = status.get((d,))
-            keep.append(np.arange(len(values[d])) if one is None else np.flatnonzero(one))
-        if math.prod(len(k) for k in keep) > MAX_LIVE * 8:
-            raise OverBudget()
-        grid = np.stack([g.ravel() for g in np.meshgrid(*keep, indexing="ij")])
-        for group_by, st in status.items():
-            grid = grid[:, st[self._project(group_by, grid)] != 0]
+        grid = self._live(values, status)
         live = grid.shape[1]
-        if live > MAX_LIVE:
-            raise OverBudget()
         eq: list[tuple[np.ndarray, np.ndarray]] = []
         b_eq: list[np.ndarray] = []
         hidden: list[tuple[np.ndarray, np.ndarray]] = []
@@ -171,11 +161,34 @@ class _Problem:
             eq.append((np.zeros(live, dtype=np.int64) + n_eq, columns))
             b_eq.append(np.array([total]))
             n_eq += 1
+        else:  # the grand total suppressed (under k): a cell to protect like any other
+            hidden.append((np.zeros(live, dtype=np.int64) + n_hidden, columns))
+            self.targets[((), ())] = n_hidden
+            n_hidden += 1
         self._a_eq = _matrix(eq, n_eq, live) if n_eq else None
         self._b_eq = np.concatenate(b_eq) if n_eq else None
         self.cells = _matrix(hidden, n_hidden, live)
         self._a_ub = -self.cells if n_hidden else None
         self._b_ub = -np.ones(n_hidden) if n_hidden else None
+
+    def _live(
+        self, values: Mapping[str, Sequence[str]], status: Mapping[tuple[str, ...], np.ndarray]
+    ) -> np.ndarray:
+        """The finest cells an attacker cannot set to zero: the product of each
+        dimension's values not published as zero, less every cell under a published
+        zero; as codes, one row per dimension."""
+        keep = []
+        for d in FINE:
+            one = status.get((d,))
+            keep.append(np.arange(len(values[d])) if one is None else np.flatnonzero(one))
+        if math.prod(len(k) for k in keep) > MAX_LIVE * 8:
+            raise OverBudget()
+        grid = np.stack([g.ravel() for g in np.meshgrid(*keep, indexing="ij")])
+        for group_by, st in status.items():
+            grid = grid[:, st[self._project(group_by, grid)] != 0]
+        if grid.shape[1] > MAX_LIVE:
+            raise OverBudget()
+        return grid
 
     def _grids(
         self, published: Published, index: Mapping[str, Mapping[str, int]]

@@ -311,11 +311,12 @@ def _check_together(
         "structure": list(region_of),
         **{d: list(flat[d]) for d in ("programme", "situation", "age_band", "sex")},
     }
-    total: int | None = None
+    total: int | None = None  # the grand total, as published (None: suppressed)
     for table in tables.values():
         if table.refused is None:
             total = next(n for v, n in table.rows if all(x == TOTAL for x in v))
             break
+    truth = {**truth, (): {(): sum(truth[("sex",)].values())}}
 
     def refuse(group_by: tuple[str, ...]) -> None:
         for g, t in tables.items():
