@@ -736,3 +736,34 @@ async def test_records_dated_before_the_newest_sealed_year_are_never_sealed_and_
             "UPDATE records SET created_at = now() WHERE structure_id = $1", sid
         )
         await world.owner.execute("DELETE FROM alerts WHERE kind = 'stats.backdated_records'")
+
+
+async def test_a_year_marked_sealed_in_the_database_is_alerted_and_ignored(
+    client, stack: Stack, world: World
+) -> None:
+    """Someone holding the database marks the open year sealed (no tables): left
+    alone, it would move the forward-only bound past every closed year and keep them
+    from ever being sealed (review). The round ignores it, raises one critical
+    alert, and seals the closed year as it would have."""
+    this_year = datetime.datetime.now(datetime.UTC).year
+    await world.owner.execute(
+        "INSERT INTO stats_years (year, sealed_at, k, wrapped_key) "
+        "VALUES ($1, now(), 10, 'vault:v1:forged')",
+        this_year,
+    )
+    try:
+        entered = _own_month()
+        await _seed(
+            client, world, f"Region K {secrets.token_hex(3)}", [("F", 21, "CEJ", None)] * 11,
+            entered,
+        )  # fmt: skip
+        report = _refresh(stack)
+        assert entered.year in report["years_sealed"]
+        alerts = await world.owner.fetch(
+            "SELECT severity, details FROM alerts WHERE kind = 'stats.seal_tampered'"
+        )
+        assert [a["severity"] for a in alerts] == ["critical"]
+        assert json.loads(alerts[0]["details"]) == {"years": str(this_year)}
+    finally:
+        await world.owner.execute("DELETE FROM stats_years WHERE year = $1", this_year)
+        await world.owner.execute("DELETE FROM alerts WHERE kind = 'stats.seal_tampered'")

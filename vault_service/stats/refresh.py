@@ -58,6 +58,7 @@ from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer, clear_values
 from vault_service.stats import repository as sql
 from vault_service.stats.service import (
+    GROUPINGS,
     NO_PROGRAMME,
     NO_SITUATION,
     UNKNOWN,
@@ -271,7 +272,20 @@ class StatsRefresher:
         """Counts per closed year not sealed yet, from one pass over its records."""
         # A year is sealed `seal_after_days` after it closes (December's late entries).
         open_year = (self._today() - self._seal_after).year
-        sealed = [int(r["year"]) for r in await conn.fetch(sql.SEALED_YEARS)]
+        rows = await conn.fetch(sql.SEALED_YEARS)
+        sealed = [int(r["year"]) for r in rows]
+        # A seal writes its year and every table in one transaction, and only for a
+        # closed year: anything else was written by someone holding the database (a
+        # year marked sealed to keep it from ever being sealed, or to move the
+        # forward-only bound: review).
+        odd = [
+            int(r["year"])
+            for r in rows
+            if r["tables"] != len(GROUPINGS) or r["year"] >= self._today().year
+        ]
+        if odd:
+            await self._tampered(conn, odd)
+            sealed = [y for y in sealed if y not in odd]
         # Forward only: the years after the newest sealed one (records older than it
         # that are not sealed were dated there by someone holding the database).
         since = datetime.datetime(max(sealed, default=1969) + 1, 1, 1, tzinfo=datetime.UTC)
@@ -325,6 +339,19 @@ class StatsRefresher:
             if opened:
                 await add_in_transaction(conn, _refresh_event(opened))
         return True
+
+    async def _tampered(self, conn: Any, years: list[int]) -> None:
+        log.warning("stats_seal_tampered", years=len(years))
+        if self._alerts is None or await conn.fetchval(sql.SEAL_TAMPERED_ALERTED):
+            return
+        await self._alerts.raise_on(
+            conn,
+            "critical",
+            "stats.seal_tampered",
+            account_id=None,
+            structure_id=None,
+            details={"years": ",".join(map(str, sorted(years)))},
+        )
 
     async def _backdated(self, conn: Any, since: datetime.datetime, sealed: list[int]) -> None:
         """Records in a closed year older than the newest sealed one: never sealed (a

@@ -7,7 +7,14 @@ from typing import Final
 REFRESH_LOCK_ID: Final = 0x7661756C74_17
 """One rebuild at a time (the scheduled round of one replica, or an operator's CLI)."""
 
-SEALED_YEARS: Final = "SELECT year FROM stats_years"
+SEALED_YEARS: Final = """
+SELECT y.year, count(t.group_by) AS tables
+FROM stats_years y LEFT JOIN stats_tables t ON t.year = y.year
+GROUP BY y.year
+"""
+SEAL_TAMPERED_ALERTED: Final = """
+SELECT EXISTS (SELECT 1 FROM alerts WHERE kind = 'stats.seal_tampered' AND state = 'open')
+"""
 # The records of closed years not sealed yet, by keyset: what the sealer needs to
 # open the three fields a dimension needs and to check the row's integrity tag, and
 # the entry date. `$2` is the first instant of the open year (UTC).
