@@ -27,6 +27,7 @@ from tests.integration.test_honeytokens import _recognised
 from tests.integration.test_route_matrix import EXPECTED
 from tests.stats_solver import bounds
 from vault_service.auth.permissions import Role
+from vault_service.stats.refresh import tables_digest
 
 pytestmark = pytest.mark.integration
 K = 10
@@ -567,6 +568,14 @@ async def test_the_rebuild_is_logged_with_the_fields_it_opened(
     # nothing about either).
     opened = report["records"] + report["canaries_left_out"] + report["unreadable_left_out"]
     assert latest.get("count", 1) == opened >= 1  # 1 is left out of the body
+    # The year it sealed, and the digest of that year's stored tables: what an
+    # auditor compares with `stats_tables` (a year sealed twice, or a table replaced,
+    # shows).
+    rows = await world.owner.fetch(
+        "SELECT group_by, body FROM stats_tables WHERE year = $1", entered.year
+    )
+    digest = tables_digest(entered.year, [r["group_by"] for r in rows], [r["body"] for r in rows])
+    assert latest["criteria"] == [f"sealed_{entered.year}", f"tables_{digest}"]
     # A round with no year to seal opens nothing and logs nothing.
     again = _refresh(stack)
     assert again["years_sealed"] == [] and again["records"] == 0

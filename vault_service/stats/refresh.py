@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import multiprocessing
 import uuid
 from collections import Counter
@@ -181,12 +182,25 @@ async def _in_a_process(*args: Any) -> dict[str, bytes]:
         return await loop.run_in_executor(pool, build_tables, *args)
 
 
-def _refresh_event(opened: int) -> Any:
+def tables_digest(year: int, names: list[str], blobs: list[bytes]) -> str:
+    """The first 128 bits of SHA-256 over a year's stored tables, in grouping order:
+    what the round's access-log entry names, for an auditor to compare with
+    `stats_tables`."""
+    h = hashlib.sha256(f"{year}".encode())
+    for name, blob in sorted(zip(names, blobs, strict=True)):
+        h.update(len(name).to_bytes(2, "big") + name.encode())
+        h.update(len(blob).to_bytes(8, "big") + blob)
+    return h.hexdigest()[:32]
+
+
+def _refresh_event(opened: int, criteria: tuple[str, ...]) -> Any:
     """The round's entry: which fields of how many records it opened (canaries and
-    unreadable rows included, so that the count tells nothing about either)."""
-    return msgspec.structs.replace(
-        build_event(None, {}, "stats.refresh", "allowed", fields=STATS_FIELDS), count=opened
+    unreadable rows included, so that the count tells nothing about either), and
+    the years it sealed."""
+    event = build_event(
+        None, {}, "stats.refresh", "allowed", fields=STATS_FIELDS, criteria=criteria
     )
+    return msgspec.structs.replace(event, count=opened) if opened > 1 else event
 
 
 @dataclass(slots=True)
@@ -244,23 +258,23 @@ class StatsRefresher:
         counts, opened = read.counts, read.opened
         structures = await conn.fetch(sql.STRUCTURES)
         region_of = {str(r["id"]): str(r["region"]) for r in structures}
-        written: list[int] = []
-        tables = 0
-        logged = opened == 0  # a round that opened nothing writes no entry
+        prepared: list[tuple[int, Mapping[str, bytes]]] = []
         for year, year_counts in sorted(counts.items()):
-            # CPU only (suppression: up to a second for a large sparse table), off the
-            # event loop and one year at a time per process.
+            # CPU only (suppression and the joint check: minutes for a large year), in
+            # a process of its own, one year at a time per process.
             async with self._sealing:
                 bodies = await _in_a_process(
                     year, dict(year_counts), region_of, self._flat, self._k, self._audit
                 )
-            if await self._seal(conn, year, bodies, 0 if logged else opened):
-                written.append(year)
-                tables += len(bodies)
-                logged = True
+            prepared.append((year, bodies))
+        written, criteria = await self._seal(conn, prepared)
+        tables = sum(len(b) for y, b in prepared if y in written)
         async with conn.transaction():
-            if not logged:  # every year was sealed by another rebuild meanwhile
-                await add_in_transaction(conn, _refresh_event(opened))
+            if opened:
+                # What the round opened, with each year it sealed and the digest of
+                # that year's stored tables (an auditor can check that a year was
+                # sealed once and its tables never replaced), in one entry.
+                await add_in_transaction(conn, _refresh_event(opened, criteria))
             at: datetime.datetime = await conn.fetchval(sql.MARK)
         if read.failed:
             log.warning("stats_records_unreadable", count=read.failed)
@@ -323,22 +337,30 @@ class StatsRefresher:
                 bucket[(month, str(row["structure_id"]), programme, situation, band, sex)] += 1
                 read.records += 1
 
-    async def _seal(self, conn: Any, year: int, bodies: Mapping[str, bytes], opened: int) -> bool:
-        """One year's tables, sealed under a fresh key of the year, and (with the
-        first year of a round) the access-log entry of what the round opened."""
-        wrapped = await self._kms.generate_wrapped_key()
-        data_key = await self._kms.unwrap_key(wrapped)
-        cipher = AESGCM(data_key)
-        names = sorted(bodies)
-        blobs = [aead.seal(cipher, bodies[n], table_aad(year, n, self._k)) for n in names]
+    async def _seal(
+        self, conn: Any, prepared: list[tuple[int, Mapping[str, bytes]]]
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """Each year's tables, sealed under a fresh key of the year, every year in one
+        transaction; the years written (another rebuild may have sealed one first)
+        and the entry's criteria: `sealed_<year>`, `tables_<digest of its rows>`."""
+        sealed: list[tuple[int, str, list[str], list[bytes]]] = []
+        for year, bodies in prepared:
+            wrapped = await self._kms.generate_wrapped_key()
+            cipher = AESGCM(await self._kms.unwrap_key(wrapped))
+            names = sorted(bodies)
+            blobs = [aead.seal(cipher, bodies[n], table_aad(year, n, self._k)) for n in names]
+            sealed.append((year, wrapped, names, blobs))
+        written: list[int] = []
+        criteria: list[str] = []
         async with conn.transaction():
             await conn.execute(sql.LOCK, sql.REFRESH_LOCK_ID)
-            if await conn.fetchval(sql.SEAL_YEAR, year, self._k, wrapped) is None:
-                return False  # another rebuild sealed it first
-            await conn.execute(sql.INSERT_TABLES, year, names, blobs)
-            if opened:
-                await add_in_transaction(conn, _refresh_event(opened))
-        return True
+            for year, wrapped, names, blobs in sealed:
+                if await conn.fetchval(sql.SEAL_YEAR, year, self._k, wrapped) is None:
+                    continue  # another rebuild sealed it first
+                await conn.execute(sql.INSERT_TABLES, year, names, blobs)
+                written.append(year)
+                criteria += [f"sealed_{year}", f"tables_{tables_digest(year, names, blobs)}"]
+        return written, tuple(criteria)
 
     async def _tampered(self, conn: Any, years: list[int]) -> None:
         log.warning("stats_seal_tampered", years=len(years))
