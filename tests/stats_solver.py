@@ -87,13 +87,15 @@ def joint_pins(
     tables: Mapping[str, tuple[Sequence[str], Sequence[tuple[Sequence[str], int | None]]]],
     values: Mapping[str, Sequence[str]],
     region_of: Mapping[str, str],
+    width: int = 1,
 ) -> list[tuple[str, tuple[str, ...], float, float]]:
     """The attacker who downloads every table of a year and solves them together
     (written apart from the service's own check, vault_service/stats/joint.py): one
     unknown per finest count (month x structure x programme x situation x age band x
     sex, at least 0), every published cell and margin an equation, every suppressed
     one at least 1; for each suppressed cell, its least and greatest value. Returns
-    the cells whose range holds a single whole number. Dense: small grids only."""
+    the cells whose range holds fewer than `width` + 1 whole numbers (1: a single
+    value, pinned). Dense: small grids only."""
     dims = ("month", "structure", "programme", "situation", "age_band", "sex")
     shape = [len(values[d]) for d in dims]
     grid = np.indices(shape).reshape(len(dims), -1)
@@ -137,6 +139,6 @@ def joint_pins(
         low, high = linprog(c, **kw), linprog(-c, **kw)
         lo = low.fun if low.status == 0 else float("-inf")
         hi = -high.fun if high.status == 0 else float("inf")
-        if np.ceil(lo - 1e-7) >= np.floor(hi + 1e-7):
+        if np.isfinite(hi) and np.floor(hi + 1e-7) - np.ceil(lo - 1e-7) < width:
             pinned.append((name, vals, lo, hi))
     return pinned

@@ -197,7 +197,7 @@ def _review_year(seed: int, n: int) -> tuple[dict, dict[str, str]]:
     return counts, {sid: "IDF"}
 
 
-def _solve_year(bodies: dict[str, bytes], region_of: dict[str, str]) -> list:
+def _solve_year(bodies: dict[str, bytes], region_of: dict[str, str], width: int = 5) -> list:
     import msgspec
 
     from tests.stats_solver import joint_pins
@@ -216,7 +216,7 @@ def _solve_year(bodies: dict[str, bytes], region_of: dict[str, str]) -> list:
         "structure": list(region_of),
         **{d: list(flat[d]) for d in ("programme", "situation", "age_band", "sex")},
     }
-    return joint_pins(tables, values, region_of)
+    return joint_pins(tables, values, region_of, width)
 
 
 @pytest.mark.parametrize("seed", [2, 4])
@@ -226,8 +226,10 @@ def test_no_suppressed_cell_is_given_away_by_all_the_tables_of_a_year_together(
     """The review's counter-example: 60 youth in one month. Each table protected on
     its own, `programme,situation` and `situation,age_band,sex` together pinned
     hidden situation counts (employment exactly 4). With the joint check, an
-    attacker solving every published table of the year at once pins nothing; without
-    it (the check switched off), the same attacker does, so this test can fail."""
+    attacker solving every published table of the year at once narrows no
+    suppressed count below six possible values (k / 2 apart: a second review found
+    "1 or 2" accepted when two were enough); without it (the check switched off),
+    the same attacker pins some to one value, so this test can fail."""
     from vault_service.records import schema
     from vault_service.stats import service
     from vault_service.stats.service import build_tables, flat_axes
@@ -236,11 +238,14 @@ def test_no_suppressed_cell_is_given_away_by_all_the_tables_of_a_year_together(
     counts, region_of = _review_year(seed, 60)
     published = build_tables(2025, counts, region_of, flat, 10)
     assert _solve_year(published, region_of) == []
+    # 60 youth is a tiny year: what the check refuses there (about 17 of 57 tables,
+    # those crossing situation with other small categories) it keeps for larger ones.
     refused = [name for name, body in published.items() if b"unprotectable" in body]
-    assert len(refused) < 10, "a few tables refused, not the year"
+    assert len(refused) < 25, refused
+    assert "sex" not in refused and "programme" not in refused
     monkeypatch.setattr(service, "_check_together", lambda *a, **k: None)
     unchecked = build_tables(2025, counts, region_of, flat, 10)
-    assert _solve_year(unchecked, region_of), "the review's pinned cells"
+    assert _solve_year(unchecked, region_of, width=1), "the review's pinned cells"
 
 
 def test_the_joint_check_fails_closed_when_out_of_time() -> None:

@@ -31,6 +31,23 @@ CREATE TABLE stats_tables (
     PRIMARY KEY (year, group_by)
 );
 
+-- A record's entry date never changes: it is the service's clock at creation, and
+-- the statistics count each youth in the year it gives. Moving records between
+-- years with the service's role (whose UPDATE on `records` covers every column)
+-- would have two years sealed that differ by one youth (review), so no role but the
+-- owner, disabling this trigger on purpose, may change it.
+CREATE FUNCTION records_created_at_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'a record''s entry date never changes'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER records_created_at_fixed BEFORE UPDATE OF created_at ON records
+    FOR EACH ROW EXECUTE FUNCTION records_created_at_fixed();
+
 -- A round reads only the records of years after the newest sealed one.
 CREATE INDEX records_created_at_brin ON records USING brin (created_at);
 

@@ -64,11 +64,13 @@ def given_away(
     total: int | None,
     deadline: float,
     free: set[Cell],
+    width: int,
 ) -> Cell | None:
-    """The first suppressed cell (grouping, values) the published cells pin, or
-    None. `truth` holds the true counts of the suppressed cells; `free` the cells
-    already shown free (refusing tables only loosens the system, so they stay
-    free), grown in place. Raises OverBudget."""
+    """The first suppressed cell (grouping, values) the published cells narrow to a
+    range of fewer than `width` + 1 whole numbers, or None. `truth` holds the true
+    counts of the suppressed cells; `free` the cells already shown wide enough
+    (refusing tables only loosens the system, so they stay so), grown in place.
+    Raises OverBudget."""
     if not published:
         return None
     problem = _Problem(values, region_of, published, total)
@@ -77,33 +79,48 @@ def given_away(
         return None
     true = np.array([truth[g][v] for g, v in pending], dtype=float)
     rows = [problem.targets[c] for c in pending]
-    # One programme raising every pending cell at once shows most of them free (a
-    # cell is free when its range holds its true count and one more whole number);
-    # again with those left, while it shows any; then one cell at a time.
+    # Each cell's least and greatest value seen at a solution so far (its true count
+    # is one); a cell is shown wide enough once they are `width` apart. Programmes
+    # pushing every pending cell up, then down, at once settle most; then one cell
+    # at a time.
+    high, low = true.copy(), true.copy()
+
+    def wide(i: int) -> bool:
+        if math.isinf(high[i]):
+            return True
+        return bool(math.floor(high[i] + 1e-6) - math.ceil(low[i] - 1e-6) >= width)
+
     left = list(range(len(pending)))
-    while len(left) > 1:
-        _in_time(deadline)
-        x = problem.solve(-np.asarray(problem.cells[[rows[i] for i in left]].sum(axis=0)).ravel())
-        if x is None:
-            break
-        reached = problem.cells[[rows[i] for i in left]] @ x
-        shown = [i for i, v in zip(left, reached, strict=True) if v >= true[i] + 1 - 1e-6]
-        if not shown:
-            break
-        free.update(pending[i] for i in shown)
-        left = [i for i in left if i not in set(shown)]
+    for sign in (-1.0, 1.0):  # up, then down
+        while len(left) > 1:
+            _in_time(deadline)
+            chosen = problem.cells[[rows[i] for i in left]]
+            x = problem.solve(sign * np.asarray(chosen.sum(axis=0)).ravel())
+            if x is None:
+                break
+            reached = chosen @ x
+            for i, v in zip(left, reached, strict=True):
+                high[i], low[i] = max(high[i], v), min(low[i], v)
+            shown = {i for i in left if wide(i)}
+            if not shown:
+                break
+            free.update(pending[i] for i in shown)
+            left = [i for i in left if i not in shown]
     for i in left:
-        _in_time(deadline)
-        objective = problem.cells[rows[i]].toarray().ravel()
-        high = problem.solve(-objective)
-        if high is not None and objective @ high >= true[i] + 1 - 1e-6:
-            free.add(pending[i])
-            continue
-        low = problem.solve(objective) if true[i] >= 2 else None
-        if low is not None and objective @ low <= true[i] - 1 + 1e-6:
-            free.add(pending[i])
-            continue
-        return pending[i]
+        for sign in (-1.0, 1.0):
+            _in_time(deadline)
+            objective = problem.cells[rows[i]].toarray().ravel()
+            x = problem.solve(sign * objective)
+            if x is None:  # unbounded above: as wide as can be
+                high[i] = math.inf
+            else:
+                v = float(objective @ x)
+                high[i], low[i] = max(high[i], v), min(low[i], v)
+            if wide(i):
+                break
+        if not wide(i):
+            return pending[i]
+        free.add(pending[i])
     return None
 
 

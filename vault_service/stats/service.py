@@ -280,7 +280,9 @@ def build_tables(
             continue
         rows = [_row(axes, c) for c in cells]
         tables[group_by] = _Sealed(None, columns, [(list(v), n) for v, n in rows])
-    _check_together(tables, truth, year, region_of, flat, time.monotonic() + audit_seconds)
+    _check_together(
+        tables, truth, year, region_of, flat, time.monotonic() + audit_seconds, (k + 1) // 2
+    )
     return {",".join(g): _encode(t) for g, t in tables.items()}
 
 
@@ -302,10 +304,11 @@ def _check_together(
     region_of: Mapping[str, str],
     flat: Mapping[str, tuple[str, ...]],
     deadline: float,
+    width: int,
 ) -> None:
-    """Refuse tables until the published set, solved together, pins no suppressed
-    cell (joint.py); past the deadline or too large to check, refuse every table
-    with a suppressed cell."""
+    """Refuse tables until the published set, solved together, narrows no
+    suppressed cell to fewer than `width` + 1 values (joint.py); past the deadline
+    or too large to check, refuse every table with a suppressed cell."""
     values = {
         "month": [f"{year:04d}-{m:02d}" for m in range(1, 13)],
         "structure": list(region_of),
@@ -327,7 +330,7 @@ def _check_together(
     while True:
         published = {g: _finest(t) for g, t in tables.items() if t.refused is None}
         try:
-            found = given_away(values, region_of, published, truth, total, deadline, free)
+            found = given_away(values, region_of, published, truth, total, deadline, free, width)
         except OverBudget:  # fail closed: nothing suppressed is published
             for g, t in tables.items():
                 if t.refused is None and any(n is None for _, n in t.rows):
