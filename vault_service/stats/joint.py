@@ -95,7 +95,7 @@ def given_away(
         while len(left) > 1:
             _in_time(deadline)
             chosen = problem.cells[[rows[i] for i in left]]
-            x = problem.solve(sign * np.asarray(chosen.sum(axis=0)).ravel())
+            x = problem.solve(sign * np.asarray(chosen.sum(axis=0)).ravel(), deadline)
             if x is None:
                 break
             reached = chosen @ x
@@ -110,7 +110,7 @@ def given_away(
         for sign in (-1.0, 1.0):
             _in_time(deadline)
             objective = problem.cells[rows[i]].toarray().ravel()
-            x = problem.solve(sign * objective)
+            x = problem.solve(sign * objective, deadline)
             if x is None:  # unbounded above: as wide as can be
                 high[i] = math.inf
             else:
@@ -231,8 +231,13 @@ class _Problem:
             for d in group_by
         )
 
-    def solve(self, objective: np.ndarray) -> np.ndarray | None:
-        """A point minimising `objective`, or None when there is none (unbounded)."""
+    def solve(self, objective: np.ndarray, deadline: float) -> np.ndarray | None:
+        """A point minimising `objective`, or None when there is none (unbounded).
+        One solve may not outlast the deadline either (HiGHS's own time limit: a
+        large year's single programme ran past it otherwise, second review)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OverBudget()
         found = linprog(
             objective,
             A_ub=self._a_ub,
@@ -241,7 +246,10 @@ class _Problem:
             b_eq=self._b_eq,
             bounds=(0, None),
             method="highs",
+            options={"time_limit": left},
         )
+        if found.status == 1:  # iteration or time limit reached
+            raise OverBudget()
         return np.asarray(found.x) if found.status == 0 else None
 
 
