@@ -33,8 +33,6 @@ from scipy.sparse import coo_matrix, csr_matrix
 __all__ = ["FINE", "OverBudget", "Published", "given_away", "shows"]
 
 FINE: Final = ("month", "structure", "programme", "situation", "age_band", "sex")
-MAX_CELLS: Final = 3_000_000
-"""Finest cells (before zeros are taken out) above which the check is not tried."""
 MAX_LIVE: Final = 400_000
 """Finest cells left free above which the check is not tried."""
 
@@ -139,8 +137,6 @@ class _Problem:
         published: Published,
         total: int | None,
     ) -> None:
-        if math.prod(len(values[d]) for d in FINE) > MAX_CELLS:
-            raise OverBudget()
         regions = sorted(set(region_of.values()))
         self._region_code = np.array([regions.index(region_of[s]) for s in values["structure"]])
         index = {d: {v: i for i, v in enumerate(values[d])} for d in FINE}
