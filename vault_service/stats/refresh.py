@@ -364,15 +364,8 @@ class StatsRefresher:
 
     async def _tampered(self, conn: Any, years: list[int]) -> None:
         log.warning("stats_seal_tampered", years=len(years))
-        if self._alerts is None or await conn.fetchval(sql.SEAL_TAMPERED_ALERTED):
-            return
-        await self._alerts.raise_on(
-            conn,
-            "critical",
-            "stats.seal_tampered",
-            account_id=None,
-            structure_id=None,
-            details={"years": ",".join(map(str, sorted(years)))},
+        await self._alert_once(
+            conn, "stats.seal_tampered", {"years": ",".join(map(str, sorted(years)))}
         )
 
     async def _backdated(self, conn: Any, since: datetime.datetime, sealed: list[int]) -> None:
@@ -383,15 +376,15 @@ class StatsRefresher:
         if not found:
             return
         log.warning("stats_backdated_records", count=found)
-        if self._alerts is None or await conn.fetchval(sql.BACKDATED_ALERTED):
+        await self._alert_once(conn, "stats.backdated_records", {"records": found})
+
+    async def _alert_once(self, conn: Any, kind: str, details: Mapping[str, int | str]) -> None:
+        """A critical alert of `kind`, unless one is open already (a round meets the
+        same state every hour)."""
+        if self._alerts is None or await conn.fetchval(sql.OPEN_ALERT, kind):
             return
         await self._alerts.raise_on(
-            conn,
-            "critical",
-            "stats.backdated_records",
-            account_id=None,
-            structure_id=None,
-            details={"records": found},
+            conn, "critical", kind, account_id=None, structure_id=None, details=details
         )
 
     async def _alert(self, conn: Any, tampered: list[tuple[uuid.UUID, uuid.UUID]]) -> None:

@@ -12,9 +12,8 @@ SELECT y.year, count(t.group_by) AS tables
 FROM stats_years y LEFT JOIN stats_tables t ON t.year = y.year
 GROUP BY y.year
 """
-SEAL_TAMPERED_ALERTED: Final = """
-SELECT EXISTS (SELECT 1 FROM alerts WHERE kind = 'stats.seal_tampered' AND state = 'open')
-"""
+# An alert of a kind already open: a round meets the same state every hour.
+OPEN_ALERT: Final = "SELECT EXISTS (SELECT 1 FROM alerts WHERE kind = $1 AND state = 'open')"
 # The records of closed years not sealed yet, by keyset: what the sealer needs to
 # open the three fields a dimension needs and to check the row's integrity tag, and
 # the entry date. `$2` is the first instant of the open year (UTC).
@@ -38,9 +37,7 @@ SELECT count(*) FROM records
 WHERE created_at < $1
   AND date_part('year', created_at AT TIME ZONE 'UTC')::integer <> ALL ($2::integer[])
 """
-BACKDATED_ALERTED: Final = """
-SELECT EXISTS (SELECT 1 FROM alerts WHERE kind = 'stats.backdated_records' AND state = 'open')
-"""
+
 LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
 ROUND_LOCK_ID: Final = REFRESH_LOCK_ID + 1
 """The scheduled round: one replica looks at the aggregate's age at a time."""
