@@ -52,7 +52,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from vault_service import devstack
+from vault_service.access.sequencer import Sequencer
 from vault_service.audit import verify
 from vault_service.audit.entry import AccessEvent, encode_leaf
 from vault_service.audit.entry import prepare as _prepare
@@ -61,9 +61,9 @@ from vault_service.audit.log import AccessLog
 from vault_service.audit.merkle import leaf_hash
 from vault_service.audit.note import format_checkpoint, sign_note, verifier_key_string
 from vault_service.audit.proofs import AuditProofs
-from vault_service.audit.sequencer import Sequencer
 from vault_service.audit.tiles import TileBuilder
 from vault_service.audit.verify import KEYS_FORMAT, KeysFile
+from vault_service.dev import embedded as devstack
 
 ORIGIN = "bench.vault-service/access-log"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

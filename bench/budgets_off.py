@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vault_service.limits.budgets import BudgetPolicy
+from vault_service.access.budgets import BudgetPolicy
 
 
 def _no_claims(self: BudgetPolicy, *args: Any, **kwargs: Any) -> list[Any]:

@@ -31,8 +31,8 @@ import asyncpg
 from bench.imports import write_export
 from bench.keys import admin_login
 from bench.records import prepare
-from vault_service import devstack
 from vault_service.crypto.keys import KeyHierarchy
+from vault_service.dev import embedded as devstack
 from vault_service.imports.importer import _batch_args, _line_decoder, _Pending
 from vault_service.imports.repository import ImportRepository
 from vault_service.kms import VaultKms

@@ -47,7 +47,7 @@ from bench.records import (
     wait_http,
     wrk,
 )
-from vault_service import devstack
+from vault_service.dev import embedded as devstack
 
 FULL = json.loads((ROOT / "tests" / "fixtures" / "full_record.json").read_text("utf-8"))
 

@@ -49,12 +49,12 @@ from bench.records import (
     wait_http,
     wrk,
 )
-from vault_service import devstack
 from vault_service.crypto.keys import KeyHierarchy
+from vault_service.dev import embedded as devstack
 from vault_service.kms import VaultKms
 from vault_service.records import schema
+from vault_service.records.plausible import youth
 from vault_service.records.sealing import RowState, Sealer
-from vault_service.seed import youth
 from vault_service.settings import Settings
 
 COLUMNS = [

@@ -7,7 +7,7 @@ to one of these (reading from the leaf up), so the shares add up to 100%. Every 
 of the worker process counts (granian's own threads, which have no Python frame, go to
 the server); samples idle in the selector or waiting on a condition are left out:
 
-- access log and budgets: `vault_service/audit/` or `vault_service/limits/`
+- access log and budgets: `vault_service/audit/` or `vault_service/access/`
 - record read: `vault_service/records/` or `vault_service/crypto/`
 - authentication: `vault_service/auth/`
 - framework: Litestar, msgspec encoders called by it, our telemetry/gate layer
@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("access log and budgets", ("vault_service/audit/", "vault_service/limits/")),
+    ("access log and budgets", ("vault_service/audit/", "vault_service/access/")),
     ("record read (query, decryption)", ("vault_service/records/", "vault_service/crypto/")),
     ("authentication", ("vault_service/auth/",)),
     ("framework (routing, middleware, responses)", ("litestar/", "vault_service/")),

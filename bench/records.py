@@ -31,16 +31,16 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from vault_service import devstack
-from vault_service.audit.recording import ToolLog
+from vault_service.access.recording import ToolLog
 from vault_service.auth.permissions import Role, scopes_for
 from vault_service.auth.principal import Principal
 from vault_service.auth.tokens import SigningKeys, TokenIssuer
 from vault_service.crypto.keys import KeyHierarchy
+from vault_service.dev import embedded as devstack
 from vault_service.kms import VaultKms
 from vault_service.records import schema
+from vault_service.records.plausible import youth
 from vault_service.records.service import RecordService
-from vault_service.seed import youth
 from vault_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

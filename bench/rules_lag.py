@@ -11,7 +11,7 @@ guessing 21 record ids, one more than `anomaly.enumeration`'s default threshold)
 sent at fixed times, and the alert's `raised_at` is read back from PostgreSQL. Also
 reported: the read ratio of that same run (every rule is enabled; they cannot be
 disabled) and the time one round of every rule's query takes on a database under
-that load (`limits/rules.py`, run here on a connection of its own).
+that load (`alerts/rules.py`, run here on a connection of its own).
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ from bench.records import (
     wait_http,
     wrk,
 )
-from vault_service import devstack
+from vault_service.alerts.rules import rules_of
 from vault_service.auth.permissions import Role
 from vault_service.auth.tokens import SigningKeys, TokenIssuer
+from vault_service.dev import embedded as devstack
 from vault_service.kms import VaultKms
-from vault_service.limits.rules import rules_of
 from vault_service.settings import Settings
 
 PROBE_AT = (5.0, 0.5)  # seconds after the start, and then at this fraction of the run

@@ -45,14 +45,14 @@ import httpx
 
 from bench.keys import COLUMNS
 from bench.records import RESULTS, server_cmd, stop_all, wait_http
-from vault_service import devstack
 from vault_service.auth.permissions import Role
 from vault_service.auth.tokens import SigningKeys, TokenIssuer
 from vault_service.crypto.keys import KeyHierarchy
+from vault_service.dev import embedded as devstack
 from vault_service.kms import VaultKms
 from vault_service.records import schema
+from vault_service.records.plausible import youth
 from vault_service.records.sealing import RowState, Sealer
-from vault_service.seed import youth
 from vault_service.settings import Settings
 
 REGIONS = ("Bretagne", "Normandie", "Occitanie", "Grand Est", "Corse")

@@ -40,9 +40,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from vault_service import devstack
 from vault_service.app import create_app
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 from vault_service.observability import configure_logging, configure_telemetry
 from vault_service.settings import Settings
 

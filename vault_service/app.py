@@ -16,14 +16,20 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from vault_service import __version__
-from vault_service.audit.anonymous import AnonymousRefusals
+from vault_service.access.anonymous import AnonymousRefusals
+from vault_service.access.budgets import BudgetPolicy
+from vault_service.access.defence import BulkReadDefence
+from vault_service.access.gate import RequestGate
+from vault_service.access.recording import FINGERPRINT_LABEL, AccessRecorder
+from vault_service.access.sequencer import Sequencer
+from vault_service.alerts.rules import RuleRunner
+from vault_service.alerts.store import Alerts
+from vault_service.alerts.webhook import WebhookSender, load_secret
 from vault_service.audit.checkpoints import CheckpointPublisher
 from vault_service.audit.integrator import Integrator
 from vault_service.audit.log import AccessLog
 from vault_service.audit.proofs import AuditProofs
-from vault_service.audit.recording import FINGERPRINT_LABEL, AccessRecorder
-from vault_service.audit.routes import AlertsController, AuditController
-from vault_service.audit.sequencer import Sequencer
+from vault_service.auditor.routes import AlertsController, AuditController
 from vault_service.auth.accounts import AccountGate
 from vault_service.auth.oidc import ExternalIssuers
 from vault_service.auth.routes import jwks
@@ -37,18 +43,13 @@ from vault_service.errors import (
     Unauthenticated,
     VaultServiceError,
 )
-from vault_service.gate import RequestGate
 from vault_service.health import live, ready
 from vault_service.kms import VaultKms
-from vault_service.limits.budgets import BudgetPolicy
-from vault_service.limits.defence import Alerts, BulkReadDefence
-from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
-from vault_service.limits.rules import RuleRunner
-from vault_service.limits.webhook import WebhookSender, load_secret
 from vault_service.observability import configure_telemetry
 from vault_service.openapi import CompleteJsonRenderPlugin
 from vault_service.records import schema as record_schema
 from vault_service.records.custody import CustodyService
+from vault_service.records.honeytokens import HONEYTOKEN_LABEL, Canaries
 from vault_service.records.retention import RetentionRule
 from vault_service.records.routes import RecordsController, TransfersController
 from vault_service.records.schema import RecordSchema
@@ -329,7 +330,7 @@ def create_app(settings: Settings) -> Litestar:
                 kms,
                 settings.audit_origin,
                 settings.checkpoint_interval_seconds,
-                alerts=alerts,
+                on_alert=alerts.critical,
                 witnesses=settings.audit_witnesses,
             )
             await publisher.start()
@@ -412,7 +413,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         # One ASGI layer: request id, authentication, authorization, refusal entries,
-        # span and metrics (vault_service/gate.py).
+        # span and metrics (vault_service/access/gate.py).
         middleware=[RequestGate],
         cors_config=cors,
         exception_handlers={

@@ -1,12 +1,12 @@
 """Logs, traces and metrics that carry ids and codes, never personal values.
 
 - structlog renders JSON lines with the request id bound from a contextvar.
-- Traces: the request gate (vault_service/gate.py) names each server span `METHOD /route/{template}`
-  and records method, route template and status only. The generic ASGI
+- Traces: the request gate (vault_service/access/gate.py) names each server span
+  `METHOD /route/{template}` and records method, route template and status only. The generic ASGI
   instrumentation is not used on purpose: it records the raw path and the query
   string (`url.query`), and search query strings are names and birth dates.
 - asyncpg spans come from the OpenTelemetry instrumentation with parameter capture off.
-- Alerts (limits/defence.py) are also OpenTelemetry log records (logger
+- Alerts (alerts/store.py) are also OpenTelemetry log records (logger
   `vault_service.alerts`, ids and counts as attributes) and a counter
   `vault_service.alerts.raised` by kind and severity.
 - Exporters follow the usual OTEL_* variables: OTLP over HTTP when

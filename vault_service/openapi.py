@@ -21,7 +21,7 @@ import msgspec
 from litestar import Request
 from litestar.openapi.plugins import JsonRenderPlugin
 
-from vault_service.audit.routes import AckRequest
+from vault_service.auditor.routes import AckRequest
 from vault_service.auth.permissions import Purpose
 from vault_service.errors import ConfigurationError
 from vault_service.records import schema as record_schema

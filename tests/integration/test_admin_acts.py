@@ -24,7 +24,6 @@ import pytest
 
 from tests.conftest import Account, Stack, World
 from tests.integration.test_cli import _cli, _env
-from vault_service import devstack
 from vault_service.auth.admin import (
     AccountAdmin,
     LastAdmins,
@@ -32,6 +31,7 @@ from vault_service.auth.admin import (
     SelfApproval,
 )
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 

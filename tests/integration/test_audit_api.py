@@ -28,7 +28,7 @@ from vault_service.audit import verify
 from vault_service.audit.checkpoints import CheckpointPublisher
 from vault_service.audit.log import AccessLog
 from vault_service.audit.proofs import AuditProofs
-from vault_service.audit.routes import AuditController
+from vault_service.auditor.routes import AuditController
 from vault_service.auth.permissions import Role
 from vault_service.kms import VaultKms
 

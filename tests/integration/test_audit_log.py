@@ -19,7 +19,6 @@ import pytest
 
 from tests.conftest import Stack
 from tests.unit.test_tiles import expected_tiles
-from vault_service import devstack
 from vault_service.audit import verify
 from vault_service.audit.checkpoints import CheckpointPublisher
 from vault_service.audit.log import (
@@ -33,6 +32,7 @@ from vault_service.audit.merkle import leaf_hash, root_from_leaf_hashes
 from vault_service.audit.note import parse_checkpoint, verify_note
 from vault_service.audit.proofs import AuditProofs, load_key_set
 from vault_service.audit.retention import prune
+from vault_service.dev import embedded as devstack
 from vault_service.errors import AuditUnavailable, ConfigurationError, InvalidParameter
 from vault_service.kms import CHECKPOINT_KEY, VaultKms
 

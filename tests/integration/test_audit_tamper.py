@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import Stack
 from tests.integration.test_audit_log import AuditDb, drop_database, event, new_database
 from tests.unit.test_tiles import expected_tiles
+from vault_service.alerts.store import Alerts
 from vault_service.audit import verify
 from vault_service.audit.checkpoints import CheckpointPublisher, CheckpointRefused
 from vault_service.audit.log import AccessLog
@@ -24,7 +25,6 @@ from vault_service.audit.merkle import root_from_leaf_hashes
 from vault_service.audit.proofs import AuditProofs
 from vault_service.kms import VaultKms
 from vault_service.kms.vault import ANCHOR_MOUNT, ANCHOR_PATH
-from vault_service.limits.defence import Alerts
 
 pytestmark = pytest.mark.integration
 ORIGIN = "vault-service.test/tamper"
@@ -135,7 +135,7 @@ async def scene(stack: Stack, tmp_path: Path) -> AsyncIterator[Scene]:
     scene = Scene(
         db=db,
         log=log,
-        publisher=CheckpointPublisher(pool, kms, origin, alerts=Alerts(pool)),
+        publisher=CheckpointPublisher(pool, kms, origin, on_alert=Alerts(pool).critical),
         proofs=AuditProofs(pool, kms, origin),
         superuser=superuser,
         files=tmp_path,

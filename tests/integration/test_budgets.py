@@ -1,6 +1,6 @@
 """Record budgets through the real service: distinct records per fixed UTC window,
 decided in PostgreSQL with the access-log entry, so exact across requests, processes
-and restarts (vault_service/limits/budgets.py, migration 0004).
+and restarts (vault_service/access/budgets.py, migration 0004).
 
 Each test runs on its own structure and accounts, against its own app built with small
 budgets (`_service`), except the two that check the defaults on the session app."""

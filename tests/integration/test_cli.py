@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from tests.conftest import Stack, World
-from vault_service import devstack
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 

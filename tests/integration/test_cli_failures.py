@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import Stack
-from vault_service import devstack
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Sekr3tPwZq"

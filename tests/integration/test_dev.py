@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vault_service import devstack
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "vault-service")

@@ -1,4 +1,4 @@
-"""The request gate (vault_service/gate.py): what every request passes before its
+"""The request gate (vault_service/access/gate.py): what every request passes before its
 handler, seen from a client and from the operator's logs."""
 
 from __future__ import annotations

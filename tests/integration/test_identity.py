@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import Stack, World, load_fixture
-from vault_service import devstack
 from vault_service.auth.admin import AccountAdmin, ActorNotAdmin, SelfApproval
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 MINIMAL = json.loads(load_fixture("minimal_record.json"))

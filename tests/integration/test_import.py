@@ -25,8 +25,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.conftest import Account, Stack, World, load_fixture, serve_processes
-from vault_service import devstack
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 

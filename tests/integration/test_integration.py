@@ -15,11 +15,11 @@ from asyncpg.transaction import Transaction
 
 from tests.conftest import Captured, Stack
 from tests.integration.test_audit_log import AuditDb, check_tree, drop_database, event, new_database
+from vault_service.access.sequencer import Sequencer
 from vault_service.app import create_app
 from vault_service.audit.entry import prepare_stored
 from vault_service.audit.integrator import Integrator
 from vault_service.audit.log import AccessLog
-from vault_service.audit.sequencer import Sequencer
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from tests.conftest import Account, Stack, World, load_fixture, serve_processes
-from vault_service import devstack
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 from vault_service.kms import BRANCH_KEK, VaultKms
 
 pytestmark = pytest.mark.integration

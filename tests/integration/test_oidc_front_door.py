@@ -26,9 +26,9 @@ import pytest
 from tests.conftest import FIXTURES, Stack, World, serve_processes
 from tests.integration.test_admin_acts import _events, _integrated, _login, _ok
 from tests.integration.test_cli import _cli, _env
-from vault_service import devstack
 from vault_service.auth.oidc import external_actor_id
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 
 pytestmark = pytest.mark.integration
 

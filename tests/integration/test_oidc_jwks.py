@@ -23,11 +23,11 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from vault_service.auth.oidc import (
     ExternalIssuers,
-    IssuerConfig,
     JwksFetchError,
     fetch_jwks,
 )
 from vault_service.errors import Unauthenticated
+from vault_service.settings.issuers import IssuerConfig
 
 pytestmark = pytest.mark.integration
 

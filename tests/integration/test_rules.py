@@ -125,7 +125,7 @@ async def test_an_account_far_above_its_own_baseline_is_flagged(client, world: W
 async def test_the_leader_keeps_closed_hours_as_history(
     client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vault_service.limits import rules
+    from vault_service.alerts import rules
 
     monkeypatch.setattr(rules, "HISTORY_EVERY", 0.0)  # every round, not once a minute
     who = await world.counsellor()

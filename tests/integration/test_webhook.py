@@ -123,7 +123,7 @@ async def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off(
     at the delivery deadline, is retried later, and no second POST piles up meanwhile."""
     import socket
 
-    from vault_service.limits import webhook
+    from vault_service.alerts import webhook
 
     monkeypatch.setattr(webhook, "POST_DEADLINE", 1.0)
     listener = socket.create_server(("127.0.0.1", 0))

@@ -21,15 +21,15 @@ import pytest
 
 from tests.conftest import Stack
 from tests.integration.test_audit_log import drop_database, event, new_database
-from vault_service import devstack
+from vault_service.alerts.store import Alerts
 from vault_service.audit.checkpoints import CheckpointPublisher
 from vault_service.audit.log import AccessLog
 from vault_service.audit.note import format_checkpoint, sign_note
 from vault_service.audit.proofs import AuditProofs, load_key_set
 from vault_service.audit.witness import parse_cosigner_key, valid_cosigners
+from vault_service.dev import embedded as devstack
 from vault_service.kms import VaultKms
 from vault_service.kms.vault import CHECKPOINT_KEY
-from vault_service.limits.defence import Alerts
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ async def test_checkpoints_are_cosigned_by_an_outside_witness(stack: Stack, tmp_
                 pool,
                 kms,
                 origin,
-                alerts=Alerts(pool),
+                on_alert=Alerts(pool).critical,
                 witnesses=[f"http://127.0.0.1:{port}|{witness_vkey}"],
             )
 

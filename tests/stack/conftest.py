@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vault_service import stack as stack_module
-from vault_service.devstack import free_port
+from vault_service.dev.embedded import free_port
 from vault_service.stack import Stack, alive
 from vault_service.stack.load import LOAD_OVERRIDES, Accounts, make_accounts
 

@@ -29,13 +29,12 @@ from vault_service.auth import oidc
 from vault_service.auth.oidc import (
     ExternalClaims,
     ExternalIssuers,
-    IssuerConfig,
     JwksFetchError,
     fetch_jwks,
-    parse_issuers,
     unverified_issuer,
 )
 from vault_service.errors import ConfigurationError, Unauthenticated
+from vault_service.settings.issuers import IssuerConfig, parse_issuers
 
 ISS = "https://idp.mission-locale.example/realms/ml"
 AUD = "vault-service"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from vault_service.rotation.progress import RotationProgress
+from vault_service.progress import RotationProgress
 
 
 class _Terminal(io.StringIO):

@@ -131,7 +131,7 @@ def test_schema_slips_refuse_to_load(mutation) -> None:  # type: ignore[no-untyp
 
 
 def test_working_hours_are_read_as_written() -> None:
-    from vault_service.limits.schedule import parse_working_hours
+    from vault_service.settings.hours import parse_working_hours
 
     week = parse_working_hours("mon-fri 07:00-20:00")
     assert (week.days, week.start, week.end) == ((1, 2, 3, 4, 5), "07:00", "20:00")

@@ -25,7 +25,7 @@ import contextlib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,7 +35,6 @@ from asyncpg.pool import PoolConnectionProxy
 from opentelemetry import metrics
 
 from vault_service.audit import repository as sql
-from vault_service.audit.leadership import Leadership
 from vault_service.audit.merkle import MerkleError, verify_consistency
 from vault_service.audit.note import (
     NoteError,
@@ -55,8 +54,8 @@ from vault_service.audit.tiles import TileError
 from vault_service.audit.witness import CosignatureVerifier, parse_cosigner_key
 from vault_service.errors import ConfigurationError, KmsUnavailable, VaultServiceError
 from vault_service.kms.vault import CHECKPOINT_KEY, VaultKms
-from vault_service.limits.defence import Alerts
-from vault_service.limits.webhook import DIRECT_OPENER
+from vault_service.leadership import Leadership
+from vault_service.outbound import DIRECT_OPENER
 
 __all__ = ["DEFAULT_ORIGIN", "CheckpointPublisher", "CheckpointRefused", "SigningKeySet"]
 
@@ -73,6 +72,9 @@ _refused = _meter.create_counter(
 _KEY_CACHE_SECONDS: Final = 60.0
 
 Connection = asyncpg.Connection | PoolConnectionProxy
+# Raises a critical alert of a kind, with its details (ids and codes only): the alert
+# store's, given by the composition root. The log knows nothing of alerts beyond it.
+AlertSink = Callable[[str, Mapping[str, int | str]], Awaitable[object]]
 
 
 class CheckpointRefused(VaultServiceError):
@@ -90,7 +92,7 @@ class CheckpointPublisher:
         kms: VaultKms,
         origin: str = DEFAULT_ORIGIN,
         interval_seconds: float = 5.0,
-        alerts: Alerts | None = None,
+        on_alert: AlertSink | None = None,
         witnesses: Sequence[str] = (),
     ) -> None:
         # Fail at start-up on an origin that cannot be a note key name.
@@ -106,7 +108,7 @@ class CheckpointPublisher:
         # One publication at a time: the leader's connection serves one query at once,
         # and a tool calling publish_once must not interleave with the schedule.
         self._publishing = asyncio.Lock()
-        self._alerts = alerts
+        self._on_alert = on_alert
         self._alerted: set[str] = set()
         self._witnesses = [_Peer.parse(w) for w in witnesses]
 
@@ -189,19 +191,11 @@ class CheckpointPublisher:
     async def _refuse(self, reason: str) -> CheckpointRefused:
         _refused.add(1, {"reason": reason})
         log.error("audit_checkpoint_refused", reason=reason)
-        if self._alerts is not None and reason not in self._alerted:
+        if self._on_alert is not None and reason not in self._alerted:
             # A critical alert, once per reason in this process: each round refuses
             # again until an operator has looked.
             try:
-                async with self._pool.acquire() as conn:
-                    await self._alerts.raise_on(
-                        conn,
-                        "critical",
-                        "audit.checkpoint_refused",
-                        account_id=None,
-                        structure_id=None,
-                        details={"reason": reason},
-                    )
+                await self._on_alert("audit.checkpoint_refused", {"reason": reason})
                 self._alerted.add(reason)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
                 log.error("audit_checkpoint_alert_failed", reason=reason)
@@ -342,18 +336,12 @@ class CheckpointPublisher:
     async def _refused_by(self, peer: _Peer, status: int) -> None:
         reason = f"witness_refused_{status}"
         log.error("audit_witness_refused", witness=peer.verifier.name, status=status)
-        if self._alerts is None or reason in self._alerted:
+        if self._on_alert is None or reason in self._alerted:
             return
         try:
-            async with self._pool.acquire() as conn:
-                await self._alerts.raise_on(
-                    conn,
-                    "critical",
-                    "audit.witness_refused",
-                    account_id=None,
-                    structure_id=None,
-                    details={"witness": peer.verifier.name, "status": status},
-                )
+            await self._on_alert(
+                "audit.witness_refused", {"witness": peer.verifier.name, "status": status}
+            )
             self._alerted.add(reason)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
             log.error("audit_checkpoint_alert_failed", reason=reason)

@@ -12,9 +12,9 @@ exactly this and nothing of the server: no asyncpg, no OpenTelemetry.
 
 Bodies come in two versions under the same leaf: version 2 adds one member, `count`,
 last, for an entry that stands for several identical events (refusals of requests
-that carried no verified actor, counted per client and window: audit/anonymous.py;
+that carried no verified actor, counted per client and window: access/anonymous.py;
 the honeytokens one admin planted in one structure, which the entry must not name:
-limits/honeytokens.py); version 1 is every other body and has no `count` (it stands
+records/honeytokens.py); version 1 is every other body and has no `count` (it stands
 for one event).
 
 The leaf commits to a *salted* hash of the body so that the body (and its salt) can

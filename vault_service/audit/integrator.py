@@ -1,6 +1,6 @@
 """Integration: pending entries into the Merkle tree, by one leader, in the background.
 
-Requests make their entries durable in `audit_pending` (audit/sequencer.py). One
+Requests make their entries durable in `audit_pending` (access/sequencer.py). One
 process among the replicas, the holder of an advisory lock on a connection it keeps
 while it leads, moves them into the tree in id order: it gives each its leaf index,
 appends leaves, bodies and tiles with the tree writer (audit/log.py), and deletes the
@@ -25,9 +25,9 @@ import structlog
 
 from vault_service.audit import repository as sql
 from vault_service.audit.entry import Prepared, prepare_stored
-from vault_service.audit.leadership import LeaderLoop, Leadership
 from vault_service.audit.log import AccessLog
 from vault_service.errors import AuditUnavailable, VaultServiceError
+from vault_service.leadership import LeaderLoop, Leadership
 
 __all__ = ["Integrator"]
 

@@ -1,7 +1,7 @@
 """The access log's tree writer: appends entries to the Merkle tree (integration).
 
 The entry format is in `audit/entry.py`. Requests do not come here: their entries are
-made durable in the pending queue (`audit/sequencer.py`) and the integrator
+made durable in the pending queue (`access/sequencer.py`) and the integrator
 (`audit/integrator.py`) feeds them to this writer in the background. Jobs that must
 commit an act and its entry atomically outside the service (retention) append
 directly with `append_on_connection`.

@@ -120,8 +120,6 @@ SELECT 1
 
 # --- checkpoints -----------------------------------------------------------------------
 CHECKPOINT_LOCK_ID: Final = 0x7661756C74_02  # advisory lock of the checkpoint leader
-TRY_LEADER: Final = "SELECT pg_try_advisory_lock($1)"
-RELEASE_LEADER: Final = "SELECT pg_advisory_unlock($1)"
 SELECT_LATEST_CHECKPOINT: Final = """
 SELECT size, root, key_version, note, created_at
 FROM audit_checkpoints ORDER BY size DESC LIMIT 1

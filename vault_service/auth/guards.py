@@ -1,4 +1,4 @@
-"""Authentication and authorization of every request (called by vault_service/gate.py).
+"""Authentication and authorization of every request (called by vault_service/access/gate.py).
 
 One front door for two kinds of token, chosen by the token's `iss` alone: the
 service's own (auth/tokens.py, the account named by `sub`), or a configured external

@@ -17,9 +17,9 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath
 
-from vault_service.console.signin import ConsoleSignIn
 from vault_service.errors import NotFound
 from vault_service.settings import Settings
+from vault_service.settings.console import ConsoleSignIn
 
 _PUBLIC: Final = {"public": True, "exclude_from_auth": True}
 

@@ -37,8 +37,8 @@ import structlog
 from vault_service.errors import BadRequest, Conflict
 from vault_service.imports.repository import ImportRepository
 from vault_service.imports.sealers import InProcess, LineSealer
+from vault_service.progress import Pace, RotationProgress
 from vault_service.records.service import RecordService, SealedNew
-from vault_service.rotation.progress import Pace, RotationProgress
 
 log = structlog.get_logger(__name__)
 

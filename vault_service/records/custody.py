@@ -22,11 +22,11 @@ import asyncpg
 import msgspec
 import structlog
 
-from vault_service.audit.recording import WriteLog
+from vault_service.access.budgets import Charge
+from vault_service.access.recording import WriteLog
 from vault_service.auth.permissions import Role
 from vault_service.auth.principal import Principal
 from vault_service.errors import Conflict, Forbidden, InvalidBody, NotFound, VaultServiceError
-from vault_service.limits.budgets import Charge
 from vault_service.records import access
 from vault_service.records.repository import Connection, RecordRepository
 from vault_service.records.sealing import RowState, Sealer

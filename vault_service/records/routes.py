@@ -11,7 +11,8 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import FromPath
 
-from vault_service.audit.recording import RequestLog, request_log
+from vault_service.access.budgets import Charge, rate_limit_headers
+from vault_service.access.recording import RequestLog, request_log
 from vault_service.auth.permissions import Permission, Purpose
 from vault_service.auth.principal import Principal
 from vault_service.errors import (
@@ -20,7 +21,6 @@ from vault_service.errors import (
     PreconditionRequired,
     invalid_body,
 )
-from vault_service.limits.budgets import Charge, rate_limit_headers
 from vault_service.paging import decode_uuid_cursor, encode_uuid_cursor, query_int
 from vault_service.records.access import View
 from vault_service.records.custody import (
@@ -120,7 +120,7 @@ class RecordsController(Controller):
     """Every route declares its permission and, for the access log, its action; the
     log of a request (`request_log`) takes the action from there. What a response
     returns is charged to the caller's budgets in the statement that makes its entry
-    durable, before any of it leaves (audit/recording.py)."""
+    durable, before any of it leaves (access/recording.py)."""
 
     path = "/v1"
     tags: Final = ["records"]  # type: ignore[misc]

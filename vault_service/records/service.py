@@ -18,7 +18,8 @@ import asyncpg
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault_service.audit.recording import WriteLog
+from vault_service.access.budgets import Charge
+from vault_service.access.recording import WriteLog
 from vault_service.auth.permissions import Purpose
 from vault_service.auth.principal import Principal
 from vault_service.crypto.keys import KeyHierarchy
@@ -33,7 +34,6 @@ from vault_service.errors import (
     RecordIntegrityFailed,
     invalid_body,
 )
-from vault_service.limits.budgets import Charge
 from vault_service.records import access
 from vault_service.records.access import View
 from vault_service.records.repository import IdempotencyRace, RecordRepository
@@ -117,7 +117,7 @@ class RecordService:
         self._on_honeytoken = on_honeytoken
         self._on_integrity_failure = on_integrity_failure
         self.is_canary: Callable[[uuid.UUID], bool] = is_canary or _never
-        """Whether an id is a honeytoken's (limits/honeytokens.py `Canaries.named`)."""
+        """Whether an id is a honeytoken's (records/honeytokens.py `Canaries.named`)."""
         self._search_page_max = search_page_max
         self._caseload_page_max = caseload_page_max
         self._retention = retention or RetentionRule()

@@ -29,9 +29,9 @@ import asyncpg
 from vault_service.crypto.keys import BranchKey, KeyHierarchy
 from vault_service.errors import InvalidParameter
 from vault_service.kms import VaultKms
+from vault_service.progress import RotationProgress
 from vault_service.rotation import repository as sql
 from vault_service.rotation.common import acquire, branch_key, release
-from vault_service.rotation.progress import RotationProgress
 
 
 @dataclass

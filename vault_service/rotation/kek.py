@@ -21,9 +21,9 @@ import asyncpg
 
 from vault_service.errors import ConfigurationError, InternalError
 from vault_service.kms import BRANCH_KEK, TransitKeyAdmin, VaultKms, wrapped_version
+from vault_service.progress import RotationProgress
 from vault_service.rotation import repository as sql
 from vault_service.rotation.common import acquire, release
-from vault_service.rotation.progress import RotationProgress
 
 
 @dataclass

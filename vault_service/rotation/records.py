@@ -29,10 +29,10 @@ from vault_service.crypto import aead
 from vault_service.crypto.keys import BranchKey, KeyHierarchy
 from vault_service.errors import InvalidParameter
 from vault_service.kms import VaultKms
+from vault_service.progress import Pace, RotationProgress
 from vault_service.records.sealing import INTEGRITY_FIELD, RowState, Sealer, clear_values
 from vault_service.rotation import repository as sql
 from vault_service.rotation.common import acquire, branch_key, release
-from vault_service.rotation.progress import Pace, RotationProgress
 
 _decoder = msgspec.msgpack.Decoder(dict[str, bytes])
 _NO_ID = uuid.UUID(int=0)

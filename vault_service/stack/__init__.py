@@ -47,7 +47,7 @@ from typing import Final
 
 import yaml
 
-from vault_service.devstack import REPO_ROOT, bao_binary, free_port
+from vault_service.dev.embedded import REPO_ROOT, bao_binary, free_port
 from vault_service.errors import ConfigurationError
 
 INFRA: Final = REPO_ROOT / "infra"

@@ -9,7 +9,7 @@ name, a contact, the NIR or a note) through the one sealing path
 codes at once (a sex, an age band at entry, the situation in effect at the end of
 the month of entry), and keeps nothing but counts per combination of codes.
 Canaries never count (the service recognises them by their tag,
-limits/honeytokens.py); anonymised and erased records have no row left in `records`
+records/honeytokens.py); anonymised and erased records have no row left in `records`
 (records/retention.py).
 
 For each such year holding records, every table an analyst may ask for is computed
@@ -44,8 +44,9 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault_service.audit.recording import build_event
-from vault_service.audit.sequencer import add_in_transaction
+from vault_service.access.recording import build_event
+from vault_service.access.sequencer import add_in_transaction
+from vault_service.alerts.store import Alerts
 from vault_service.crypto import aead
 from vault_service.errors import (
     ConfigurationError,
@@ -54,7 +55,6 @@ from vault_service.errors import (
     RecordIntegrityFailed,
 )
 from vault_service.kms import VaultKms
-from vault_service.limits.defence import Alerts
 from vault_service.records.schema import RecordSchema
 from vault_service.records.sealing import Sealer, clear_values
 from vault_service.stats import repository as sql

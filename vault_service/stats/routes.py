@@ -15,11 +15,11 @@ from typing import Any, Final
 import msgspec
 from litestar import Controller, Request, Response, get
 
-from vault_service.audit.recording import request_log
+from vault_service.access.budgets import Charge, rate_limit_headers
+from vault_service.access.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter
-from vault_service.limits.budgets import Charge, rate_limit_headers
 from vault_service.stats.service import DIMENSIONS, StatsService, parse_query
 
 JSON: Final = "application/json"

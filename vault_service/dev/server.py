@@ -13,8 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from vault_service import devstack
 from vault_service.auth.permissions import Role
+from vault_service.dev import embedded as devstack
 
 DEMO_ADMIN_LOGINS = ("vs_demo_admin_a", "vs_demo_admin_b")
 
@@ -23,11 +23,11 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
     import asyncpg
 
     from vault_service.crypto.keys import KeyHierarchy
+    from vault_service.dev.seed import seed
     from vault_service.kms import VaultKms
-    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
     from vault_service.records import schema
+    from vault_service.records.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
     from vault_service.records.service import RecordService
-    from vault_service.seed import seed
     from vault_service.settings import Settings
 
     await devstack.bootstrap_database(pg.admin_dsn, devstack.DATABASE)
@@ -166,10 +166,10 @@ Ctrl-C stops everything.
             file=sys.stderr,
         )
         os.environ.update(env)
-        from vault_service.cli import cmd_serve
+        from vault_service.serving import serve
         from vault_service.settings import Settings
 
-        return cmd_serve(Settings.from_env())
+        return serve(Settings.from_env())
     except KeyboardInterrupt:
         return 0
     finally:

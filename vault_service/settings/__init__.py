@@ -17,10 +17,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
-from vault_service.auth.oidc import IssuerConfig, parse_issuers
-from vault_service.console.signin import ConsoleSignIn, parse_console_signin
 from vault_service.errors import BODY_REASONS, ConfigurationError, validation_reason
-from vault_service.limits.schedule import parse_working_hours
+from vault_service.settings.console import ConsoleSignIn, parse_console_signin
+from vault_service.settings.hours import parse_working_hours
+from vault_service.settings.issuers import IssuerConfig, parse_issuers
 
 PREFIX = "VAULT_SERVICE_"
 
@@ -101,7 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # prefix (https, or http to a loopback host), the key as `vault-service witness
     # keygen` prints it.
     audit_witnesses: tuple[str, ...] = ()
-    # Record budgets (limits/budgets.py): distinct records per fixed UTC window. Records
+    # Record budgets (access/budgets.py): distinct records per fixed UTC window. Records
     # are full views (encrypted fields returned); summaries are masked views (caseload,
     # search, a supervisor's view). A counsellor with 150 youth reading them all twice a
     # day counts 150 a day (re-reading a counted record is free). Halved while an
@@ -136,14 +136,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # acceptance; past them it can only be asked again.
     transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14
     # Budget refusals (429) of one account in an hour after which the service suspends
-    # it by itself (limits/defence.py); the first refusal of an hour raises an alert.
+    # it by itself (access/defence.py); the first refusal of an hour raises an alert.
     suspend_after_refusals_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
-    # Anomaly rules (limits/rules.py): how often the leader evaluates them, and their
+    # Anomaly rules (alerts/rules.py): how often the leader evaluates them, and their
     # thresholds.
     anomaly_interval_seconds: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 30.0
     anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
     anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
-    # Reads outside working hours: the schedule (vault_service/limits/schedule.py) in
+    # Reads outside working hours: the schedule (vault_service/settings/hours.py) in
     # the structure's time zone, or this one when the structure has none.
     working_hours: str = "mon-fri 07:00-20:00"
     working_time_zone: str = "Europe/Paris"
@@ -160,14 +160,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (referent changes, temporary assignments, pending transfers to it).
     anomaly_account_changes_hour: Annotated[int, msgspec.Meta(ge=1)] = 5
     anomaly_custody_to_account_hour: Annotated[int, msgspec.Meta(ge=1)] = 10
-    # How often each process reloads the honeytokens' tags (limits/honeytokens.py): a
+    # How often each process reloads the honeytokens' tags (records/honeytokens.py): a
     # canary planted since is not recognised before.
     honeytoken_reload_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 30.0
     # Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
     # (`whsec_...`) read from a file: https, or http to a loopback host only.
     alert_webhook_url: str | None = None
     alert_webhook_secret_file: str | None = None
-    # Refusals of requests with no verified actor (audit/anonymous.py): counted per
+    # Refusals of requests with no verified actor (access/anonymous.py): counted per
     # client, action and code, one entry per key and window, at most this many keys.
     anonymous_refusal_window_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
     anonymous_refusal_keys_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
@@ -218,10 +218,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Records sealed a second at most by an import (0: no limit): an import while the
     # service serves shares the machine with it (bench/imports.py measures both).
     import_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
-    # External identity providers (JSON list, see vault_service/auth/oidc.py).
+    # External identity providers (JSON list, see vault_service/settings/issuers.py).
     oidc_issuers: tuple[IssuerConfig, ...] = ()
     # The console's sign-in with one of those providers (JSON object, see
-    # vault_service/console/signin.py); none: auditors paste a token.
+    # vault_service/settings/console.py); none: auditors paste a token.
     console_oidc: ConsoleSignIn | None = None
 
     def __post_init__(self) -> None:

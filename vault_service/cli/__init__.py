@@ -74,42 +74,6 @@ def _bounded(limit: int) -> Callable[[str], str]:
     return parse
 
 
-async def _preflight(settings: Settings) -> None:
-    """PostgreSQL and Vault answer before any worker starts: a worker that fails its
-    start-up prints a traceback of the framework's, and the operator needs one line."""
-    from vault_service.errors import KmsUnavailable
-    from vault_service.kms import VaultKms
-
-    conn = await asyncpg.connect(settings.database_url, timeout=10)
-    await conn.close()
-    kms = VaultKms(settings)
-    try:
-        if not await kms.healthy():
-            raise KmsUnavailable(
-                "Vault refused its health check: down, sealed or credentials refused"
-            )
-    finally:
-        kms.close()
-
-
-def cmd_serve(settings: Settings) -> int:
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    asyncio.run(_preflight(settings))
-
-    server = Granian(
-        "vault_service.asgi:app",
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        workers=settings.workers,
-        log_access=False,  # our TelemetryMiddleware logs route templates, never raw paths
-    )
-    server.serve()
-    return 0
-
-
 async def _migrate(dsn: str) -> list[str]:
     from vault_service import migrations
 
@@ -168,7 +132,7 @@ def _token_issued(token: str, structure_id: uuid.UUID | None) -> AccessEvent:
 
 
 async def _issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
-    from vault_service.audit.sequencer import add_in_transaction
+    from vault_service.access.sequencer import add_in_transaction
     from vault_service.auth.permissions import Role
     from vault_service.auth.tokens import SigningKeys, TokenIssuer
     from vault_service.kms import VaultKms
@@ -482,8 +446,8 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
     canary accounts on the admin's own login."""
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
-    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
     from vault_service.records import schema
+    from vault_service.records.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
     from vault_service.records.service import RecordService
 
     dsn = os.environ.get("VAULT_SERVICE_ADMIN_DATABASE_URL")
@@ -517,11 +481,11 @@ async def _honeytokens(args: argparse.Namespace, settings: Settings) -> Any:
 async def _stats_refresh(settings: Settings) -> dict[str, Any]:
     """Seal every closed year not sealed yet, with the service's role and keys (the
     same code as the service's scheduled round; one rebuild at a time)."""
+    from vault_service.alerts.store import Alerts
     from vault_service.crypto.keys import KeyHierarchy
     from vault_service.kms import VaultKms
-    from vault_service.limits.defence import Alerts
-    from vault_service.limits.honeytokens import HONEYTOKEN_LABEL, Canaries
     from vault_service.records import schema
+    from vault_service.records.honeytokens import HONEYTOKEN_LABEL, Canaries
     from vault_service.records.sealing import Sealer
     from vault_service.stats.refresh import StatsRefresher
 
@@ -1088,7 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev":
-        from vault_service.devserver import run_dev
+        from vault_service.dev.server import run_dev
 
         return run_dev(args.data_dir, reset=args.reset, port=args.port)
     if args.command == "migrate":
@@ -1113,7 +1077,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_vault_setup()
     settings = Settings.from_env()
     if args.command == "serve":
-        return cmd_serve(settings)
+        from vault_service.serving import serve
+
+        return serve(settings)
     if args.command == "honeytokens":
         print(json.dumps(asyncio.run(_honeytokens(args, settings)), indent=2))
         return 0
@@ -1192,7 +1158,3 @@ def failure_line(exc: BaseException) -> str:
         if modules.intersection(roots):
             return f"{code}: {sentence} ({kind})"
     return f"internal_error: the command failed ({kind})"
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,7 @@ durable entry and one budget decision, awaited before the response leaves (no en
 no data: `AuditUnavailable`, 503; over budget: `BudgetExceeded`, 429, the entry then
 stored as a refusal). Writes record their entry inside their own transaction.
 Refusals (401, 403, 404, 4xx on bad input, 5xx) are recorded by the request gate
-(vault_service/gate.py), which sees every error a /v1 route raises.
+(vault_service/access/gate.py), which sees every error a /v1 route raises.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import msgspec
 import structlog
 from litestar.types import Scope
 
-from vault_service.audit.anonymous import AnonymousRefusals
-from vault_service.audit.entry import AccessEvent
-from vault_service.audit.sequencer import (
+from vault_service.access.anonymous import AnonymousRefusals
+from vault_service.access.budgets import BudgetExceeded, BudgetPolicy, Charge
+from vault_service.access.defence import BulkReadDefence
+from vault_service.access.sequencer import (
     NO_BUDGET,
     BudgetClaim,
     Connection,
@@ -35,11 +36,10 @@ from vault_service.audit.sequencer import (
     decision_of,
     entry_arguments,
 )
+from vault_service.audit.entry import AccessEvent
 from vault_service.auth.guards import VERIFIED_CLAIMS
 from vault_service.auth.principal import Principal, VerifiedActor
 from vault_service.errors import VaultServiceError
-from vault_service.limits.budgets import BudgetExceeded, BudgetPolicy, Charge
-from vault_service.limits.defence import BulkReadDefence
 
 log = structlog.get_logger(__name__)
 FINGERPRINT_LABEL: Final = b"vault-service/client-fingerprint/v1"
@@ -251,7 +251,7 @@ class AccessRecorder:
     async def refused(self, scope: Scope, action: str, code: str) -> None:
         """The entry of a refused request; the request is refused either way, so a
         failure here is reported to the operator and not to the client. A request
-        that named no verified actor is only counted (audit/anonymous.py)."""
+        that named no verified actor is only counted (access/anonymous.py)."""
         state = scope.get("state", {})
         verified: VerifiedActor | None = state.get(VERIFIED_CLAIMS)
         if verified is None and principal_of(scope) is None:

@@ -19,14 +19,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from vault_service.access.budgets import Charge, rate_limit_headers
+from vault_service.access.recording import request_log
+from vault_service.alerts.store import Alerts
 from vault_service.audit.integrator import Integrator
 from vault_service.audit.proofs import AuditProofs
-from vault_service.audit.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter, NotFound, invalid_body
-from vault_service.limits.budgets import Charge, rate_limit_headers
-from vault_service.limits.defence import Alerts
 from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
 from vault_service.records.custody import CustodyService
 

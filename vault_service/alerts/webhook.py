@@ -1,6 +1,6 @@
 """Alerts POSTed to a webhook, signed as the Standard Webhooks specification says.
 
-One leader among the replicas (audit/leadership.py) sends every alert that committed
+One leader among the replicas (leadership.py) sends every alert that committed
 and is not yet delivered, oldest first, with retries and exponential back-off; nothing
 here runs on a request. Headers `webhook-id` (the alert id), `webhook-timestamp` (Unix
 seconds) and `webhook-signature` (`v1,` and the base64 HMAC-SHA256, under the decoded
@@ -26,8 +26,9 @@ import asyncpg
 import msgspec
 import structlog
 
-from vault_service.audit.leadership import LeaderLoop, Leadership
 from vault_service.errors import ConfigurationError
+from vault_service.leadership import LeaderLoop, Leadership
+from vault_service.outbound import DIRECT_OPENER
 
 __all__ = ["WebhookSender", "load_secret", "sign"]
 
@@ -158,18 +159,6 @@ class WebhookSender:
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             log.warning("webhook_post_failed", error_type=type(exc).__name__)
             return False
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect could take the POST elsewhere (another host, plain http): refused."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-# No proxy from the environment and no redirect: the configured URL, and only it (also
-# the checkpoint publisher's opener for witnesses).
-DIRECT_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _payload(alert: asyncpg.Record) -> tuple[str, bytes]:

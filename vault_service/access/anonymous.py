@@ -27,8 +27,8 @@ from typing import Final
 
 import structlog
 
+from vault_service.access.sequencer import Sequencer
 from vault_service.audit.entry import AccessEvent
-from vault_service.audit.sequencer import Sequencer
 from vault_service.errors import VaultServiceError
 
 __all__ = ["AnonymousRefusals"]

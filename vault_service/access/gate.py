@@ -28,7 +28,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send, WebSocketClos
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from vault_service.audit.recording import REFUSAL_LOGGED, AccessRecorder
+from vault_service.access.recording import REFUSAL_LOGGED, AccessRecorder
 from vault_service.auth.guards import PUBLIC_OPT, authenticate, authorize
 from vault_service.errors import (
     DATABASE_GONE,

@@ -1,7 +1,7 @@
 """Anomaly rules over the access log, the budget state and custody, run by one leader,
 off the request path.
 
-Every `interval` seconds the leader (an advisory lock, audit/leadership.py) runs each
+Every `interval` seconds the leader (an advisory lock, leadership.py) runs each
 rule's query over the recent window; a subject found above a rule's threshold raises
 one alert per rule, subject and window (the `rule_hits` table is the memory that keeps
 replicas and restarts from alerting twice). Rules read ids, counts and times only.
@@ -48,10 +48,10 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from vault_service.audit.leadership import LeaderLoop, Leadership
-from vault_service.limits.defence import Alerts
-from vault_service.limits.schedule import parse_working_hours
+from vault_service.alerts.store import Alerts
+from vault_service.leadership import LeaderLoop, Leadership
 from vault_service.settings import Settings
+from vault_service.settings.hours import parse_working_hours
 
 __all__ = ["RuleRunner"]
 

@@ -16,7 +16,7 @@ record already counted in the window is free. Kinds, per account unless stated:
 
 Limits come from the settings per role and are halved while an account is restricted
 (newly activated). The decision itself is made in PostgreSQL, atomically with the
-durable access-log entry (audit/sequencer.py), so it is exact across replicas.
+durable access-log entry (access/sequencer.py), so it is exact across replicas.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-from vault_service.audit.sequencer import BudgetClaim, Decision
+from vault_service.access.sequencer import BudgetClaim, Decision
 from vault_service.auth.permissions import Role
 from vault_service.auth.principal import Principal
 from vault_service.errors import VaultServiceError

@@ -3,7 +3,8 @@
 The lock is a session lock held on a pooled connection that the leader keeps for as
 long as it leads; it dies with that session, so a leader that crashes or loses its
 connection is replaced at the next attempt of another replica. Used by the checkpoint
-publisher and the access-log integrator, each with its own lock id.
+publisher, the access-log integrator, the anomaly rules and the alert webhook, each
+with its own lock id.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from vault_service.audit import repository as sql
+TRY_LEADER: Final = "SELECT pg_try_advisory_lock($1)"
+RELEASE_LEADER: Final = "SELECT pg_advisory_unlock($1)"
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +42,7 @@ class Leadership:
             return True
         conn = await self._pool.acquire()
         try:
-            won = await conn.fetchval(sql.TRY_LEADER, self._lock_id)
+            won = await conn.fetchval(TRY_LEADER, self._lock_id)
         except BaseException:
             await self._pool.release(conn)
             raise
@@ -55,7 +58,7 @@ class Leadership:
         if conn is None:
             return
         try:
-            await conn.fetchval(sql.RELEASE_LEADER, self._lock_id)
+            await conn.fetchval(RELEASE_LEADER, self._lock_id)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
             conn.terminate()  # the session lock dies with the session
         finally:

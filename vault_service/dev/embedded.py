@@ -30,7 +30,7 @@ from vault_service import migrations
 from vault_service.errors import ConfigurationError
 from vault_service.kms.vault import setup_transit
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SERVICE_POLICY: Final = REPO_ROOT / "infra" / "openbao" / "vault-service.hcl"
 DATABASE: Final = "vault_service"
 

@@ -4,7 +4,7 @@ set of their tags that the service checks every request against.
 A canary is a real record (same schema, same encryption, same masked shape, plausible
 generated values) whose referent is a disabled counsellor account dated like one that
 served and left (vs_canary_account). It is in nobody's caseload; any request that
-names it suspends its caller (records/service.py, limits/defence.py).
+names it suspends its caller (records/service.py, access/defence.py).
 
 Nothing in the database says which records are canaries: the registry holds
 `tag = HMAC-SHA-256(key, record id)[:16]`, the key derived inside Vault, and the day
@@ -30,9 +30,10 @@ import asyncpg
 import msgspec
 import structlog
 
-from vault_service.audit.recording import ToolLog
+from vault_service.access.recording import ToolLog
 from vault_service.auth.permissions import Role, scopes_for
 from vault_service.auth.principal import Principal
+from vault_service.records.plausible import youth
 from vault_service.records.service import RecordService
 
 __all__ = ["HONEYTOKEN_LABEL", "Canaries", "HoneytokenPlanter", "honeytoken_tag"]
@@ -165,8 +166,8 @@ class HoneytokenPlanter:
     async def _log_planting(self, admin_id: uuid.UUID, structure_id: uuid.UUID, n: int) -> None:
         """One entry per structure and run: who planted, where, how many; not which."""
         admin = Principal(admin_id, Role.ADMIN, None, frozenset(), uuid.uuid4(), 0)
-        from vault_service.audit.recording import build_event
-        from vault_service.audit.sequencer import add_in_transaction
+        from vault_service.access.recording import build_event
+        from vault_service.access.sequencer import add_in_transaction
 
         event = msgspec.structs.replace(
             build_event(admin, {}, "honeytoken.plant", "allowed"),
@@ -200,8 +201,6 @@ class HoneytokenPlanter:
 def _plausible_youth(fake: Any, rng: random.Random, department: str) -> dict[str, Any]:
     """The demo data's generator, with an address at a common provider: nothing tells
     a canary from a youth."""
-    from vault_service.seed import youth
-
     record = youth(fake, rng, department)
     if isinstance(record.get("email"), str):
         local = record["email"].partition("@")[0]
