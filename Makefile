@@ -40,6 +40,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check vault_service tests bench
 	$(BIN)/mypy
 	$(BIN)/bandit --quiet --configfile pyproject.toml --recursive vault_service
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 ## Regenerate requirements.lock after a change of pyproject.toml's dependencies (needs PyPI).
 ## (requirements-runtime.lock: the image's, without the extras; see Dockerfile.)

@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import Stack
-from vault_service import devstack, migrations
+from vault_service import migrations
+from vault_service.dev import embedded as devstack
 from vault_service.errors import ConfigurationError
 
 pytestmark = pytest.mark.integration
