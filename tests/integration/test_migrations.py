@@ -28,6 +28,44 @@ async def test_schema_matches_snapshot(stack: Stack, owner: asyncpg.Connection) 
     )
 
 
+# The schema has no view yet, so the snapshot's view rendering is exercised on these,
+# created inside a transaction that is rolled back.
+CREATE_PROBE_VIEW = """
+CREATE VIEW vs_snapshot_probe WITH (security_barrier = true) AS
+    SELECT id, structure_id FROM records
+"""
+CREATE_PROBE_MATERIALIZED_VIEW = """
+CREATE MATERIALIZED VIEW vs_snapshot_probe_counts AS
+    SELECT structure_id, count(*) AS n FROM records GROUP BY structure_id WITH NO DATA
+"""
+
+
+async def test_snapshot_holds_definitions(stack: Stack, owner: asyncpg.Connection) -> None:
+    transaction = owner.transaction()
+    await transaction.start()
+    try:
+        await owner.execute(CREATE_PROBE_VIEW)
+        await owner.execute(CREATE_PROBE_MATERIALIZED_VIEW)
+        current = await migrations.snapshot(owner)
+    finally:
+        await transaction.rollback()
+    blocks = {block.partition("\n")[0]: block for block in current.split("\n\n-- ")[1:]}
+    view = blocks["view vs_snapshot_probe"]
+    assert "CREATE VIEW public.vs_snapshot_probe WITH (security_barrier=true) AS" in view
+    assert "FROM records;" in view
+    counts = blocks["materialized view vs_snapshot_probe_counts"]
+    assert "CREATE MATERIALIZED VIEW public.vs_snapshot_probe_counts AS" in counts
+    assert "GROUP BY structure_id;" in counts
+    # Redefined by three migrations: the body shown is the last one's (identity links).
+    decide = next(
+        text for name, text in blocks.items() if name.startswith("function vs_decide_request(")
+    )
+    assert "SECURITY DEFINER" in decide
+    assert "ELSIF p_approve AND req.kind = 'unlink' THEN" in decide
+    assert decide.rstrip().endswith("$function$;")
+    assert "-- trigger records.records_created_at_fixed enabled=O" in current
+
+
 async def test_runner_is_idempotent_and_checks_checksums(stack: Stack, tmp_path: Path) -> None:
     database = f"vs_mig_{secrets.token_hex(3)}"
     await devstack.bootstrap_database(stack.admin_dsn, database)

@@ -103,8 +103,8 @@ async def migrate(
     return applied_now
 
 
-# A catalogue-based description of the schema: stable across PostgreSQL versions,
-# unlike pg_dump's text, and it covers what matters for security (grants, triggers).
+# A catalogue-based description of the schema: one line per column, constraint, index
+# and grant, which diffs well and covers what matters for security.
 _SNAPSHOT_QUERIES: Final = (
     (
         "column",
@@ -126,21 +126,6 @@ _SNAPSHOT_QUERIES: Final = (
         """SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1""",
     ),
     (
-        "trigger",
-        """SELECT c.relname || ' ' || t.tgname || ' enabled=' || t.tgenabled::text || ' '
-                  || pg_get_triggerdef(t.oid)
-           FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = 'public' AND NOT t.tgisinternal ORDER BY 1""",
-    ),
-    (
-        "function",
-        """SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') '
-                  || CASE WHEN p.prosecdef THEN 'security definer' ELSE 'security invoker' END
-           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-           WHERE n.nspname = 'public' ORDER BY 1""",
-    ),
-    (
         "grant",
         """SELECT table_name || ' ' || grantee || ' ' || privilege_type
            FROM information_schema.role_table_grants
@@ -149,9 +134,59 @@ _SNAPSHOT_QUERIES: Final = (
     ),
 )
 
+# The code in force, in full: several functions are redefined by later migrations, and a
+# reader (or a reviewer of a migration's diff) should not have to replay them to find the
+# body that runs. Each row is a header naming the object and PostgreSQL's own rendering of
+# it. The bodies are the text as written; the lines around them are PostgreSQL's deparse,
+# so a new PostgreSQL major version may ask for `make snapshot`. Sorting uses "C" so the
+# order does not depend on the database's locale.
+_SNAPSHOT_DEFINITIONS: Final = (
+    # pg_get_functiondef refuses aggregates; the schema has none, but one added later
+    # still shows up by its signature rather than breaking the snapshot.
+    """SELECT CASE p.prokind WHEN 'p' THEN 'procedure ' WHEN 'a' THEN 'aggregate '
+                             ELSE 'function ' END
+              || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') '
+              || CASE WHEN p.prosecdef THEN 'security definer' ELSE 'security invoker' END
+              AS header,
+              CASE WHEN p.prokind = 'a' THEN '-- an aggregate: pg_get_functiondef cannot show it'
+                   ELSE rtrim(pg_get_functiondef(p.oid), E'\\n') || ';' END AS definition
+       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE n.nspname = 'public'
+       ORDER BY p.proname COLLATE "C", pg_get_function_identity_arguments(p.oid) COLLATE "C"
+    """,
+    # reloptions carry security_barrier / security_invoker / check_option, which change
+    # whose privileges and which rows a view exposes.
+    """SELECT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END || c.relname
+              AS header,
+              CASE c.relkind WHEN 'm' THEN 'CREATE MATERIALIZED VIEW ' ELSE 'CREATE VIEW ' END
+              || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+              || COALESCE(' WITH (' || array_to_string(c.reloptions, ', ') || ')', '')
+              || E' AS\\n' || pg_get_viewdef(c.oid, true) AS definition
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')
+       ORDER BY c.relname COLLATE "C"
+    """,
+    # tgenabled is not part of pg_get_triggerdef, and a disabled trigger is a lost guard.
+    """SELECT 'trigger ' || c.relname || '.' || t.tgname || ' enabled=' || t.tgenabled::text
+              AS header,
+              pg_get_triggerdef(t.oid) || ';' AS definition
+       FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = 'public' AND NOT t.tgisinternal
+       ORDER BY c.relname COLLATE "C", t.tgname COLLATE "C"
+    """,
+)
+
 
 async def snapshot(conn: asyncpg.Connection) -> str:
+    """The migrated schema as committed in `schema.snapshot`: lines, then definitions."""
     lines: list[str] = []
     for kind, query in _SNAPSHOT_QUERIES:
         lines.extend(f"{kind} {row[0]}" for row in await conn.fetch(query))
+    for query in _SNAPSHOT_DEFINITIONS:
+        for row in await conn.fetch(query):
+            lines.extend(("", f"-- {row['header']}"))
+            # Trailing blanks are dropped so an editor or `git diff --check` cleaning the
+            # committed file does not make it differ from a fresh rendering.
+            lines.extend(line.rstrip() for line in row["definition"].splitlines())
     return "\n".join(lines) + "\n"
