@@ -67,8 +67,8 @@ async def stages(
     env: dict[str, str], superuser: str, admin: str, lines: list[bytes], batch: int
 ) -> None:
     settings = Settings.from_env(env)
-    service_pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    kms = VaultKms(settings)
+    service_pool = await asyncpg.create_pool(settings.database.url, min_size=1, max_size=2)
+    kms = VaultKms(settings.vault)
     records = RecordService(
         service_pool,
         KeyHierarchy(kms, service_pool, ttl=300, max_uses=10**9),

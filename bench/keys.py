@@ -75,8 +75,8 @@ async def bulk_seed(owner_dsn: str, env: dict[str, str], n: int) -> None:
     from faker import Faker
 
     settings = Settings.from_env(env)
-    kms = VaultKms(settings)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings.vault)
+    pool = await asyncpg.create_pool(settings.database.url, min_size=1, max_size=2)
     owner = await asyncpg.connect(owner_dsn)
     try:
         sid = await owner.fetchval("SELECT id FROM structures WHERE code = 'BENCH'")

@@ -161,8 +161,8 @@ async def prepare(
     await owner.execute("CREATE TABLE bench_reference (id uuid PRIMARY KEY, body jsonb NOT NULL)")
     await owner.execute("GRANT SELECT, INSERT ON bench_reference TO vault_service_app")
     settings = Settings.from_env(env)
-    kms = VaultKms(settings)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=8)
+    kms = VaultKms(settings.vault)
+    pool = await asyncpg.create_pool(settings.database.url, min_size=2, max_size=8)
     service = RecordService(
         pool,
         KeyHierarchy(kms, pool, ttl=300, max_uses=10**9),

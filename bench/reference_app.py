@@ -15,7 +15,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
 
-from vault_service.app import keep_session
+from vault_service.services import keep_session
 
 SELECT = "SELECT id, body::text AS body FROM bench_reference WHERE id = $1"
 INSERT = "INSERT INTO bench_reference (id, body) VALUES ($1, $2::jsonb)"

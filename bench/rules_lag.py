@@ -60,7 +60,7 @@ async def _scrapers(env: dict[str, str], admin_dsn: str, n: int) -> list[tuple[u
         devstack.dsn_for(admin_dsn, user="vault_service_owner", database=devstack.DATABASE)
     )
     settings = Settings.from_env(env)
-    kms = VaultKms(settings)
+    kms = VaultKms(settings.vault)
     issuer = TokenIssuer(settings, kms, SigningKeys(kms))
     sid = await owner.fetchval("SELECT id FROM structures WHERE code = 'BENCH'")
     out = []

@@ -73,8 +73,8 @@ async def seed(owner_dsn: str, env: dict[str, str], n: int) -> str:
     from faker import Faker
 
     settings = Settings.from_env(env)
-    kms = VaultKms(settings)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    kms = VaultKms(settings.vault)
+    pool = await asyncpg.create_pool(settings.database.url, min_size=1, max_size=2)
     owner = await asyncpg.connect(owner_dsn)
     try:
         keys = KeyHierarchy(kms, pool, ttl=300, max_uses=10**9)
@@ -138,7 +138,7 @@ async def seed(owner_dsn: str, env: dict[str, str], n: int) -> str:
 
 async def issue(env: dict[str, str], analyst: str) -> str:
     settings = Settings.from_env(env)
-    kms = VaultKms(settings)
+    kms = VaultKms(settings.vault)
     try:
         issuer = TokenIssuer(settings, kms, SigningKeys(kms))
         return await issuer.issue(uuid.UUID(analyst), Role.ANALYST, None, 3600)

@@ -117,11 +117,11 @@ class Stack:
         s = self.settings()
         env = {
             **os.environ,
-            "VAULT_SERVICE_DATABASE_URL": s.database_url,
-            "VAULT_SERVICE_VAULT_ADDR": s.vault_addr,
-            "VAULT_SERVICE_VAULT_TOKEN": s.vault_token or "",
-            "VAULT_SERVICE_JWT_ISSUER": s.jwt_issuer,
-            "VAULT_SERVICE_JWT_AUDIENCE": s.jwt_audience,
+            "VAULT_SERVICE_DATABASE_URL": s.database.url,
+            "VAULT_SERVICE_VAULT_ADDR": s.vault.addr,
+            "VAULT_SERVICE_VAULT_TOKEN": s.vault.token or "",
+            "VAULT_SERVICE_JWT_ISSUER": s.tokens.issuer,
+            "VAULT_SERVICE_JWT_AUDIENCE": s.tokens.audience,
         }
         env.update({"VAULT_SERVICE_" + k.upper(): str(v) for k, v in overrides.items()})
         return env

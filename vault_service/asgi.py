@@ -5,5 +5,5 @@ from vault_service.observability import configure_logging
 from vault_service.settings import Settings
 
 _settings = Settings.from_env()
-configure_logging(_settings.log_level)
+configure_logging(_settings.server.log_level)
 app = create_app(_settings)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Final
 
-import asyncpg
 import msgspec
 
 
@@ -208,18 +207,6 @@ class DatabaseUnavailable(VaultServiceError):
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail, headers={"Retry-After": "5"})
-
-
-# What a database restart raises in a request (found by tests/stack/test_faults.py,
-# which saw them answer 500 internal_error): lost or refused connections, and the
-# server's own shutdown and start-up refusals.
-DATABASE_GONE: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    ConnectionError,  # refused or reset sockets
-)
 
 
 class DecryptionFailed(VaultServiceError):

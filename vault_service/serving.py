@@ -7,9 +7,10 @@ process once its embedded servers are up).
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
-import asyncpg
-
+from vault_service.errors import KmsUnavailable
+from vault_service.services import connection, vault
 from vault_service.settings import Settings
 
 __all__ = ["serve"]
@@ -18,19 +19,13 @@ __all__ = ["serve"]
 async def _preflight(settings: Settings) -> None:
     """PostgreSQL and Vault answer before any worker starts: a worker that fails its
     start-up prints a traceback of the framework's, and the operator needs one line."""
-    from vault_service.errors import KmsUnavailable
-    from vault_service.kms import VaultKms
-
-    conn = await asyncpg.connect(settings.database_url, timeout=10)
-    await conn.close()
-    kms = VaultKms(settings)
-    try:
-        if not await kms.healthy():
+    async with connection(settings.database.url, connect_timeout=10):
+        pass
+    async with AsyncExitStack() as stack:
+        if not await vault(stack, settings).healthy():
             raise KmsUnavailable(
                 "Vault refused its health check: down, sealed or credentials refused"
             )
-    finally:
-        kms.close()
 
 
 def serve(settings: Settings) -> int:
@@ -41,10 +36,10 @@ def serve(settings: Settings) -> int:
 
     server = Granian(
         "vault_service.asgi:app",
-        address=settings.host,
-        port=settings.port,
+        address=settings.server.host,
+        port=settings.server.port,
         interface=Interfaces.ASGI,
-        workers=settings.workers,
+        workers=settings.server.workers,
         log_access=False,  # our TelemetryMiddleware logs route templates, never raw paths
     )
     server.serve()

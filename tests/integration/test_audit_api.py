@@ -88,7 +88,7 @@ async def access_log(seed_pool) -> AsyncIterator[AccessLog]:
 
 @pytest.fixture
 async def publisher(stack: Stack, audit_app, seed_pool) -> AsyncIterator[CheckpointPublisher]:
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     yield CheckpointPublisher(seed_pool, kms, audit_app[0].state.audit_proofs.origin)
     kms.close()
 

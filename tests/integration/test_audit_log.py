@@ -453,7 +453,7 @@ async def test_privileges_and_triggers(db: AuditDb, access_log) -> None:
 async def test_checkpoint_leader_publishes_signed_consistent_checkpoints(
     stack: Stack, db: AuditDb, pool, access_log
 ) -> None:
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     other_pool = await db.pool()
     first = CheckpointPublisher(pool, kms, ORIGIN, interval_seconds=0.05)
     second = CheckpointPublisher(other_pool, kms, ORIGIN, interval_seconds=0.05)
@@ -497,7 +497,7 @@ async def test_checkpoint_leader_publishes_signed_consistent_checkpoints(
 async def test_key_rotation_keeps_old_checkpoints_verifiable(
     stack: Stack, db: AuditDb, pool, access_log, tmp_path: Path
 ) -> None:
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     publisher = CheckpointPublisher(pool, kms, ORIGIN)
     proofs = AuditProofs(pool, kms, ORIGIN)
     try:

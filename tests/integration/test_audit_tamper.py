@@ -126,7 +126,7 @@ class Scene:
 async def scene(stack: Stack, tmp_path: Path) -> AsyncIterator[Scene]:
     db = await new_database(stack)
     pool = await db.pool()
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     log = AccessLog(pool, max_batch=64)
     await log.start()
     superuser = await db.superuser()

@@ -489,7 +489,7 @@ async def test_a_days_normal_work_never_meets_a_budget(client: Client, world: Wo
         assert r.status_code == 200, r.text
     r = await _read(client, c, ids[0])
     assert _left(r)[0] == "record-hour"
-    assert _left(r)[1] == client.app.state.settings.budget_counsellor_hour - 150
+    assert _left(r)[1] == client.app.state.settings.budgets.budget_counsellor_hour - 150
     # Nor does it raise an alert: two rounds of the anomaly rules later, none names it.
     await asyncio.sleep(1.2)
     auditor = await world.account(Role.AUDITOR, None)

@@ -138,8 +138,8 @@ async def _value(stack: Stack, record_id: uuid.UUID, field: str) -> str:
     from vault_service.records.sealing import Sealer
 
     settings = stack.settings()
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    kms = VaultKms(settings)
+    pool = await asyncpg.create_pool(settings.database.url, min_size=1, max_size=2)
+    kms = VaultKms(settings.vault)
     try:
         sealer = Sealer(KeyHierarchy(kms, pool, ttl=60, max_uses=10), schema.load())
         row = await pool.fetchrow(SELECT_RECORD, record_id, uuid.uuid4())

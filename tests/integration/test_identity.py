@@ -71,7 +71,7 @@ async def test_four_eyes_account_creation(app, client, world: World, admins: Adm
     state = await world.owner.fetchval("SELECT state FROM accounts WHERE id = $1", ref.account_id)
     assert state == "pending"
     # A pending account cannot get a token.
-    from vault_service.cli import _issue
+    from vault_service.cli.tokens import issue as _issue
 
     with pytest.raises(Exception, match="active account"):
         await _issue(app.state.settings, ref.account_id, 600)
@@ -108,7 +108,7 @@ async def test_four_eyes_account_creation(app, client, world: World, admins: Adm
 
 
 async def test_admins_get_no_service_token(app, world: World) -> None:
-    from vault_service.cli import _issue
+    from vault_service.cli.tokens import issue as _issue
 
     admin = await world.account(Role.ADMIN, None)
     with pytest.raises(Exception, match="admins get no service token"):
@@ -476,7 +476,7 @@ async def test_break_glass_refused_to_restricted_accounts_and_limited(
     )
     assert (r.status_code, r.json()["code"]) == (403, "account_restricted")
     veteran = await world.counsellor(sid)
-    limit = app.state.settings.break_glass_daily_limit
+    limit = app.state.settings.records.break_glass_daily_limit
     for _ in range(limit):
         r = await client.post(
             f"/v1/records/{rid}/break-glass",

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 async def test_token_key_rotation_keeps_old_tokens_verifiable(stack: Stack, world: World) -> None:
     settings = stack.settings()
-    kms = VaultKms(settings)
+    kms = VaultKms(settings.vault)
     try:
         keys = SigningKeys(kms)
         await keys.refresh()

@@ -113,7 +113,7 @@ async def _logged(world: World, actor: uuid.UUID) -> dict[str, int]:
 
 async def _seed_branch_keys(stack: Stack, world: World, n: int) -> None:
     """Structures with a branch key each, as the service makes them (transit datakey)."""
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     try:
         for _ in range(n):
             sid = await world.structure()
@@ -367,7 +367,7 @@ async def test_rotate_kek_killed_half_way_resumes(stack: Stack, world: World) ->
     logged = await _logged(world, op.actor_id)
     assert logged == {"key.rotate_kek": 1, "key.rewrap_kek": total}
     # Every branch key still unwraps (through the service's own Vault access).
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     try:
         for row in await world.owner.fetch("SELECT wrapped_key FROM structure_keys"):
             assert len(await kms.unwrap_key(row["wrapped_key"])) == 32

@@ -36,7 +36,7 @@ def _monitor(base: str, tmp: Path) -> subprocess.CompletedProcess[str]:
 
 async def _signed(stack: Stack, origin: str, size: int, root: bytes) -> str:
     """A checkpoint the log's real key signed (what a forked log would show)."""
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     try:
         keys = await load_key_set(kms, origin)
         body = format_checkpoint(origin, size, root)

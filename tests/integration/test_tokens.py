@@ -27,8 +27,8 @@ def _claims(app, account_id: uuid.UUID, structure_id: uuid.UUID | None, **over) 
     s = app.state.settings
     now = int(time.time())
     claims = {
-        "iss": s.jwt_issuer,
-        "aud": s.jwt_audience,
+        "iss": s.tokens.issuer,
+        "aud": s.tokens.audience,
         "sub": str(account_id),
         "jti": str(uuid.uuid4()),
         "iat": now,

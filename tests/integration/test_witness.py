@@ -82,7 +82,7 @@ def _post(url: str, body: str) -> int:
 async def test_checkpoints_are_cosigned_by_an_outside_witness(stack: Stack, tmp_path: Path) -> None:
     db = await new_database(stack)
     pool = await db.pool()
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     log = AccessLog(pool, max_batch=64)
     await log.start()
     origin = f"vault-service.test/witnessed-{uuid.uuid4().hex[:8]}"
@@ -164,7 +164,7 @@ async def test_checkpoints_are_cosigned_by_an_outside_witness(stack: Stack, tmp_
 async def test_two_witnesses_cosign_within_two_seconds(stack: Stack, tmp_path: Path) -> None:
     db = await new_database(stack)
     pool = await db.pool()
-    kms = VaultKms(stack.settings())
+    kms = VaultKms(stack.settings().vault)
     log = AccessLog(pool, max_batch=64)
     await log.start()
     origin = f"vault-service.test/two-witnesses-{uuid.uuid4().hex[:8]}"

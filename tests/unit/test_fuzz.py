@@ -310,7 +310,7 @@ def test_signed_tokens_with_any_claims_verify_or_are_refused_as_unauthenticated(
     # What passes is exactly what was signed, with every required claim sane.
     assert str(verified.sub) == claims["sub"] and str(verified.jti) == claims["jti"]
     assert claims["iss"] == ISSUER and claims["aud"] == AUDIENCE
-    assert verified.exp - verified.iat <= _SETTINGS.jwt_max_lifetime_seconds
+    assert verified.exp - verified.iat <= _SETTINGS.tokens.max_lifetime_seconds
 
 
 @FUZZ

@@ -26,8 +26,8 @@ def test_settings_load() -> None:
     s = Settings.from_env(
         {**BASE, "VAULT_SERVICE_CORS_ORIGINS": "https://a.example, https://b.example"}
     )
-    assert s.cors_origins == ("https://a.example", "https://b.example")
-    assert s.jwt_max_lifetime_seconds <= 3600
+    assert s.server.cors_origins == ("https://a.example", "https://b.example")
+    assert s.tokens.max_lifetime_seconds <= 3600
 
 
 @pytest.mark.parametrize(
@@ -162,9 +162,9 @@ def test_console_sign_in_loads_and_names_its_origin() -> None:
             "VAULT_SERVICE_CONSOLE_OIDC": json.dumps(_CONSOLE),
         }
     )
-    assert settings.console_oidc is not None
-    assert settings.console_oidc.connect_origin == "https://sso.example-ml.fr"
-    assert Settings.from_env(BASE).console_oidc is None
+    assert settings.console.oidc is not None
+    assert settings.console.oidc.connect_origin == "https://sso.example-ml.fr"
+    assert Settings.from_env(BASE).console.oidc is None
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from vault_service.access.sequencer import BudgetClaim, Decision
 from vault_service.auth.permissions import Role
 from vault_service.auth.principal import Principal
 from vault_service.errors import VaultServiceError
-from vault_service.settings import Settings
+from vault_service.settings import BudgetSettings
 
 __all__ = ["BudgetExceeded", "BudgetPolicy", "Charge", "rate_limit_headers"]
 
@@ -80,22 +80,22 @@ def rate_limit_headers(decision: Decision, *, retry_after: bool = False) -> dict
 
 
 class BudgetPolicy:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, budgets: BudgetSettings) -> None:
         # Admins never read case data: no setting, a budget of 0.
         self._record_hour = dict.fromkeys(Role, 0)
         self._record_day = dict.fromkeys(Role, 0)
         self._summary_hour = dict.fromkeys(Role, 0)
         for role in _ROLES:
-            self._record_hour[role] = int(getattr(settings, f"budget_{role}_hour"))
-            self._record_day[role] = int(getattr(settings, f"budget_{role}_day"))
-            self._summary_hour[role] = int(getattr(settings, f"summary_budget_{role}_hour"))
-        self._structure_hour = settings.budget_structure_hour
-        self._break_glass_day = settings.budget_break_glass_day
-        self._nir_hour = settings.budget_nir_hour
-        self._nir_day = settings.budget_nir_day
-        self._transfer_hour = settings.budget_transfer_hour
-        self._stats_hour = settings.budget_stats_hour
-        self._volume_hour = settings.budget_volume_hour
+            self._record_hour[role] = budgets.record_hour(role)
+            self._record_day[role] = budgets.record_day(role)
+            self._summary_hour[role] = budgets.summary_hour(role)
+        self._structure_hour = budgets.budget_structure_hour
+        self._break_glass_day = budgets.budget_break_glass_day
+        self._nir_hour = budgets.budget_nir_hour
+        self._nir_day = budgets.budget_nir_day
+        self._transfer_hour = budgets.budget_transfer_hour
+        self._stats_hour = budgets.budget_stats_hour
+        self._volume_hour = budgets.budget_volume_hour
 
     def claims(
         self,

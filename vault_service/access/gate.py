@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any, Final
 
+import asyncpg
 import msgspec
 import structlog
 from litestar.enums import ScopeType
@@ -31,7 +32,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from vault_service.access.recording import REFUSAL_LOGGED, AccessRecorder
 from vault_service.auth.guards import PUBLIC_OPT, authenticate, authorize
 from vault_service.errors import (
-    DATABASE_GONE,
     DatabaseUnavailable,
     Unauthenticated,
     VaultServiceError,
@@ -41,6 +41,18 @@ from vault_service.observability import tracing_enabled
 REQUEST_ID_HEADER: Final = b"x-request-id"
 # Only a UUID from the proxy is kept: free text here would reach every log line and
 # error body (a client could put a NIR in it).
+# What a database restart raises in a request (found by tests/stack/test_faults.py,
+# which saw them answer 500 internal_error): lost or refused connections, and the
+# server's own shutdown and start-up refusals.
+DATABASE_GONE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionError,  # refused or reset sockets
+)
+
+
 _REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _tracer = trace.get_tracer("vault_service.http")

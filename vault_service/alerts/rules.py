@@ -178,66 +178,71 @@ class _Rule:
 
 
 def rules_of(settings: Settings) -> tuple[_Rule, ...]:
-    hours = parse_working_hours(settings.working_hours)
-    restriction = settings.new_account_restriction_hours * 3600.0
-    factor = settings.anomaly_baseline_factor
-    min_hours = settings.anomaly_baseline_min_hours
+    hours = parse_working_hours(settings.rules.working_hours)
+    restriction = settings.accounts.new_account_restriction_hours * 3600.0
+    factor = settings.rules.anomaly_baseline_factor
+    min_hours = settings.rules.anomaly_baseline_min_hours
     return (
         _Rule(
             "anomaly.enumeration",
             "warning",
             ENUMERATION,
-            (settings.anomaly_not_found_5min,),
-            settings.anomaly_not_found_5min,
+            (settings.rules.anomaly_not_found_5min,),
+            settings.rules.anomaly_not_found_5min,
         ),
         _Rule(
             "anomaly.new_account_volume",
             "warning",
             NEW_ACCOUNT_VOLUME,
-            (settings.anomaly_new_account_records_hour, restriction),
-            settings.anomaly_new_account_records_hour,
+            (settings.rules.anomaly_new_account_records_hour, restriction),
+            settings.rules.anomaly_new_account_records_hour,
         ),
         _Rule(
             "anomaly.off_hours",
             "warning",
             OFF_HOURS,
             (
-                settings.anomaly_off_hours_records_hour,
-                settings.working_time_zone,
+                settings.rules.anomaly_off_hours_records_hour,
+                settings.rules.working_time_zone,
                 list(hours.days),
                 hours.start,
                 hours.end,
             ),
-            settings.anomaly_off_hours_records_hour,
+            settings.rules.anomaly_off_hours_records_hour,
         ),
         _Rule(
             "anomaly.account_baseline",
             "warning",
             BASELINE,
-            (settings.anomaly_baseline_min_records, min_hours, factor, "record.hour"),
-            settings.anomaly_baseline_min_records,
+            (settings.rules.anomaly_baseline_min_records, min_hours, factor, "record.hour"),
+            settings.rules.anomaly_baseline_min_records,
         ),
         _Rule(
             "anomaly.structure_baseline",
             "warning",
             BASELINE,
-            (settings.anomaly_structure_baseline_min_records, min_hours, factor, "structure.hour"),
-            settings.anomaly_structure_baseline_min_records,
+            (
+                settings.rules.anomaly_structure_baseline_min_records,
+                min_hours,
+                factor,
+                "structure.hour",
+            ),
+            settings.rules.anomaly_structure_baseline_min_records,
             account=False,
         ),
         _Rule(
             "anomaly.account_admin_burst",
             "critical",
             ACCOUNT_ADMIN_BURST,
-            (settings.anomaly_account_changes_hour,),
-            settings.anomaly_account_changes_hour,
+            (settings.rules.anomaly_account_changes_hour,),
+            settings.rules.anomaly_account_changes_hour,
         ),
         _Rule(
             "anomaly.custody_concentration",
             "critical",
             CUSTODY_CONCENTRATION,
-            (settings.anomaly_custody_to_account_hour,),
-            settings.anomaly_custody_to_account_hour,
+            (settings.rules.anomaly_custody_to_account_hour,),
+            settings.rules.anomaly_custody_to_account_hour,
         ),
     )
 
@@ -250,7 +255,7 @@ class RuleRunner:
         self._loop = LeaderLoop(
             self._lead,
             self.evaluate,
-            interval=settings.anomaly_interval_seconds,
+            interval=settings.rules.anomaly_interval_seconds,
             name="anomaly-rules",
             failed_event="rules_round_failed",
         )

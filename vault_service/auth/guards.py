@@ -102,7 +102,7 @@ async def authenticate(scope: Scope) -> Principal:
             # identity's, when linked to none), never counted as anonymous.
             scope["state"][VERIFIED_CLAIMS] = exc.actor
             raise
-    if iss is not None and iss != state.settings.jwt_issuer:
+    if iss is not None and iss != state.settings.tokens.issuer:
         raise Unauthenticated(reason="token_issuer_unknown")
     verifier: TokenVerifier = state.token_verifier
     claims = await verifier.verify(token)

@@ -148,7 +148,7 @@ class TokenIssuer:
         *,
         now: int | None = None,
     ) -> str:
-        if not 0 < ttl_seconds <= self._settings.jwt_max_lifetime_seconds:
+        if not 0 < ttl_seconds <= self._settings.tokens.max_lifetime_seconds:
             raise ConfigurationError("token lifetime out of bounds")
         # Issuing is rare (a login, the CLI): look the key up again when it may have
         # rotated, so a retired version is never asked to sign.
@@ -160,8 +160,8 @@ class TokenIssuer:
         issued = int(time.time()) if now is None else now
         header = {"alg": ALGORITHM, "typ": "JWT", "kid": signing.kid}
         payload: dict[str, Any] = {
-            "iss": self._settings.jwt_issuer,
-            "aud": self._settings.jwt_audience,
+            "iss": self._settings.tokens.issuer,
+            "aud": self._settings.tokens.audience,
             "sub": str(account_id),
             "jti": str(uuid.uuid4()),
             "iat": issued,
@@ -188,7 +188,7 @@ class TokenVerifier:
         self._settings = settings
         self._keys = keys
         # A hit is honoured only while its key is live.
-        self._cache = VerifiedTokens(settings.token_cache_size) if cache is None else cache
+        self._cache = VerifiedTokens(settings.tokens.cache_size) if cache is None else cache
 
     async def verify(self, token: str) -> Claims:
         if len(token) > MAX_TOKEN_BYTES:
@@ -199,7 +199,7 @@ class TokenVerifier:
             claims, kid = cached
             if (
                 isinstance(claims, Claims)
-                and claims.exp > time.time() - self._settings.jwt_leeway_seconds
+                and claims.exp > time.time() - self._settings.tokens.leeway_seconds
                 and kid in self._keys.by_kid
             ):
                 self._cache.hit(digest)
@@ -224,15 +224,15 @@ class TokenVerifier:
         key = await self._keys.lookup(kid)
         if key is None:
             raise Unauthenticated(reason="token_unknown_key")
-        s = self._settings
+        s = self._settings.tokens
         try:
             payload = jwt.decode(
                 token,
                 key.key,
                 algorithms=[ALGORITHM],  # exactly one: never taken from the token
-                audience=s.jwt_audience,
-                issuer=s.jwt_issuer,
-                leeway=s.jwt_leeway_seconds,
+                audience=s.audience,
+                issuer=s.issuer,
+                leeway=s.leeway_seconds,
                 options={
                     "require": REQUIRED_CLAIMS,
                     "verify_signature": True,
@@ -250,6 +250,6 @@ class TokenVerifier:
             claims = msgspec.convert(payload, Claims)
         except msgspec.ValidationError:
             raise Unauthenticated(reason="token_claims") from None
-        if claims.exp - claims.iat > s.jwt_max_lifetime_seconds:
+        if claims.exp - claims.iat > s.max_lifetime_seconds:
             raise Unauthenticated(reason="token_lifetime")
         return claims, kid

@@ -84,7 +84,7 @@ _FILES: Final = _load()
 
 def _signin(request: Request[Any, Any, Any]) -> ConsoleSignIn | None:
     settings: Settings = request.app.state.settings
-    return settings.console_oidc
+    return settings.console.oidc
 
 
 def _file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:

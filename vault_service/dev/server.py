@@ -11,6 +11,7 @@ import asyncio
 import os
 import shlex
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from vault_service.auth.permissions import Role
@@ -20,29 +21,23 @@ DEMO_ADMIN_LOGINS = ("vs_demo_admin_a", "vs_demo_admin_b")
 
 
 async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str, str, str]]:
-    import asyncpg
-
-    from vault_service.crypto.keys import KeyHierarchy
     from vault_service.dev.seed import seed
-    from vault_service.kms import VaultKms
-    from vault_service.records import schema
     from vault_service.records.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
-    from vault_service.records.service import RecordService
+    from vault_service.services import connection, login_pool, service_side
     from vault_service.settings import Settings
 
     await devstack.bootstrap_database(pg.admin_dsn, devstack.DATABASE)
     await devstack.migrate_database(pg.admin_dsn, devstack.DATABASE)
     settings = Settings.from_env(env)
-    kms = VaultKms(settings)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
-    owner = await asyncpg.connect(
-        devstack.dsn_for(pg.admin_dsn, user="vault_service_owner", database=devstack.DATABASE)
+    owner_dsn = devstack.dsn_for(
+        pg.admin_dsn, user="vault_service_owner", database=devstack.DATABASE
     )
-    try:
-        keys = KeyHierarchy(kms, pool, ttl=300, max_uses=1_000_000)
-        service = RecordService(pool, keys, schema.load(), search_page_max=20, caseload_page_max=50)
-        accounts = await seed(owner, service)
-        # Each demo admin acts through their own database login (see README).
+    admin_dsn = devstack.dsn_for(
+        pg.admin_dsn, user=DEMO_ADMIN_LOGINS[0], database=devstack.DATABASE
+    )
+    async with service_side(settings, max_size=4) as service, connection(owner_dsn) as owner:
+        accounts = await seed(owner, service.records)
+        # Each demo admin acts through their own database login (docs/admin.md).
         admins = [a for a in accounts if a.role == Role.ADMIN]
         for login, account in zip(DEMO_ADMIN_LOGINS, admins, strict=False):
             await devstack.create_admin_login(pg.admin_dsn, login)
@@ -54,20 +49,9 @@ async def _prepare(pg: devstack.Postgres, env: dict[str, str]) -> list[tuple[str
             )
         # Two canaries in every structure, planted as an admin would (their canary
         # accounts on the first demo admin's login).
-        admin = await asyncpg.create_pool(
-            devstack.dsn_for(pg.admin_dsn, user=DEMO_ADMIN_LOGINS[0], database=devstack.DATABASE),
-            min_size=1,
-            max_size=1,
-        )
-        try:
-            key = await keys.derived_key(False, HONEYTOKEN_LABEL)
-            await HoneytokenPlanter(admin, pool, service, key).plant(None, 2)
-        finally:
-            await admin.close()
-    finally:
-        await owner.close()
-        await pool.close()
-        kms.close()
+        async with login_pool(admin_dsn, max_size=1) as admin:
+            key = await service.keys.derived_key(False, HONEYTOKEN_LABEL)
+            await HoneytokenPlanter(admin, service.pool, service.records, key).plant(None, 2)
     return [(str(a.id), str(a.role), str(a.structure_id or "-")) for a in accounts]
 
 
@@ -79,7 +63,7 @@ def _start_witness(data_dir: Path, env: dict[str, str]) -> str:
     from vault_service.audit.note import parse_verifier_key
     from vault_service.audit.proofs import load_key_set
     from vault_service.audit.witness import Witness, generate_key, load_key, serve, verifier_of
-    from vault_service.kms import VaultKms
+    from vault_service.services import vault
     from vault_service.settings import Settings
 
     settings = Settings.from_env(env)
@@ -87,15 +71,13 @@ def _start_witness(data_dir: Path, env: dict[str, str]) -> str:
     key = load_key(key_file) if key_file.exists() else generate_key(key_file)
 
     async def log_keys() -> list[str]:
-        kms = VaultKms(settings)
-        try:
-            return (await load_key_set(kms, settings.audit_origin)).verifier_keys()
-        finally:
-            kms.close()
+        async with AsyncExitStack() as stack:
+            kms = vault(stack, settings)
+            return (await load_key_set(kms, settings.log.origin)).verifier_keys()
 
     logs = [parse_verifier_key(k) for k in asyncio.run(log_keys())]
     name = "dev.local/witness"
-    witness = Witness(name, key, {settings.audit_origin: logs}, data_dir / "witness-state.json")
+    witness = Witness(name, key, {settings.log.origin: logs}, data_dir / "witness-state.json")
     port = devstack.free_port()
     server = serve(witness, "127.0.0.1", port)
     threading.Thread(target=server.serve_forever, name="witness", daemon=True).start()

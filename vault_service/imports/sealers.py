@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol
 
@@ -67,11 +67,16 @@ class InProcess:
 class WorkerPool:
     """`workers` processes, each sealing a share of every batch."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, start: Callable[[], Awaitable[RecordService]]) -> None:
         # spawn: a fork would copy the parent's event loop, pools and Vault client.
+        # `start` builds a worker's record service from its own settings: a module-level
+        # function of the composition root (a spawned process imports it by name).
         self._workers = workers
         self._pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(start,),
         )
 
     async def seal(self, structure_id: uuid.UUID, items: Sequence[Item]) -> list[Outcome]:
@@ -91,37 +96,10 @@ class WorkerPool:
 _worker: dict[str, Any] = {}
 
 
-def _start() -> None:
+def _start(start: Callable[[], Awaitable[RecordService]]) -> None:
     loop = asyncio.new_event_loop()
     _worker["loop"] = loop
-    _worker["records"] = loop.run_until_complete(_records())
-
-
-async def _records() -> RecordService:
-    import asyncpg
-
-    from vault_service.crypto.keys import KeyHierarchy
-    from vault_service.kms import VaultKms
-    from vault_service.records import schema
-    from vault_service.records.retention import RetentionRule
-    from vault_service.settings import Settings
-
-    settings = Settings.from_env()
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
-    keys = KeyHierarchy(
-        VaultKms(settings),
-        pool,
-        ttl=settings.branch_key_ttl_seconds,
-        max_uses=settings.branch_key_max_uses,
-    )
-    return RecordService(
-        pool,
-        keys,
-        schema.load(),
-        search_page_max=settings.search_page_max,
-        caseload_page_max=settings.caseload_page_max,
-        retention=RetentionRule(settings.retention_age_years, settings.retention_programme_end),
-    )
+    _worker["records"] = loop.run_until_complete(start())
 
 
 def _seal(structure_id: uuid.UUID, items: list[Item]) -> list[Outcome]:

@@ -30,7 +30,7 @@ import structlog
 from opentelemetry import metrics
 
 from vault_service.errors import KmsUnavailable
-from vault_service.settings import Settings
+from vault_service.settings import VaultSettings
 
 log = structlog.get_logger(__name__)
 _meter = metrics.get_meter("vault_service.kms")
@@ -140,9 +140,9 @@ class VaultKms:
     and tests read it to show the hot path makes none.
     """
 
-    def __init__(self, settings: Settings, *, max_threads: int = 4) -> None:
+    def __init__(self, settings: VaultSettings, *, max_threads: int = 4) -> None:
         self._settings = settings
-        self._mount = settings.vault_transit_mount
+        self._mount = settings.transit_mount
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="kms")
         self._client_lock = threading.Lock()
         self._client: hvac.Client | None = None
@@ -151,15 +151,15 @@ class VaultKms:
     # --- plumbing -----------------------------------------------------------------
     def _new_client(self) -> hvac.Client:
         s = self._settings
-        verify: bool | str = s.vault_cacert or True
-        client = hvac.Client(url=s.vault_addr, timeout=s.vault_timeout_seconds, verify=verify)
-        if s.vault_token:
-            client.token = s.vault_token
+        verify: bool | str = s.cacert or True
+        client = hvac.Client(url=s.addr, timeout=s.timeout_seconds, verify=verify)
+        if s.token:
+            client.token = s.token
         else:
-            assert s.vault_role_id  # checked by Settings
-            assert s.vault_secret_id_file
-            secret_id = Path(s.vault_secret_id_file).read_text(encoding="utf-8").strip()
-            client.auth.approle.login(role_id=s.vault_role_id, secret_id=secret_id)
+            assert s.role_id  # checked by Settings
+            assert s.secret_id_file
+            secret_id = Path(s.secret_id_file).read_text(encoding="utf-8").strip()
+            client.auth.approle.login(role_id=s.role_id, secret_id=secret_id)
         return client
 
     def _client_or_login(self, *, fresh: bool = False) -> hvac.Client:
@@ -169,8 +169,8 @@ class VaultKms:
             return self._client
 
     def _call_sync(self, operation: str, fn: Callable[[hvac.Client], T]) -> T:
-        attempts = self._settings.vault_retries + 1
-        relogin_done = self._settings.vault_token is not None
+        attempts = self._settings.retries + 1
+        relogin_done = self._settings.token is not None
         for attempt in range(attempts):
             self.calls += 1
             _calls.add(1, {"operation": operation})
@@ -435,3 +435,8 @@ def setup_transit(client: hvac.Client, mount: str = "transit") -> list[str]:
             )
             created.append(name)
     return created
+
+
+def setup_transit_as(addr: str, token: str, *, cacert: str | None, mount: str) -> list[str]:
+    """`setup_transit` on an operator's own session (their address, token and CA)."""
+    return setup_transit(hvac.Client(url=addr, token=token, verify=cacert or True), mount)

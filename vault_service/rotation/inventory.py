@@ -37,11 +37,11 @@ ROLES = {
 
 def _policy_days(settings: Settings, role: str) -> int:
     return {
-        "kek": settings.rotation_kek_days,
-        "index": settings.rotation_index_key_days,
-        "national_index": settings.rotation_index_key_days,
-        "token_signing": settings.rotation_token_key_days,
-        "checkpoint_signing": settings.rotation_checkpoint_key_days,
+        "kek": settings.rotation.kek_days,
+        "index": settings.rotation.index_key_days,
+        "national_index": settings.rotation.index_key_days,
+        "token_signing": settings.rotation.token_key_days,
+        "checkpoint_signing": settings.rotation.checkpoint_key_days,
     }[role]
 
 
@@ -137,18 +137,18 @@ def inventory(
                 ],
             }
         )
-        if settings.rotation_branch_days and age >= settings.rotation_branch_days:
+        if settings.rotation.branch_days and age >= settings.rotation.branch_days:
             due.append(
                 {"action": "rotate", "kind": "branch", "structure_id": str(sid), "reason": "age"}
             )
     return {
         "generated_at": _iso(now),
         "policy": {
-            "kek_days": settings.rotation_kek_days,
-            "branch_days": settings.rotation_branch_days,
-            "token_key_days": settings.rotation_token_key_days,
-            "checkpoint_key_days": settings.rotation_checkpoint_key_days,
-            "index_key_days": settings.rotation_index_key_days,
+            "kek_days": settings.rotation.kek_days,
+            "branch_days": settings.rotation.branch_days,
+            "token_key_days": settings.rotation.token_key_days,
+            "checkpoint_key_days": settings.rotation.checkpoint_key_days,
+            "index_key_days": settings.rotation.index_key_days,
         },
         "transit_keys": keys,
         "branch_keys": branch,
@@ -156,17 +156,12 @@ def inventory(
     }
 
 
-async def key_status(settings: Settings) -> dict[str, Any]:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        rows = await conn.fetch(sql.SELECT_BRANCH_INVENTORY)
-    finally:
-        await conn.close()
-    kms = VaultKms(settings)
-    try:
-        transit = [await kms.key_info(name) for name in ROLES]
-    finally:
-        kms.close()
+async def key_status(
+    settings: Settings, conn: asyncpg.Connection[Any], kms: VaultKms
+) -> dict[str, Any]:
+    """The inventory, read on the service's login and with its Vault client."""
+    rows = await conn.fetch(sql.SELECT_BRANCH_INVENTORY)
+    transit = [await kms.key_info(name) for name in ROLES]
     return inventory(settings, transit, rows, datetime.datetime.now(datetime.UTC))
 
 

@@ -1,5 +1,9 @@
 """Typed settings, read once from the environment; missing secrets fail at start-up.
 
+One group per owner (the database, Vault, tokens, budgets, rules, ...), each a nested
+struct; every variable keeps its flat `VAULT_SERVICE_*` name, so nothing a deployment
+sets changed with the grouping.
+
 There is no default for anything that is a secret or an address of a dependency:
 a service that starts with a made-up signing key or a guessed database is worse
 than one that refuses to start.
@@ -10,9 +14,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -54,58 +58,138 @@ def _tls_or_loopback(url: str) -> bool:
     return parts.scheme == "http" and parts.hostname in _LOOPBACK
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    database_url: str
-    vault_addr: str
-    vault_token: str | None = None
-    vault_role_id: str | None = None
-    vault_secret_id_file: str | None = None
-    vault_cacert: str | None = None
-    vault_transit_mount: str = "transit"
-    vault_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0
-    vault_retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
-    jwt_issuer: str
-    jwt_audience: str
+def _named(prefix: str) -> Callable[[str], str]:
+    """A group's fields keep the flat `VAULT_SERVICE_*` names a deployment sets."""
+    return lambda name: prefix + name
+
+
+class _Group(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One owner's settings: a nested struct whose fields are named, in the environment,
+    exactly as before the grouping (`VAULT_SERVICE_` + the field's encoded name)."""
+
+
+class DatabaseSettings(_Group, frozen=True, rename=_named("db_")):
+    """The service's own PostgreSQL login (vault_service_app) and its pool."""
+
+    url: str = msgspec.field(name="database_url")
+    pool_min: PositiveInt = 2
+    pool_max: PositiveInt = 10
+    statement_timeout_ms: PositiveInt = 5000
+
+
+class VaultSettings(_Group, frozen=True, rename=_named("vault_")):
+    """The service's own Vault identity (policy vault-service): a token, or an AppRole."""
+
+    addr: str
+    token: str | None = None
+    role_id: str | None = None
+    secret_id_file: str | None = None
+    cacert: str | None = None
+    transit_mount: str = "transit"
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+
+
+class TokenSettings(_Group, frozen=True):
+    """Our own tokens (auth/tokens.py) and the external providers trusted (auth/oidc.py)."""
+
+    issuer: str = msgspec.field(name="jwt_issuer")
+    audience: str = msgspec.field(name="jwt_audience")
     # Our own tokens live minutes; the cap is enforced on issue and on verify.
-    jwt_max_lifetime_seconds: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 3600
-    jwt_leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = 30
-    token_cache_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
-    account_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 2.0
+    max_lifetime_seconds: Annotated[int, msgspec.Meta(ge=60, le=3600)] = msgspec.field(
+        default=3600, name="jwt_max_lifetime_seconds"
+    )
+    leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = msgspec.field(
+        default=30, name="jwt_leeway_seconds"
+    )
+    cache_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = msgspec.field(
+        default=10_000, name="token_cache_size"
+    )
+    # External identity providers (JSON list, see vault_service/settings/issuers.py).
+    oidc_issuers: tuple[IssuerConfig, ...] = ()
+
+
+class AccountSettings(_Group, frozen=True):
+    """The account gate (auth/accounts.py) and the restricted period of new accounts."""
+
+    cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = msgspec.field(
+        default=2.0, name="account_cache_seconds"
+    )
+    new_account_restriction_hours: Annotated[float, msgspec.Meta(ge=0, le=720)] = 24.0
+
+    @property
+    def restriction_seconds(self) -> float:
+        return self.new_account_restriction_hours * 3600
+
+
+class ServerSettings(_Group, frozen=True):
+    """The HTTP server: where it listens, what it trusts of its proxies and browsers."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     cors_origins: tuple[str, ...] = ()
     # Proxies (addresses or networks) whose X-Forwarded-For is believed: the client
     # fingerprint in the access log then uses the address they saw, not their own.
     trusted_proxies: tuple[str, ...] = ()
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
-    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    db_pool_min: PositiveInt = 2
-    db_pool_max: PositiveInt = 10
-    db_statement_timeout_ms: PositiveInt = 5000
-    # Bounded: revoking the service's Vault access must bite within minutes.
-    branch_key_ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=900)] = 300.0
-    branch_key_max_uses: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=4 * 1024 * 1024)] = 256 * 1024
+    log_level: str = "INFO"
+
+
+class KeySettings(_Group, frozen=True, rename=_named("branch_key_")):
+    """The key hierarchy's cache of branch keys (crypto/keys.py)."""
+
+    # Bounded: revoking the service's Vault access must bite within minutes.
+    ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=900)] = 300.0
+    max_uses: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+
+
+class RecordSettings(_Group, frozen=True):
+    """Case records: page caps, custody (break-the-glass, transfers), honeytokens."""
+
     search_page_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
     caseload_page_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
-    log_level: str = "INFO"
-    new_account_restriction_hours: Annotated[float, msgspec.Meta(ge=0, le=720)] = 24.0
     break_glass_minutes: Annotated[int, msgspec.Meta(ge=1, le=240)] = 30
     break_glass_daily_limit: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
-    # Access log: the checkpoint origin line (C2SP tlog-checkpoint) and cadence.
-    audit_origin: Annotated[
-        str, msgspec.Meta(pattern=r"^[a-z0-9.-]{1,100}/[a-z0-9./-]{1,100}$")
-    ] = "vault-service.example/access-log"
+    # Days a cross-structure transfer request waits for the receiving structure's
+    # acceptance; past them it can only be asked again.
+    transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14
+    # How often each process reloads the honeytokens' tags (records/honeytokens.py): a
+    # canary planted since is not recognised before.
+    honeytoken_reload_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 30.0
+
+
+class LogSettings(_Group, frozen=True):
+    """The access log (audit/): checkpoints, witnesses, integration, anonymous refusals."""
+
+    # The checkpoint origin line (C2SP tlog-checkpoint) and cadence.
+    origin: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{1,100}/[a-z0-9./-]{1,100}$")] = (
+        msgspec.field(default="vault-service.example/access-log", name="audit_origin")
+    )
     checkpoint_interval_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 5.0
     # Witnesses cosigning each checkpoint (audit/witness.py, C2SP tlog-witness): a
     # comma-separated list of `URL|verifier key`, the URL the witness's submission
     # prefix (https, or http to a loopback host), the key as `vault-service witness
     # keygen` prints it.
-    audit_witnesses: tuple[str, ...] = ()
-    # Record budgets (access/budgets.py): distinct records per fixed UTC window. Records
-    # are full views (encrypted fields returned); summaries are masked views (caseload,
-    # search, a supervisor's view). A counsellor with 150 youth reading them all twice a
-    # day counts 150 a day (re-reading a counted record is free). Halved while an
-    # account is restricted. 0 refuses every such read for the role.
+    witnesses: tuple[str, ...] = msgspec.field(default=(), name="audit_witnesses")
+    # Which process integrates the access log into its Merkle tree (one leader among
+    # those that may): every replica by default; false on replicas that leave it to a
+    # dedicated `vault-service audit integrate`.
+    integrator: bool = msgspec.field(default=True, name="audit_integrator")
+    # Refusals of requests with no verified actor (access/anonymous.py): counted per
+    # client, action and code, one entry per key and window, at most this many keys.
+    anonymous_refusal_window_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
+    anonymous_refusal_keys_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+
+
+class BudgetSettings(_Group, frozen=True):
+    """Record budgets (access/budgets.py): distinct records per fixed UTC window.
+
+    Records are full views (encrypted fields returned); summaries are masked views
+    (caseload, search, a supervisor's view). A counsellor with 150 youth reading them
+    all twice a day counts 150 a day (re-reading a counted record is free). Halved
+    while an account is restricted. 0 refuses every such read for the role."""
+
     budget_counsellor_hour: Budget = 200
     budget_counsellor_day: Budget = 600
     budget_supervisor_hour: Budget = 100
@@ -127,19 +211,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Distinct records one supervisor may transfer or assign in an hour.
     budget_transfer_hour: Budget = 20
     # Statistics queries (GET /v1/stats) per analyst and hour: each query counts,
-    # whatever it returns (differencing many tables is how suppressed cells leak).
+    # whatever it returns.
     budget_stats_hour: Budget = 60
     # Access-volume queries (GET /v1/audit/volume) per auditor and hour: each one groups
     # up to 93 days of the access log, so each counts, whatever it returns.
     budget_volume_hour: Budget = 60
-    # Days a cross-structure transfer request waits for the receiving structure's
-    # acceptance; past them it can only be asked again.
-    transfer_acceptance_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 14
     # Budget refusals (429) of one account in an hour after which the service suspends
     # it by itself (access/defence.py); the first refusal of an hour raises an alert.
     suspend_after_refusals_hour: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
-    # Anomaly rules (alerts/rules.py): how often the leader evaluates them, and their
-    # thresholds.
+
+    def record_hour(self, role: str) -> int:
+        return int(getattr(self, f"budget_{role}_hour"))
+
+    def record_day(self, role: str) -> int:
+        return int(getattr(self, f"budget_{role}_day"))
+
+    def summary_hour(self, role: str) -> int:
+        return int(getattr(self, f"summary_budget_{role}_hour"))
+
+
+class RuleSettings(_Group, frozen=True):
+    """Anomaly rules (alerts/rules.py): how often the leader evaluates them, and their
+    thresholds; working hours for the off-hours rule."""
+
     anomaly_interval_seconds: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 30.0
     anomaly_not_found_5min: Annotated[int, msgspec.Meta(ge=1)] = 20
     anomaly_new_account_records_hour: Annotated[int, msgspec.Meta(ge=1)] = 50
@@ -160,125 +254,169 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # (referent changes, temporary assignments, pending transfers to it).
     anomaly_account_changes_hour: Annotated[int, msgspec.Meta(ge=1)] = 5
     anomaly_custody_to_account_hour: Annotated[int, msgspec.Meta(ge=1)] = 10
-    # How often each process reloads the honeytokens' tags (records/honeytokens.py): a
-    # canary planted since is not recognised before.
-    honeytoken_reload_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 30.0
-    # Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
-    # (`whsec_...`) read from a file: https, or http to a loopback host only.
-    alert_webhook_url: str | None = None
-    alert_webhook_secret_file: str | None = None
-    # Refusals of requests with no verified actor (access/anonymous.py): counted per
-    # client, action and code, one entry per key and window, at most this many keys.
-    anonymous_refusal_window_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
-    anonymous_refusal_keys_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
-    # Which process integrates the access log into its Merkle tree (one leader among
-    # those that may): every replica by default; false on replicas that leave it to a
-    # dedicated `vault-service audit integrate`.
-    audit_integrator: bool = True
-    # Record retention (the i-Milo decree): a record is readable until the youth's
-    # birthday of this age, or the end of the programme running then when that is
-    # later; `retention run` then anonymises it (the record key and every ciphertext
-    # destroyed, the `internal` codes kept) and purges those codes this many days on.
-    retention_age_years: Annotated[int, msgspec.Meta(ge=16, le=30)] = 26
-    retention_programme_end: bool = True
-    retention_purge_after_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 1826
-    retention_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
-    # Key rotation policy (`vault-service keys status`): a key whose latest version is
-    # older than this many days is due for rotation; 0 means never by age. The
-    # blind-index roots rotate only as a planned re-indexing, so not by age.
-    rotation_kek_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
-    rotation_branch_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
-    rotation_token_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 90
-    rotation_checkpoint_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
-    rotation_index_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 0
+
+
+class WebhookSettings(_Group, frozen=True, rename=_named("alert_webhook_")):
+    """Alerts POSTed there (Standard Webhooks signatures) when set, with the secret
+    (`whsec_...`) read from a file: https, or http to a loopback host only."""
+
+    url: str | None = None
+    secret_file: str | None = None
+
+
+class RetentionSettings(_Group, frozen=True, rename=_named("retention_")):
+    """Record retention (the i-Milo decree): a record is readable until the youth's
+    birthday of this age, or the end of the programme running then when that is
+    later; `retention run` then anonymises it (the record key and every ciphertext
+    destroyed, the `internal` codes kept) and purges those codes this many days on."""
+
+    age_years: Annotated[int, msgspec.Meta(ge=16, le=30)] = 26
+    programme_end: bool = True
+    purge_after_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 1826
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+
+
+class RotationSettings(_Group, frozen=True, rename=_named("rotation_")):
+    """Key rotation policy (`vault-service keys status`): a key whose latest version is
+    older than this many days is due for rotation; 0 means never by age. The
+    blind-index roots rotate only as a planned re-indexing, so not by age."""
+
+    kek_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
+    branch_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
+    token_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 90
+    checkpoint_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 365
+    index_key_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 0
     # Rows rewrapped per transaction by `keys rotate`: each batch holds its row locks
     # for one Vault round trip, and is one access-log entry.
-    rotation_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     # `keys rotate records` re-seals at most this many records a second (0: no limit),
     # so that the service keeps serving reads meanwhile (bench/keys.py measures both).
-    rotation_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
-    # The BI lane (vault_service/stats/): cells counting fewer than this many youth
-    # are suppressed, with complements; how often a rebuild looks for a closed year to
-    # seal (seconds, 0: only by `vault-service stats refresh`); records decrypted per
-    # batch; days after a year closes before it is sealed (late data entry of December
-    # counts: a sealed year never changes).
-    stats_k: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 10
-    stats_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
-    stats_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
-    stats_seal_after_days: Annotated[int, msgspec.Meta(ge=0, le=366)] = 31
+    records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2500
+
+
+class StatsSettings(_Group, frozen=True, rename=_named("stats_")):
+    """The BI lane (vault_service/stats/): cells counting fewer than `k` youth are
+    suppressed, with complements; how often a rebuild looks for a closed year to seal
+    (seconds, 0: only by `vault-service stats refresh`); records decrypted per batch;
+    days after a year closes before it is sealed (late data entry of December counts:
+    a sealed year never changes)."""
+
+    k: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 10
+    refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=604_800)] = 3600.0
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    seal_after_days: Annotated[int, msgspec.Meta(ge=0, le=366)] = 31
     # Seconds the joint check of a year's tables may take before every table with a
     # suppressed cell is refused instead (vault_service/stats/joint.py).
-    stats_audit_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 1800.0
-    # `vault-service import`: records per batch (one transaction, one access-log entry
-    # naming every record it created; the entry schema caps record_ids at 10,000).
-    import_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    audit_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 1800.0
+
+
+class ImportSettings(_Group, frozen=True, rename=_named("import_")):
+    """`vault-service import`."""
+
+    # Records per batch (one transaction, one access-log entry naming every record it
+    # created; the entry schema caps record_ids at 10,000).
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     # Processes that check and seal an import's lines (1: the importing process itself);
     # each has the service's configuration and its own Vault and database sessions.
-    import_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     # Records sealed a second at most by an import (0: no limit): an import while the
     # service serves shares the machine with it (bench/imports.py measures both).
-    import_records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
-    # External identity providers (JSON list, see vault_service/settings/issuers.py).
-    oidc_issuers: tuple[IssuerConfig, ...] = ()
-    # The console's sign-in with one of those providers (JSON object, see
+    records_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+
+
+class ConsoleSettings(_Group, frozen=True):
+    """The auditor console."""
+
+    # Its sign-in with one of the OIDC providers (JSON object, see
     # vault_service/settings/console.py); none: auditors paste a token.
-    console_oidc: ConsoleSignIn | None = None
+    oidc: ConsoleSignIn | None = msgspec.field(default=None, name="console_oidc")
+
+
+# Values that are not one string: comma-separated lists, and JSON documents.
+_LISTS: Final = frozenset({"cors_origins", "trusted_proxies", "audit_witnesses"})
+_PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
+    "oidc_issuers": parse_issuers,
+    "console_oidc": parse_console_signin,
+}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The service's settings, one group per owner, read once by `from_env`."""
+
+    database: DatabaseSettings
+    vault: VaultSettings
+    tokens: TokenSettings
+    accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    keys: KeySettings = msgspec.field(default_factory=KeySettings)
+    records: RecordSettings = msgspec.field(default_factory=RecordSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    budgets: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
+    rules: RuleSettings = msgspec.field(default_factory=RuleSettings)
+    webhook: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    rotation: RotationSettings = msgspec.field(default_factory=RotationSettings)
+    stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
+    imports: ImportSettings = msgspec.field(default_factory=ImportSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
-        if not self.vault_token and not (self.vault_role_id and self.vault_secret_id_file):
+        vault, tokens, server = self.vault, self.tokens, self.server
+        if not vault.token and not (vault.role_id and vault.secret_id_file):
             raise ConfigurationError(
                 "Vault authentication missing: set VAULT_SERVICE_VAULT_TOKEN or "
                 "VAULT_SERVICE_VAULT_ROLE_ID and VAULT_SERVICE_VAULT_SECRET_ID_FILE"
             )
-        if self.vault_secret_id_file and not Path(self.vault_secret_id_file).is_file():
+        if vault.secret_id_file and not Path(vault.secret_id_file).is_file():
             raise ConfigurationError("VAULT_SERVICE_VAULT_SECRET_ID_FILE does not name a file")
-        if self.vault_cacert and not Path(self.vault_cacert).is_file():
+        if vault.cacert and not Path(vault.cacert).is_file():
             raise ConfigurationError("VAULT_SERVICE_VAULT_CACERT does not name a file")
-        if not _database_tls_or_local(self.database_url):
+        if not _database_tls_or_local(self.database.url):
             raise ConfigurationError(
                 "VAULT_SERVICE_DATABASE_URL must use sslmode=verify-full outside loopback"
             )
-        if not _tls_or_loopback(self.vault_addr):
+        if not _tls_or_loopback(vault.addr):
             # Plain HTTP only on loopback (the dev server); anything else must be TLS.
             raise ConfigurationError("VAULT_SERVICE_VAULT_ADDR must be https outside loopback")
-        if any(i.issuer == self.jwt_issuer for i in self.oidc_issuers):
+        if any(i.issuer == tokens.issuer for i in tokens.oidc_issuers):
             raise ConfigurationError(
                 "an external OIDC issuer may not reuse VAULT_SERVICE_JWT_ISSUER"
             )
-        if self.db_pool_min > self.db_pool_max:
+        if self.database.pool_min > self.database.pool_max:
             raise ConfigurationError("db_pool_min is larger than db_pool_max")
-        if (self.alert_webhook_url is None) != (self.alert_webhook_secret_file is None):
+        webhook = self.webhook
+        if (webhook.url is None) != (webhook.secret_file is None):
             raise ConfigurationError("the alert webhook needs both its URL and its secret file")
-        if self.alert_webhook_url is not None and not _tls_or_loopback(self.alert_webhook_url):
+        if webhook.url is not None and not _tls_or_loopback(webhook.url):
             raise ConfigurationError("VAULT_SERVICE_ALERT_WEBHOOK_URL must be https")
         try:
-            parse_working_hours(self.working_hours)
-            zoneinfo.ZoneInfo(self.working_time_zone)
+            parse_working_hours(self.rules.working_hours)
+            zoneinfo.ZoneInfo(self.rules.working_time_zone)
         except (ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
             raise ConfigurationError(
                 f"VAULT_SERVICE_WORKING_HOURS or _WORKING_TIME_ZONE: {exc}"
             ) from None
-        for proxy in self.trusted_proxies:
+        for proxy in server.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigurationError("VAULT_SERVICE_TRUSTED_PROXIES: not an address") from None
-        for witness in self.audit_witnesses:
+        for witness in self.log.witnesses:
             url, _, vkey = witness.partition("|")
             if not vkey or not _tls_or_loopback(url):
                 raise ConfigurationError(
                     "VAULT_SERVICE_AUDIT_WITNESSES: each is https-URL|verifier-key"
                 )
-        for origin in self.cors_origins:
+        for origin in server.cors_origins:
             if origin == "*" or not _tls_or_loopback(origin):
                 raise ConfigurationError("CORS origins must be explicit https origins")
-        if self.console_oidc is not None:
-            self._check_console_oidc(self.console_oidc)
+        if self.console.oidc is not None:
+            self._check_console_oidc(self.console.oidc)
 
     def _check_console_oidc(self, signin: ConsoleSignIn) -> None:
         # The page's ID token must be one the service accepts: a configured issuer,
         # whose audience is the console's client (an ID token's `aud`).
-        issuer = next((i for i in self.oidc_issuers if i.issuer == signin.issuer), None)
+        issuer = next((i for i in self.tokens.oidc_issuers if i.issuer == signin.issuer), None)
         if issuer is None or issuer.audience != signin.client_id:
             raise ConfigurationError(
                 "VAULT_SERVICE_CONSOLE_OIDC: its issuer must be in VAULT_SERVICE_OIDC_ISSUERS "
@@ -292,21 +430,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 )
 
     @classmethod
+    def env_names(cls) -> dict[str, tuple[str, str]]:
+        """Every variable the service reads: `VAULT_SERVICE_X` -> (group, encoded name)."""
+        names: dict[str, tuple[str, str]] = {}
+        for group in msgspec.structs.fields(cls):
+            assert isinstance(group.type, type)
+            for field in msgspec.structs.fields(group.type):
+                names[PREFIX + field.encode_name.upper()] = (group.name, field.encode_name)
+        return names
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        raw: dict[str, object] = {}
-        for field in msgspec.structs.fields(cls):
-            value = env.get(PREFIX + field.name.upper())
+        raw: dict[str, dict[str, object]] = {f.name: {} for f in msgspec.structs.fields(cls)}
+        for variable, (group, name) in cls.env_names().items():
+            value = env.get(variable)
             if value is None or value == "":
                 continue
-            if field.name in ("cors_origins", "trusted_proxies", "audit_witnesses"):
-                raw[field.name] = [v.strip() for v in value.split(",") if v.strip()]
-            elif field.name == "oidc_issuers":
-                raw[field.name] = parse_issuers(value)
-            elif field.name == "console_oidc":
-                raw[field.name] = parse_console_signin(value)
+            if name in _LISTS:
+                raw[group][name] = [v.strip() for v in value.split(",") if v.strip()]
+            elif name in _PARSERS:
+                raw[group][name] = _PARSERS[name](value)
             else:
-                raw[field.name] = value
+                raw[group][name] = value
         try:
             # strict=False lets msgspec parse "8000" into an int, "2.5" into a float.
             return msgspec.convert(raw, cls, strict=False)
@@ -314,6 +460,66 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             # The setting's name and a stable reason: msgspec's own text can quote the
             # value, and a value here can be a DSN with its password or a token.
             reason, path = validation_reason(exc)
-            name = PREFIX + path.removeprefix("$.").split(".")[0].split("[")[0].upper()
-            where = name if path.startswith("$.") else "the settings"
+            parts = path.removeprefix("$.").split(".")
+            where = (
+                PREFIX + parts[1].split("[")[0].upper()
+                if path.startswith("$.") and len(parts) > 1
+                else "the settings"
+            )
             raise ConfigurationError(f"invalid settings: {where}: {BODY_REASONS[reason]}") from None
+
+
+_G = TypeVar("_G", bound=msgspec.Struct)
+
+
+def _read_group(cls: type[_G], environ: Mapping[str, str] | None, prefix: str) -> _G:
+    env = os.environ if environ is None else environ
+    raw = {
+        f.encode_name: env[prefix + f.encode_name.upper()]
+        for f in msgspec.structs.fields(cls)
+        if env.get(prefix + f.encode_name.upper())
+    }
+    try:
+        return msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        reason, path = validation_reason(exc)
+        name = prefix + path.removeprefix("$.").split(".")[0].upper()
+        raise ConfigurationError(f"invalid settings: {name}: {BODY_REASONS[reason]}") from None
+
+
+class Logins(_Group, frozen=True):
+    """The database logins of the people and jobs that are not the service, each
+    belonging to one owner and none of them the service's own: an admin's own login
+    (accounts, records, keys, imports, honeytokens, retention: the database takes the
+    actor from it), the owner role (migrations, the first two admins), the retention
+    role (pruning access-log bodies). Read by the CLI command that needs one."""
+
+    admin: str | None = msgspec.field(default=None, name="admin_database_url")
+    owner: str | None = msgspec.field(default=None, name="migrations_database_url")
+    retention: str | None = msgspec.field(default=None, name="retention_database_url")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Logins:
+        return _read_group(cls, environ, PREFIX)
+
+
+class OperatorVault(_Group, frozen=True):
+    """An operator's or key admin's own Vault session (`vault-setup`, the Vault steps of
+    `keys rotate`), from Vault's standard variables: never the service's identity."""
+
+    addr: str | None = msgspec.field(default=None, name="vault_addr")
+    token: str | None = msgspec.field(default=None, name="vault_token")
+    cacert: str | None = msgspec.field(default=None, name="vault_cacert")
+    # The mount `vault-setup` creates the keys in: the service's own setting.
+    transit_mount: str = msgspec.field(default="transit", name="vault_service_vault_transit_mount")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorVault:
+        return _read_group(cls, environ, "")
+
+
+def log_level(environ: Mapping[str, str] | None = None) -> str:
+    """`VAULT_SERVICE_LOG_LEVEL`, for the CLI's own lines before any settings are read
+    (a command like `audit verify` reads no other setting)."""
+    env = os.environ if environ is None else environ
+    return env.get(PREFIX + "LOG_LEVEL") or ServerSettings().log_level
