@@ -41,8 +41,8 @@ ROLES = (
     "vault_service_auditor",
     "vault_service_retention",
 )
-# The admins' own logins, members of this group (README: the DBA creates one per
-# person); pg_hba.conf admits them by membership.
+# The admins' own logins, members of this group (docs/admin.md: the DBA creates one
+# per person); pg_hba.conf admits them by membership.
 ADMIN_GROUP = "+vault_service_admin"
 
 # Service-level keys of the Compose specification (compose-spec.json). A key
@@ -500,14 +500,15 @@ def test_roles_sql_creates_the_four_roles_without_passwords() -> None:
     assert re.search(r"CREATE DATABASE vault_service OWNER vault_service_owner", code)
 
 
-def test_admin_logins_that_readme_describes_can_connect() -> None:
-    """README tells the DBA to create each admin's login IN ROLE vault_service_admin
-    and to run `vault-service accounts ...` on it over TLS: the group must exist
-    before the migrations grant it the account functions, must not log in itself,
-    must be allowed to connect, and pg_hba.conf must admit its members."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert re.search(r"CREATE ROLE \w+ LOGIN IN ROLE vault_service_admin", readme)
-    assert "VAULT_SERVICE_ADMIN_DATABASE_URL=postgresql://" in readme
+def test_admin_logins_that_the_admin_guide_describes_can_connect() -> None:
+    """The admin guide (docs/admin.md) tells the DBA to create each admin's login IN
+    ROLE vault_service_admin and to run `vault-service accounts ...` on it over TLS:
+    the group must exist before the migrations grant it the account functions, must
+    not log in itself, must be allowed to connect, and pg_hba.conf must admit its
+    members."""
+    guide = (ROOT / "docs" / "admin.md").read_text(encoding="utf-8")
+    assert re.search(r"CREATE ROLE \w+ LOGIN IN ROLE vault_service_admin", guide)
+    assert "VAULT_SERVICE_ADMIN_DATABASE_URL=postgresql://" in guide
     sql = (INFRA / "postgres" / "roles.sql").read_text(encoding="utf-8")
     code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
     assert re.search(r"CREATE ROLE vault_service_admin\b", code)
