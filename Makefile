@@ -1,4 +1,4 @@
-# Two commands for a newcomer (README): `make run` and `make test`. Each sets itself up.
+# Two commands for a newcomer (README.md): `make run` and `make test`. Each sets itself up.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/bandit --quiet --configfile pyproject.toml --recursive vault_service
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 ## Regenerate requirements.lock after a change of pyproject.toml's dependencies (needs PyPI).
 ## (requirements-runtime.lock: the image's, without the extras; see Dockerfile.)
@@ -72,7 +72,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .dev .stack
 
-## The docker-compose.yml stack without containers (README, "Reliability"): state in .stack/.
+## The docker-compose.yml stack without containers (docs/reliability.md): state in .stack/.
 stack: $(STAMP)
 	$(BIN)/python -m vault_service.stack up $(ARGS)
 

@@ -267,7 +267,7 @@ async def test_erasure_shreds_the_record_key_and_its_indexes(
     grafted = {**dict(live), "sealed": copy["sealed"]}
     with pytest.raises(DecryptionFailed):
         sealer.open_fields(grafted, await sealer.record_key(live))
-    # What erasure does not reach (README): the copy's own wrapped record key still
+    # What erasure does not reach (docs/admin.md): the copy's own wrapped record key still
     # opens under the live branch key, until that branch key version is destroyed.
     assert sealer.full(copy, await sealer.record_key(copy))["email"] is not None
 

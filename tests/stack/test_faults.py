@@ -208,7 +208,7 @@ async def test_openbao_stopped_then_sealed(deployment: Stack, accounts: Accounts
         assert back, f"{fault}: no data answer through the proxy after the unseal"
         assert {n: deployment.state.pids[n] for n in REPLICAS} == pids
         # Through the proxy, Caddy's health checks take both replicas out as soon as
-        # their readiness sees OpenBao gone (README, "Capacity": a known weakness).
+        # their readiness sees OpenBao gone (docs/reliability.md, "Capacity": a known weakness).
         proxy_after = [e for e in at_proxy.tally.timeline if fault_at <= e[0] < sealed_until]
         first_refusal = min((e[0] for e in proxy_after if e[1] >= 500), default=None)
         figures[fault] = {

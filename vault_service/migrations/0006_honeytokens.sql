@@ -64,7 +64,7 @@ CREATE TRIGGER accounts_end_grants AFTER UPDATE OF role, structure_id ON account
     WHEN (OLD.role IS DISTINCT FROM NEW.role OR OLD.structure_id IS DISTINCT FROM NEW.structure_id)
     EXECUTE FUNCTION vs_end_grants_of_account();
 
--- Anomaly rules (alerts/rules.py): which rule already alerted on which subject in which
+-- Anomaly rules (limits/rules.py): which rule already alerted on which subject in which
 -- window, so that replicas and restarts never alert twice.
 CREATE TABLE rule_hits (
     rule          text NOT NULL CHECK (rule ~ '^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}$'),
@@ -75,7 +75,7 @@ CREATE TABLE rule_hits (
 );
 GRANT SELECT, INSERT ON rule_hits TO vault_service_app;
 
--- Alerts POSTed to a configured webhook (alerts/webhook.py), after they commit, by one
+-- Alerts POSTed to a configured webhook (limits/webhook.py), after they commit, by one
 -- leader, with retries and back-off: the state of each alert's delivery.
 CREATE TABLE alert_deliveries (
     alert_id         uuid PRIMARY KEY REFERENCES alerts (id),

@@ -1,4 +1,4 @@
--- The rest of the anomaly rules (alerts/rules.py): what they read that no table kept.
+-- The rest of the anomaly rules (limits/rules.py): what they read that no table kept.
 --
 -- * when a budget mark was made (reads outside a structure's working hours);
 -- * each structure's own time zone, for structures outside metropolitan France;

@@ -4,7 +4,7 @@
 -- one canary account per structure (`canary_accounts`): whoever held a dump could read
 -- which records to leave alone. Now the registry holds only a keyed tag of each id
 -- (HMAC-SHA-256 under a key derived inside Vault, truncated to 16 bytes, see
--- records/honeytokens.py) and the day it was planted; a canary's referent is an
+-- limits/honeytokens.py) and the day it was planted; a canary's referent is an
 -- ordinary-looking disabled counsellor account, registered nowhere. The service role
 -- can read the tags, never write them: registration is an admin's act, through
 -- vs_register_honeytoken on the admin's own login.

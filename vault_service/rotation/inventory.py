@@ -1,7 +1,7 @@
 """`vault-service keys status`: the key inventory and what the rotation policy says
 is due. Versions, dates and counts only: nothing here is key material.
 
-The JSON shape is stable (README, "Key inventory"): keys are added, never renamed.
+The JSON shape is stable (docs/admin.md, "`keys status --json`"): keys are added, never renamed.
 """
 
 from __future__ import annotations

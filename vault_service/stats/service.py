@@ -370,7 +370,7 @@ class StatsService:
             raise StatsNotSealed()
         if int(row["k"]) < self.k:
             # Sealed under a smaller k than the one configured now: not served
-            # (fail closed); README says how an operator deals with it.
+            # (fail closed); docs/statistics.md says how an operator deals with it.
             raise StatsUnprotectable()
         data_key = await self._kms.unwrap_key(str(row["wrapped_key"]))
         # A body that does not authenticate was written by someone holding the

@@ -35,7 +35,7 @@ instead of structure) publishes exactly the cells and suppressions that a query
 over more dimensions shows in its margins. The answers to every query over a
 subset of a query's dimensions add nothing to that query's own answer, and a
 linear solver over one answer (tests/integration/test_stats.py) speaks for that
-whole family. See README (BI lane) for what is not guaranteed: queries over
+whole family. See docs/statistics.md for what is not guaranteed: queries over
 unrelated dimension sets together, and differences between periods.
 """
 
