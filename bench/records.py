@@ -34,13 +34,9 @@ import msgspec
 from vault_service.access.recording import ToolLog
 from vault_service.auth.permissions import Role, scopes_for
 from vault_service.auth.principal import Principal
-from vault_service.auth.tokens import SigningKeys, TokenIssuer
-from vault_service.crypto.keys import KeyHierarchy
 from vault_service.dev import embedded as devstack
-from vault_service.kms import VaultKms
-from vault_service.records import schema
 from vault_service.records.plausible import youth
-from vault_service.records.service import RecordService
+from vault_service.services import service_side, token_issuer
 from vault_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,40 +157,31 @@ async def prepare(
     await owner.execute("CREATE TABLE bench_reference (id uuid PRIMARY KEY, body jsonb NOT NULL)")
     await owner.execute("GRANT SELECT, INSERT ON bench_reference TO vault_service_app")
     settings = Settings.from_env(env)
-    kms = VaultKms(settings.vault)
-    pool = await asyncpg.create_pool(settings.database.url, min_size=2, max_size=8)
-    service = RecordService(
-        pool,
-        KeyHierarchy(kms, pool, ttl=300, max_uses=10**9),
-        schema.load(),
-        search_page_max=20,
-        caseload_page_max=50,
-    )
-    principal = Principal(aid, Role.COUNSELLOR, sid, scopes_for(Role.COUNSELLOR), uuid.uuid4(), 0)
-    import random
-
-    from faker import Faker
-
-    fake, rng = Faker("fr_FR"), random.Random(7)
-    full = json.loads((ROOT / "tests" / "fixtures" / "full_record.json").read_text())
-    ids = []
-    for i in range(n):
-        record = {**full, **youth(fake, rng, "75")} if i % 2 else youth(fake, rng, "75")
-        body = msgspec.json.encode(record)
-        created = await service.create(principal, body, None, ToolLog(principal, "record.seed"))
-        # The reference stores the same plaintext under the same id.
-        await owner.execute(
-            "INSERT INTO bench_reference (id, body) VALUES ($1, $2::jsonb)",
-            created.record_id,
-            body.decode(),
+    async with service_side(settings, min_size=2, max_size=8) as side:
+        service = side.records
+        principal = Principal(
+            aid, Role.COUNSELLOR, sid, scopes_for(Role.COUNSELLOR), uuid.uuid4(), 0
         )
-        ids.append(str(created.record_id))
-    token = await TokenIssuer(settings, kms, SigningKeys(kms)).issue(
-        aid, Role.COUNSELLOR, sid, 3600
-    )
-    await pool.close()
+        import random
+
+        from faker import Faker
+
+        fake, rng = Faker("fr_FR"), random.Random(7)
+        full = json.loads((ROOT / "tests" / "fixtures" / "full_record.json").read_text())
+        ids = []
+        for i in range(n):
+            record = {**full, **youth(fake, rng, "75")} if i % 2 else youth(fake, rng, "75")
+            body = msgspec.json.encode(record)
+            created = await service.create(principal, body, None, ToolLog(principal, "record.seed"))
+            # The reference stores the same plaintext under the same id.
+            await owner.execute(
+                "INSERT INTO bench_reference (id, body) VALUES ($1, $2::jsonb)",
+                created.record_id,
+                body.decode(),
+            )
+            ids.append(str(created.record_id))
+        token = await token_issuer(settings, side.kms).issue(aid, Role.COUNSELLOR, sid, 3600)
     await owner.close()
-    kms.close()
     return ids, token
 
 
