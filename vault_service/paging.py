@@ -1,8 +1,10 @@
-"""Query parameters and page cursors, shared by every route that pages or counts.
+"""Query parameters, path ids and page cursors, shared by every route that takes them.
 
-One codec, strict both ways: a cursor is accepted only in the exact form this
-service emits (unpadded URL-safe base64 of a fixed-size value, canonical round
-trip), and an integer only as plain ASCII digits. Anything else is a 400
+One parser (`Query`) and one codec, strict both ways: a query names each parameter
+once, from the route's list, with a value no longer than the route's cap; a cursor is
+accepted only in the exact form this service emits (unpadded URL-safe base64 of a
+fixed-size value, canonical round trip), an integer only as plain ASCII digits, a
+UUID only in canonical form and a time only with its zone. Anything else is a 400
 `invalid_parameter` whose detail names the parameter, never its value.
 """
 
@@ -10,18 +12,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Set
 from typing import Final, overload
 
 from vault_service.errors import InvalidParameter
 
 __all__ = [
     "BIGINT_MAX",
+    "Query",
     "decode_index_cursor",
     "decode_uuid_cursor",
     "encode_index_cursor",
     "encode_uuid_cursor",
+    "parse_uuid",
     "query_int",
 ]
 
@@ -102,3 +107,143 @@ def decode_index_cursor(cursor: str | None) -> int:
     if index > BIGINT_MAX or encode_index_cursor(index) != cursor:
         raise InvalidParameter("cursor is not valid")
     return index
+
+
+def parse_uuid(raw: str, what: str) -> uuid.UUID:
+    """A UUID in canonical form (`uuid.UUID` alone also takes braces, `urn:uuid:`
+    and missing hyphens: one id, one spelling)."""
+    try:
+        value = uuid.UUID(raw)
+    except ValueError:
+        raise InvalidParameter(f"{what} must be a UUID") from None
+    if str(value) != raw.lower():
+        raise InvalidParameter(f"{what} must be a UUID in canonical form")
+    return value
+
+
+class _Required:
+    """The default of a parameter that has none: absent is refused like invalid."""
+
+
+_REQUIRED: Final = _Required()
+_UNKNOWN: Final = "unknown query parameter"
+
+
+class Query(Mapping[str, str]):
+    """A query string read strictly, and the typed values of its parameters.
+
+    Each name at most once (a repeated one could be read one way here and another
+    way by a proxy or a log), each value at most `max_length` characters (the
+    route's cap), and, when `allowed` is given, no name outside it. The first
+    parameter that breaks a rule is refused, the rules taken in that order.
+    `items` are the decoded pairs in request order (Litestar's
+    `request.query_params.multi_items()`)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(
+        self,
+        items: Iterable[tuple[str, str]],
+        *,
+        max_length: int,
+        allowed: Collection[str] | None = None,
+    ) -> None:
+        values: dict[str, str] = {}
+        for name, value in items:
+            if allowed is not None and name not in allowed:
+                raise InvalidParameter(_UNKNOWN)
+            if name in values:
+                raise InvalidParameter("a query parameter is repeated")
+            if len(value) > max_length:
+                raise InvalidParameter("a query parameter is too long")
+            values[name] = value
+        self._values = values
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def only(self, allowed: Set[str]) -> None:
+        """Refuses a name outside `allowed` once every parameter passed the other
+        rules: for a route whose names are checked after the query is read (the
+        record routes, where a repeated or too long value is named first)."""
+        if not self._values.keys() <= allowed:
+            raise InvalidParameter(_UNKNOWN)
+
+    @overload
+    def get_int(
+        self, name: str, *, default: int, minimum: int = 0, maximum: int = BIGINT_MAX
+    ) -> int: ...
+    @overload
+    def get_int(
+        self, name: str, *, default: None = None, minimum: int = 0, maximum: int = BIGINT_MAX
+    ) -> int | None: ...
+    def get_int(
+        self,
+        name: str,
+        *,
+        default: int | None = None,
+        minimum: int = 0,
+        maximum: int = BIGINT_MAX,
+    ) -> int | None:
+        """An integer in [minimum, maximum] (by default what a bigint holds, never
+        negative: tree sizes and entry indexes), `default` when absent."""
+        return query_int(self._values, name, default=default, minimum=minimum, maximum=maximum)
+
+    def require_int(self, name: str, *, minimum: int = 0, maximum: int = BIGINT_MAX) -> int:
+        value = self.get_int(name, minimum=minimum, maximum=maximum)
+        if value is None:
+            raise InvalidParameter(f"{name} is required")
+        return value
+
+    def get_limit(self, default: int, maximum: int) -> int:
+        """`limit`: a page of at least one item, at most `maximum`."""
+        return self.get_int("limit", default=default, minimum=1, maximum=maximum)
+
+    def get_uuid(self, name: str) -> uuid.UUID | None:
+        raw = self._values.get(name)
+        return None if raw is None else parse_uuid(raw, name)
+
+    def get_uuid_cursor(self) -> uuid.UUID | None:
+        """The id a page starts after (`cursor`), None from the start."""
+        cursor = self._values.get("cursor")
+        return None if cursor is None else decode_uuid_cursor(cursor)
+
+    def get_time(self, name: str) -> datetime.datetime | None:
+        """An ISO 8601 date-time with its time zone: a naive one would be read in
+        whatever zone the server runs in."""
+        raw = self._values.get(name)
+        if raw is None:
+            return None
+        try:
+            value = datetime.datetime.fromisoformat(raw)
+        except ValueError:
+            raise InvalidParameter(f"{name} must be an ISO 8601 date-time") from None
+        if value.tzinfo is None:
+            raise InvalidParameter(f"{name} must carry a time zone (e.g. Z)")
+        return value
+
+    @overload
+    def get_choice(self, name: str, options: tuple[str, ...]) -> str: ...
+    @overload
+    def get_choice(self, name: str, options: tuple[str, ...], default: str) -> str: ...
+    @overload
+    def get_choice(self, name: str, options: tuple[str, ...], default: None) -> str | None: ...
+    def get_choice(
+        self, name: str, options: tuple[str, ...], default: str | _Required | None = _REQUIRED
+    ) -> str | None:
+        """One of `options`; `default` when absent, and without one the parameter is
+        required (absent is refused with the same sentence as a wrong value)."""
+        raw = self._values.get(name)
+        if raw is None:
+            if not isinstance(default, _Required):
+                return default
+        elif raw in options:
+            return raw
+        listed = " or ".join((", ".join(options[:-1]), options[-1])) if options[:-1] else options[0]
+        raise InvalidParameter(f"{name} must be {listed}")

@@ -27,7 +27,7 @@ from vault_service.audit.proofs import AuditProofs
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter, NotFound, invalid_body
-from vault_service.paging import BIGINT_MAX, decode_uuid_cursor, encode_uuid_cursor, query_int
+from vault_service.paging import Query, encode_uuid_cursor, parse_uuid
 from vault_service.records.custody import CustodyService
 
 JSON: Final = "application/json"
@@ -45,67 +45,15 @@ _encoder = msgspec.json.Encoder()
 
 
 # --- query parameters: strict, stable error codes, values never echoed ---------------------
-def _params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key not in allowed:
-            raise InvalidParameter("unknown query parameter")
-        if key in params:
-            raise InvalidParameter("a query parameter is repeated")
-        if len(value) > _MAX_PARAM:
-            raise InvalidParameter("a query parameter is too long")
-        params[key] = value
-    return params
+def _params(request: Request[Any, Any, Any], allowed: frozenset[str]) -> Query:
+    return Query(request.query_params.multi_items(), max_length=_MAX_PARAM, allowed=allowed)
 
 
-def _int(params: Mapping[str, str], name: str) -> int | None:
-    # Tree sizes and entry indexes: PostgreSQL bigint, never negative.
-    return query_int(params, name, default=None, minimum=0, maximum=BIGINT_MAX)
-
-
-def _required_int(params: Mapping[str, str], name: str) -> int:
-    value = _int(params, name)
-    if value is None:
-        raise InvalidParameter(f"{name} is required")
-    return value
-
-
-def _limit(params: Mapping[str, str], default: int, maximum: int) -> int:
-    return query_int(params, "limit", default=default, minimum=1, maximum=maximum)
-
-
-def _uuid(raw: str | None, name: str) -> uuid.UUID | None:
-    if raw is None:
-        return None
-    try:
-        value = uuid.UUID(raw)
-    except ValueError:
-        raise InvalidParameter(f"{name} must be a UUID") from None
-    if str(value) != raw.lower():
-        raise InvalidParameter(f"{name} must be a UUID in canonical form")
-    return value
-
-
-def _time(raw: str | None, name: str) -> datetime.datetime | None:
-    if raw is None:
-        return None
-    try:
-        value = datetime.datetime.fromisoformat(raw)
-    except ValueError:
-        raise InvalidParameter(f"{name} must be an ISO 8601 date-time") from None
-    if value.tzinfo is None:
-        raise InvalidParameter(f"{name} must carry a time zone (e.g. Z)")
-    return value
-
-
-def _newest_first(params: Mapping[str, str]) -> bool:
+def _newest_first(params: Query) -> bool:
     """`order`: `oldest` first (the default, as before the parameter existed) or
     `newest` first. A cursor continues the order it was given in; it carries no order
     of its own, so the caller repeats `order` with it."""
-    order = params.get("order", "oldest")
-    if order not in ("oldest", "newest"):
-        raise InvalidParameter("order must be oldest or newest")
-    return order == "newest"
+    return params.get_choice("order", ("oldest", "newest"), "oldest") == "newest"
 
 
 def _json(value: object) -> Response[bytes]:
@@ -163,11 +111,11 @@ class AuditController(Controller):
         action = params.get("action")
         if action is not None and not _ACTION.match(action):
             raise InvalidParameter("action must be a dotted code like record.read")
-        record_id = _uuid(params.get("record_id"), "record_id")
-        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        record_id = params.get_uuid("record_id")
+        since, until = params.get_time("since"), params.get_time("until")
         if since is not None and until is not None and until <= since:
             raise InvalidParameter("until must be after since")
-        structure_id = _uuid(params.get("structure_id"), "structure_id")
+        structure_id = params.get_uuid("structure_id")
         if structure_id is not None and (
             since is None or until is None or until - since > _STRUCTURE_WINDOW
         ):
@@ -177,12 +125,12 @@ class AuditController(Controller):
         await _settled(request)
         page = await proofs.events(
             record_id=record_id,
-            actor_id=_uuid(params.get("actor_id"), "actor_id"),
+            actor_id=params.get_uuid("actor_id"),
             action=action,
             since=since,
             until=until,
             cursor=params.get("cursor"),
-            limit=_limit(params, 100, proofs.events_page_max),
+            limit=params.get_limit(100, proofs.events_page_max),
             structure_id=structure_id,
         )
         await _log(request, params, (record_id,) if record_id else ())
@@ -195,7 +143,7 @@ class AuditController(Controller):
     )
     async def checkpoint(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"size"}))
-        _, note = await _proofs(request).checkpoint(_int(params, "size"))
+        _, note = await _proofs(request).checkpoint(params.get_int("size"))
         await _log(request, params)
         return Response(note.encode("utf-8"), media_type="text/plain; charset=utf-8")
 
@@ -218,7 +166,7 @@ class AuditController(Controller):
     async def inclusion(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"index", "size"}))
         proof = await _proofs(request).inclusion(
-            _required_int(params, "index"), _int(params, "size")
+            params.require_int("index"), params.get_int("size")
         )
         await _log(request, params)
         return _json(proof)
@@ -230,9 +178,7 @@ class AuditController(Controller):
     )
     async def consistency(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"from", "to"}))
-        proof = await _proofs(request).consistency(
-            _required_int(params, "from"), _int(params, "to")
-        )
+        proof = await _proofs(request).consistency(params.require_int("from"), params.get_int("to"))
         await _log(request, params)
         return _json(proof)
 
@@ -244,7 +190,7 @@ class AuditController(Controller):
     async def bundles(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"start", "end", "size"}))
         bundle = await _proofs(request).bundle(
-            _required_int(params, "start"), _int(params, "end"), _int(params, "size")
+            params.require_int("start"), params.get_int("end"), params.get_int("size")
         )
         await _log(request, params)
         return _json(bundle)
@@ -256,20 +202,18 @@ class AuditController(Controller):
     )
     async def breach_impact(self, request: Request[Principal, Any, Any]) -> Response[Any]:
         params = _params(request, _REPORT)
-        actor_id = _uuid(params.get("actor_id"), "actor_id")
-        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        actor_id = params.get_uuid("actor_id")
+        since, until = params.get_time("since"), params.get_time("until")
         if actor_id is None or since is None or until is None:
             raise InvalidParameter("actor_id, since and until are required")
-        output = params.get("format", "json")
-        if output not in ("json", "csv"):
-            raise InvalidParameter("format must be json or csv")
+        output = params.get_choice("format", ("json", "csv"), "json")
         proofs = _proofs(request)
         if output == "csv" and ("cursor" in params or "limit" in params):
             raise InvalidParameter("the CSV report is never paged")
         limit = (
             proofs.report_page_max
             if output == "csv"
-            else _limit(params, 1000, proofs.report_page_max)
+            else params.get_limit(1000, proofs.report_page_max)
         )
         await _settled(request)
         page = await proofs.breach_impact(actor_id, since, until, params.get("cursor"), limit)
@@ -289,8 +233,8 @@ class AuditController(Controller):
     )
     async def report_proofs(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"actor_id", "since", "until"}))
-        actor_id = _uuid(params.get("actor_id"), "actor_id")
-        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        actor_id = params.get_uuid("actor_id")
+        since, until = params.get_time("since"), params.get_time("until")
         if actor_id is None or since is None or until is None:
             raise InvalidParameter("actor_id, since and until are required")
         bundle = await _proofs(request).report_proofs(actor_id, since, until)
@@ -310,10 +254,8 @@ class AuditController(Controller):
     )
     async def volume(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"by", "since", "until"}))
-        by = params.get("by", "actor")
-        if by not in ("actor", "structure"):
-            raise InvalidParameter("by must be actor or structure")
-        since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
+        by = params.get_choice("by", ("actor", "structure"), "actor")
+        since, until = params.get_time("since"), params.get_time("until")
         if since is None or until is None:
             raise InvalidParameter("since and until are required")
         if until <= since:
@@ -338,17 +280,14 @@ class AuditController(Controller):
     )
     async def break_glass(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, frozenset({"state", "order", "cursor", "limit"}))
-        state = params.get("state")
-        if state is not None and state not in ("pending", "reviewed"):
-            raise InvalidParameter("state must be pending or reviewed")
+        state = params.get_choice("state", ("pending", "reviewed"), None)
         newest = _newest_first(params)
-        limit = _limit(params, 100, 500)
-        cursor = params.get("cursor")
+        limit = params.get_limit(100, 500)
         custody: CustodyService = request.app.state.custody
         items = await custody.grants_for_audit(
             request.user,
             state,
-            None if cursor is None else decode_uuid_cursor(cursor),
+            params.get_uuid_cursor(),
             limit,
             newest_first=newest,
         )
@@ -365,12 +304,11 @@ class AuditController(Controller):
         self, request: Request[Principal, Any, Any], record_id: FromPath[str]
     ) -> Response[bytes]:
         params = _params(request, _PAGE)
-        rid = _uuid(record_id, "record_id")
-        assert rid is not None
+        rid = parse_uuid(record_id, "record_id")
         proofs = _proofs(request)
         await _settled(request)
         page = await proofs.subject(
-            rid, params.get("cursor"), _limit(params, 100, proofs.events_page_max)
+            rid, params.get("cursor"), params.get_limit(100, proofs.events_page_max)
         )
         await _log(request, params, (rid,))
         return _json(page)
@@ -400,17 +338,12 @@ class AlertsController(Controller):
     )
     async def alerts(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         params = _params(request, _ALERTS)
-        state = params.get("state")
-        if state is not None and state not in ("open", "acknowledged"):
-            raise InvalidParameter("state must be open or acknowledged")
+        state = params.get_choice("state", ("open", "acknowledged"), None)
         newest = _newest_first(params)
-        cursor = params.get("cursor")
-        after = None if cursor is None else decode_uuid_cursor(cursor)
-        limit = _limit(params, 100, 500)
+        after = params.get_uuid_cursor()
+        limit = params.get_limit(100, 500)
         source: Alerts = request.app.state.alerts
-        rows = await source.page(
-            state, _time(params.get("since"), "since"), after, limit, newest_first=newest
-        )
+        rows = await source.page(state, params.get_time("since"), after, limit, newest_first=newest)
         items = [
             {
                 "id": r["id"],
@@ -439,10 +372,8 @@ class AlertsController(Controller):
     async def ack(
         self, request: Request[Principal, Any, Any], alert_id: FromPath[str]
     ) -> Response[None]:
-        if request.query_params:
-            raise InvalidParameter("unknown query parameter")
-        aid = _uuid(alert_id, "alert id")
-        assert aid is not None
+        _params(request, frozenset())
+        aid = parse_uuid(alert_id, "alert id")
         try:
             body = _ack_decoder.decode(await request.body())
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

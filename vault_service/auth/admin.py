@@ -23,15 +23,38 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
+from vault_service.auth.acts import (
+    SHARED_REFUSALS,
+    ActFamily,
+    ActorNotAdmin,
+    NoPendingRequest,
+    SelfApproval,
+)
 from vault_service.auth.permissions import Role
 from vault_service.errors import Conflict, Forbidden, NotFound, VaultServiceError
 
+# The refusals shared with the record acts are defined in acts.py and named here too:
+# a caller of the account acts catches every refusal of theirs from this module.
+__all__ = [
+    "AccountAdmin",
+    "ActorNotAdmin",
+    "IdentityLinked",
+    "IdentityNotLinked",
+    "IdentityRequestPending",
+    "LastAdmins",
+    "NoOpenAlert",
+    "NoPendingRequest",
+    "NoSuchAccount",
+    "NotAllowed",
+    "NotSuspended",
+    "RequestRef",
+    "RoleAboveActor",
+    "SelfApproval",
+    "StillReferent",
+    "service_suspend",
+]
+
 alerts = structlog.get_logger("vault_service.alerts")
-
-
-class ActorNotAdmin(Forbidden):
-    code = "actor_not_admin"
-    title = "The calling login is not an active admin"
 
 
 class RoleAboveActor(Forbidden):
@@ -39,19 +62,9 @@ class RoleAboveActor(Forbidden):
     title = "Nobody grants or approves a role above their own"
 
 
-class SelfApproval(Forbidden):
-    code = "four_eyes_required"
-    title = "A second, different admin must decide this request"
-
-
 class NoSuchAccount(NotFound):
     code = "no_such_account"
     title = "No such account"
-
-
-class NoPendingRequest(NotFound):
-    code = "no_pending_request"
-    title = "No pending request with this id"
 
 
 class NotSuspended(Conflict):
@@ -94,21 +107,22 @@ class IdentityRequestPending(Conflict):
     title = "A request for this external identity is already pending"
 
 
-_ERRORS: Final[dict[str, type[VaultServiceError]]] = {
-    "VS001": ActorNotAdmin,
-    "VS002": RoleAboveActor,
-    "VS003": NoSuchAccount,
-    "VS004": NotSuspended,
-    "VS006": NoPendingRequest,
-    "VS007": SelfApproval,
-    "VS008": NotAllowed,
-    "VS010": StillReferent,
-    "VS011": NoOpenAlert,
-    "VS013": LastAdmins,
-    "VS014": IdentityLinked,
-    "VS015": IdentityNotLinked,
-    "VS016": IdentityRequestPending,
-}
+_ACCOUNT_ACTS: Final = ActFamily(
+    "account_action_refused",
+    {
+        **SHARED_REFUSALS,
+        "VS002": RoleAboveActor,
+        "VS003": NoSuchAccount,
+        "VS004": NotSuspended,
+        "VS008": NotAllowed,
+        "VS010": StillReferent,
+        "VS011": NoOpenAlert,
+        "VS013": LastAdmins,
+        "VS014": IdentityLinked,
+        "VS015": IdentityNotLinked,
+        "VS016": IdentityRequestPending,
+    },
+)
 
 SELECT_REQUESTS: Final = """
 SELECT id, kind, account_id, role, structure_id, requested_by, requested_at, state,
@@ -145,35 +159,27 @@ LOG_REFUSAL: Final = "SELECT vs_log_admin_act($1, 'refused', $2, NULL, $3, 1, $4
 async def _call(
     pool: asyncpg.Pool, act: _Act, sql: str, *args: Any, log_refusal: bool = True
 ) -> Any:
-    async with pool.acquire() as conn:
+    async def logged(conn: Any, error: type[VaultServiceError]) -> None:
+        if error is ActorNotAdmin:
+            return  # a login that is not an active admin cannot be named in an entry
+        # The act rolled back with its entry: the refusal gets its own. Were that to
+        # fail, the act stays refused and the alert log says so.
         try:
-            return await conn.fetchrow(sql, *args)
-        except asyncpg.PostgresError as exc:
-            error = _ERRORS.get(getattr(exc, "sqlstate", "") or "")
-            code = error.code if error else "database_error"
-            alerts.warning("account_action_refused", alert=True, action=act.action, code=code)
-            if error is None:
-                raise
-            if log_refusal and error is not ActorNotAdmin:
-                # The act rolled back with its entry: the refusal gets its own. Were
-                # that to fail, the act stays refused and the alert log says so.
-                try:
-                    await conn.execute(
-                        LOG_REFUSAL,
-                        act.action,
-                        list(act.record_ids),
-                        code,
-                        act.request_id,
-                        act.jti,
-                    )
-                except asyncpg.PostgresError as failed:
-                    alerts.error(
-                        "admin_refusal_not_logged",
-                        alert=True,
-                        action=act.action,
-                        error_type=type(failed).__name__,
-                    )
-            raise error() from None
+            await conn.execute(
+                LOG_REFUSAL, act.action, list(act.record_ids), error.code, act.request_id, act.jti
+            )
+        except asyncpg.PostgresError as failed:
+            alerts.error(
+                "admin_refusal_not_logged",
+                alert=True,
+                action=act.action,
+                error_type=type(failed).__name__,
+            )
+
+    async with pool.acquire() as conn:
+        return await _ACCOUNT_ACTS.call(
+            conn, act.action, sql, *args, on_refusal=logged if log_refusal else None
+        )
 
 
 class AccountAdmin:

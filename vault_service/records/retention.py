@@ -31,7 +31,8 @@ import asyncpg
 import msgspec
 import structlog
 
-from vault_service.errors import BadRequest, Conflict, Forbidden, NotFound, VaultServiceError
+from vault_service.auth.acts import SHARED_REFUSALS, ActFamily
+from vault_service.errors import BadRequest, Conflict, NotFound
 
 __all__ = [
     "ERASE_REASONS",
@@ -88,30 +89,18 @@ class BadReason(BadRequest):
     title = "Not a reason code of this act"
 
 
-class SelfApproval(Forbidden):
-    code = "four_eyes_required"
-    title = "A second, different admin must decide this request"
-
-
-class ActorNotAdmin(Forbidden):
-    code = "actor_not_admin"
-    title = "The calling login is not an active admin"
-
-
-class NoPendingRequest(NotFound):
-    code = "no_pending_request"
-    title = "No pending request with this id"
-
-
-_ERRORS: Final[dict[str, type[VaultServiceError]]] = {
-    "VS001": ActorNotAdmin,
-    "VS006": NoPendingRequest,
-    "VS007": SelfApproval,
-    "VS012": NoSuchRecord,
-    "VS013": RecordRequestConflict,
-    "VS014": UnderLegalHold,
-    "VS015": BadReason,
-}
+# VS013 to VS015 mean something else for the account acts (auth/admin.py); VS016, a
+# batch size out of range, is not a refusal of this map: it stays a database error.
+_RECORD_ACTS: Final = ActFamily(
+    "record_action_refused",
+    {
+        **SHARED_REFUSALS,
+        "VS012": NoSuchRecord,
+        "VS013": RecordRequestConflict,
+        "VS014": UnderLegalHold,
+        "VS015": BadReason,
+    },
+)
 
 
 # --- the rule ----------------------------------------------------------------------------
@@ -168,22 +157,6 @@ def _add_years(day: datetime.date, years: int) -> datetime.date:
 
 
 # --- admin acts ----------------------------------------------------------------------------
-async def _call(conn: Any, action: str, sql: str, *args: Any) -> Any:
-    try:
-        return await conn.fetchrow(sql, *args)
-    except asyncpg.PostgresError as exc:
-        error = _ERRORS.get(getattr(exc, "sqlstate", "") or "")
-        alerts.warning(
-            "record_action_refused",
-            alert=True,
-            action=action,
-            code=error.code if error else "database_error",
-        )
-        if error is None:
-            raise
-        raise error() from None
-
-
 LogDecrypted = Callable[[list[uuid.UUID]], Awaitable[None]]
 Backfill = Callable[[LogDecrypted], Awaitable[int]]
 """Dates the undated records, calling `log(ids)` for each batch it decrypts; how many."""
@@ -217,7 +190,7 @@ class RecordAdmin:
             raise BadReason()
         request_id = uuid.uuid4()
         async with self._pool.acquire() as conn:
-            await _call(conn, kind, REQUEST_ACT, request_id, kind, record_id, reason)
+            await _RECORD_ACTS.call(conn, kind, REQUEST_ACT, request_id, kind, record_id, reason)
         alerts.warning(
             "record_act_requested",
             alert=True,
@@ -230,7 +203,7 @@ class RecordAdmin:
 
     async def decide(self, request_id: uuid.UUID, *, approve: bool) -> tuple[str, uuid.UUID]:
         async with self._pool.acquire() as conn:
-            row = await _call(conn, "decide", DECIDE, request_id, approve)
+            row = await _RECORD_ACTS.call(conn, "decide", DECIDE, request_id, approve)
         alerts.warning(
             "record_act_decided",
             alert=True,
@@ -266,7 +239,7 @@ class RecordAdmin:
             if not await conn.fetchval(_RUN_LOCK):
                 return RetentionReport(dry_run, 0, 0, 0, 0, locked_out=True)
             try:
-                counts = await _call(conn, "retention", COUNTS, purge_after_days)
+                counts = await _RECORD_ACTS.call(conn, "retention", COUNTS, purge_after_days)
                 due, held = int(counts["due"]), int(counts["held"])
                 undated, purgeable = int(counts["unknown"]), int(counts["purgeable"])
                 if dry_run:
@@ -278,7 +251,7 @@ class RecordAdmin:
                         await conn.execute(LOG_DATED, ids)
 
                     dated = await backfill(log_decrypted)
-                    counts = await _call(conn, "retention", COUNTS, purge_after_days)
+                    counts = await _RECORD_ACTS.call(conn, "retention", COUNTS, purge_after_days)
                     due, held = int(counts["due"]), int(counts["held"])
                     undated = int(counts["unknown"])
                 anonymised: list[uuid.UUID] = []

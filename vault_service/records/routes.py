@@ -21,7 +21,7 @@ from vault_service.errors import (
     PreconditionRequired,
     invalid_body,
 )
-from vault_service.paging import decode_uuid_cursor, encode_uuid_cursor, query_int
+from vault_service.paging import Query, decode_uuid_cursor, encode_uuid_cursor, parse_uuid
 from vault_service.records.access import View
 from vault_service.records.custody import (
     BreakGlassRequest,
@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
 _PAGING: Final = frozenset({"cursor", "limit"})
-_DIRECTIONS: Final = {"incoming": True, "outgoing": False}
+_MAX_PARAM: Final = 320
+# The services cap each page further; this only keeps the number sane.
+_LIMIT_MAX: Final = 1000
 JSON: Final = "application/json"
 
 
@@ -49,13 +51,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def parse_id(raw: str, what: str = "record id") -> uuid.UUID:
-    try:
-        value = uuid.UUID(raw)
-    except ValueError:
-        raise InvalidParameter(f"{what} must be a UUID") from None
-    if str(value) != raw.lower():
-        raise InvalidParameter(f"{what} must be a UUID in canonical form")
-    return value
+    return parse_uuid(raw, what)
 
 
 def etag(version: int) -> str:
@@ -76,26 +72,10 @@ def parse_if_match(value: str | None) -> int | None:
         return -1
 
 
-def _limit(params: dict[str, str], default: int) -> int:
-    # The services cap each page further; this only keeps the number sane.
-    return query_int(params, "limit", default=default, minimum=1, maximum=1000)
-
-
-def _single_params(request: Request[Any, Any, Any]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key in params:
-            raise InvalidParameter("a query parameter is repeated")
-        if len(value) > 320:
-            raise InvalidParameter("a query parameter is too long")
-        params[key] = value
-    return params
-
-
-def _after(params: dict[str, str]) -> uuid.UUID | None:
-    """The record id a page starts after, None from the start."""
-    cursor = params.get("cursor")
-    return None if cursor is None else decode_uuid_cursor(cursor)
+def _query(request: Request[Any, Any, Any]) -> Query:
+    """Any name (a search's criteria are checked by the service); a route with a
+    fixed list checks it with `Query.only`, after the rest."""
+    return Query(request.query_params.multi_items(), max_length=_MAX_PARAM)
 
 
 def _headers(log: RequestLog, **extra: str) -> dict[str, str]:
@@ -194,9 +174,11 @@ class RecordsController(Controller):
     )
     async def search_records(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         service: RecordService = request.app.state.records
-        params = _single_params(request)
+        params = _query(request)
         criteria = {k: v for k, v in params.items() if k not in _PAGING}
-        page = await service.search(request.user, criteria, _after(params), _limit(params, 20))
+        page = await service.search(
+            request.user, criteria, params.get_uuid_cursor(), params.get_limit(20, _LIMIT_MAX)
+        )
         log = request_log(request.scope)
         await log.allowed(
             Charge.SUMMARY, record_ids=page.record_ids, criteria=tuple(sorted(criteria))
@@ -231,10 +213,11 @@ class RecordsController(Controller):
     )
     async def caseload(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         service: RecordService = request.app.state.records
-        params = _single_params(request)
-        if set(params) - _PAGING:
-            raise InvalidParameter("unknown query parameter")
-        page = await service.caseload(request.user, _after(params), _limit(params, 50))
+        params = _query(request)
+        params.only(_PAGING)
+        page = await service.caseload(
+            request.user, params.get_uuid_cursor(), params.get_limit(50, _LIMIT_MAX)
+        )
         log = request_log(request.scope)
         await log.allowed(Charge.SUMMARY, record_ids=page.record_ids)
         return _page_response(log, page)
@@ -299,11 +282,12 @@ class RecordsController(Controller):
     )
     async def review_queue(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
-        params = _single_params(request)
-        if set(params) - _PAGING:
-            raise InvalidParameter("unknown query parameter")
+        params = _query(request)
+        params.only(_PAGING)
         items = await custody.review_queue(
-            request.user, decode_uuid_cursor(params.get("cursor")), min(_limit(params, 50), 100)
+            request.user,
+            decode_uuid_cursor(params.get("cursor")),
+            min(params.get_limit(50, _LIMIT_MAX), 100),
         )
         next_cursor = encode_uuid_cursor(items[-1]["id"]) if items else None
         log = request_log(request.scope)
@@ -350,13 +334,10 @@ class TransfersController(Controller):
     )
     async def list_transfers(self, request: Request[Principal, Any, Any]) -> Response[bytes]:
         custody: CustodyService = request.app.state.custody
-        params = _single_params(request)
-        if set(params) - _PAGING - {"direction"}:
-            raise InvalidParameter("unknown query parameter")
-        incoming = _DIRECTIONS.get(params.get("direction", ""))
-        if incoming is None:
-            raise InvalidParameter("direction must be incoming or outgoing")
-        limit = min(_limit(params, 50), 100)
+        params = _query(request)
+        params.only(_PAGING | {"direction"})
+        incoming = params.get_choice("direction", ("incoming", "outgoing")) == "incoming"
+        limit = min(params.get_limit(50, _LIMIT_MAX), 100)
         items = await custody.transfer_requests(
             request.user, incoming, decode_uuid_cursor(params.get("cursor")), limit
         )

@@ -20,11 +20,13 @@ from vault_service.access.recording import request_log
 from vault_service.auth.permissions import Permission
 from vault_service.auth.principal import Principal
 from vault_service.errors import InvalidParameter
+from vault_service.paging import Query
 from vault_service.stats.service import DIMENSIONS, StatsService, parse_query
 
 JSON: Final = "application/json"
 CSV: Final = "text/csv; charset=utf-8"
 _ALLOWED: Final = frozenset({"group_by", "since", "until", "format"})
+_MAX_PARAM: Final = 128
 _encoder = msgspec.json.Encoder()
 
 
@@ -45,20 +47,7 @@ class StatsDocument(msgspec.Struct):
     cells: list[StatsCell]
 
 
-def _params(request: Request[Any, Any, Any]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key not in _ALLOWED:
-            raise InvalidParameter("unknown query parameter")
-        if key in params:
-            raise InvalidParameter("a query parameter is repeated")
-        if len(value) > 128:
-            raise InvalidParameter("a query parameter is too long")
-        params[key] = value
-    return params
-
-
-def _wants_csv(request: Request[Any, Any, Any], params: dict[str, str]) -> bool:
+def _wants_csv(request: Request[Any, Any, Any], params: Query) -> bool:
     chosen = params.get("format")
     if chosen is not None:
         if chosen not in ("json", "csv"):
@@ -95,7 +84,7 @@ class StatsController(Controller):
         request: Request[Principal, Any, Any],
     ) -> Response[bytes]:
         # Parsed strictly here (documented in vault_service/openapi.py).
-        params = _params(request)
+        params = Query(request.query_params.multi_items(), max_length=_MAX_PARAM, allowed=_ALLOWED)
         csv = _wants_csv(request, params)
         query = parse_query(params, datetime.datetime.now(datetime.UTC).date())
         service: StatsService = request.app.state.stats
