@@ -319,7 +319,12 @@ _ALERTS: Final = frozenset({"state", "since", "order", "cursor", "limit"})
 
 class AckRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Why the alert is closed, kept with the alert (never in a log line or an entry).
-    comment: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    # A note, not a channel: no control character but tab and line breaks (and no NUL,
+    # which PostgreSQL's text cannot hold: it answered 500 before this check).
+    comment: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"),
+    ]
 
 
 _ack_decoder = msgspec.json.Decoder(AckRequest)
