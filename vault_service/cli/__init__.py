@@ -1,7 +1,9 @@
 """The admin CLI: `vault-service dev|serve|migrate|tokens|accounts|keys|records|retention|...`.
 
 One module per command group; each registers its parsers and a handler that parses,
-calls the services (built by vault_service/services.py) and prints. Secrets never
+calls the services (built by vault_service/services.py) and prints. Handlers import
+what they run when they run: building the parser imports no pool, Vault client or
+statistics solver, so `--help` and the light commands start at once. Secrets never
 come from command-line options (they would sit in shell history and `ps`): Vault and
 database credentials come from the environment or files, read through the settings.
 """

@@ -13,18 +13,16 @@ import argparse
 import asyncio
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from vault_service.auth.admin import AccountAdmin
-from vault_service.auth.permissions import Role
 from vault_service.cli.arguments import bounded, uuid_arg
 from vault_service.cli.logins import admin_login
 from vault_service.cli.output import print_json
 from vault_service.errors import ConfigurationError, VaultServiceError
-from vault_service.services import connection, login_pool
 from vault_service.settings import Logins, Settings
+
+if TYPE_CHECKING:
+    from vault_service.auth.admin import AccountAdmin
 
 __all__ = ["register"]
 
@@ -86,6 +84,8 @@ def register(sub: Any) -> None:
 
 # --- the account list (the service's own login) ------------------------------------------
 async def _accounts(settings: Settings) -> list[dict[str, Any]]:
+    from vault_service.services import connection
+
     async with connection(settings.database.url) as conn:
         rows = await conn.fetch(
             "SELECT id, role, structure_id, state, created_at FROM accounts ORDER BY created_at, id"
@@ -123,11 +123,16 @@ def _list(args: argparse.Namespace) -> int:
 
 # --- four-eyes acts (the admin's own login) ------------------------------------------------
 async def _account_command(args: argparse.Namespace) -> Any:
+    from vault_service.auth.admin import AccountAdmin
+    from vault_service.services import login_pool
+
     async with login_pool(admin_login()) as pool:
         return await _account_act(AccountAdmin(pool), args)
 
 
 async def _account_act(admin: AccountAdmin, args: argparse.Namespace) -> Any:
+    from vault_service.auth.permissions import Role
+
     if args.action == "requests":
         return await admin.requests(None if args.all else "pending")
     if args.action == "revoke-tokens":
@@ -183,6 +188,10 @@ def _act(args: argparse.Namespace) -> int:
 
 # --- the first two admins (the owner role, once) ---------------------------------------------
 async def _bootstrap_admins(first_login: str, second_login: str) -> dict[str, str]:
+    import asyncpg
+
+    from vault_service.services import connection
+
     dsn = Logins.from_env().owner
     if not dsn:
         raise ConfigurationError("VAULT_SERVICE_MIGRATIONS_DATABASE_URL (owner role) is not set")

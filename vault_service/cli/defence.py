@@ -10,14 +10,10 @@ import asyncio
 import json
 from typing import Any
 
-from vault_service.auth.admin import AccountAdmin
-from vault_service.auth.guards import plain_reference
 from vault_service.cli.arguments import uuid_arg
 from vault_service.cli.logins import admin_login
 from vault_service.cli.output import print_json
 from vault_service.errors import InvalidParameter
-from vault_service.records.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
-from vault_service.services import login_pool, service_side
 from vault_service.settings import Settings
 
 __all__ = ["register"]
@@ -51,6 +47,9 @@ def register(sub: Any) -> None:
 
 
 async def _plant(args: argparse.Namespace, settings: Settings) -> Any:
+    from vault_service.records.honeytokens import HONEYTOKEN_LABEL, HoneytokenPlanter
+    from vault_service.services import login_pool, service_side
+
     dsn = admin_login()
     async with login_pool(dsn) as admin, service_side(settings, max_size=4) as service:
         key = await service.keys.derived_key(False, HONEYTOKEN_LABEL)
@@ -67,6 +66,10 @@ def _honeytokens(args: argparse.Namespace) -> int:
 
 
 async def _alert_command(args: argparse.Namespace) -> Any:
+    from vault_service.auth.admin import AccountAdmin
+    from vault_service.auth.guards import plain_reference
+    from vault_service.services import login_pool
+
     dsn = admin_login()
     if args.action == "ack" and not plain_reference(args.comment):
         # The comment is kept with the alert: like a purpose detail, it is no place

@@ -10,15 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from vault_service.cli.arguments import batch_size, bounded, workers
 from vault_service.cli.logins import admin_login
 from vault_service.errors import VaultServiceError
-from vault_service.imports.importer import Importer, InvalidStructureMap, load_map
-from vault_service.imports.repository import ImportRepository
-from vault_service.imports.sealers import InProcess, LineSealer, WorkerPool
-from vault_service.services import connection, import_worker_records, login_pool, service_side
 from vault_service.settings import Settings
 
 __all__ = ["register"]
@@ -56,6 +50,13 @@ def register(sub: Any) -> None:
 
 
 async def _import(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import asyncpg
+
+    from vault_service.imports.importer import Importer, InvalidStructureMap, load_map
+    from vault_service.imports.repository import ImportRepository
+    from vault_service.imports.sealers import InProcess, LineSealer, WorkerPool
+    from vault_service.services import connection, import_worker_records, login_pool, service_side
+
     smap = load_map(args.structure_map)
     source = args.source or smap.source
     if source is None:

@@ -11,18 +11,9 @@ import json
 from contextlib import AsyncExitStack
 from typing import Any
 
-import asyncpg
-
 from vault_service.cli.arguments import batch_size, uuid_arg
 from vault_service.cli.logins import admin_login
 from vault_service.errors import VaultServiceError
-from vault_service.kms import SERVICE_KEYS
-from vault_service.rotation.branch import rotate_branch
-from vault_service.rotation.inventory import key_status, render_text
-from vault_service.rotation.kek import rotate_kek
-from vault_service.rotation.records import rotate_records
-from vault_service.rotation.signing import rotate_signing
-from vault_service.services import connection, key_admin, vault
 from vault_service.settings import OperatorVault, Settings
 
 __all__ = ["register"]
@@ -89,6 +80,9 @@ def register(sub: Any) -> None:
 
 
 async def _key_inventory(settings: Settings) -> dict[str, Any]:
+    from vault_service.kms import SERVICE_KEYS
+    from vault_service.services import connection, vault
+
     async with connection(settings.database.url) as conn:
         rows = await conn.fetch(
             """SELECT k.structure_id, k.version, k.created_at,
@@ -126,17 +120,30 @@ def _list(_args: argparse.Namespace) -> int:
 
 
 async def _key_status(settings: Settings) -> dict[str, Any]:
+    from vault_service.rotation.inventory import key_status
+    from vault_service.services import connection, vault
+
     async with connection(settings.database.url) as conn, AsyncExitStack() as stack:
         return await key_status(settings, conn, vault(stack, settings))
 
 
 def _status(args: argparse.Namespace) -> int:
+    from vault_service.rotation.inventory import render_text
+
     status = asyncio.run(_key_status(Settings.from_env()))
     print(json.dumps(status, indent=2) if args.json else render_text(status))
     return 0
 
 
 async def _rotate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import asyncpg
+
+    from vault_service.rotation.branch import rotate_branch
+    from vault_service.rotation.kek import rotate_kek
+    from vault_service.rotation.records import rotate_records
+    from vault_service.rotation.signing import rotate_signing
+    from vault_service.services import connection, key_admin, vault
+
     dsn = admin_login()
     operator = OperatorVault.from_env()
     batch = args.batch_size or settings.rotation.batch_size

@@ -11,20 +11,14 @@ from typing import Any
 from vault_service.cli.arguments import uuid_arg
 from vault_service.cli.logins import admin_login
 from vault_service.cli.output import print_json
-from vault_service.records.retention import (
-    ERASE_REASONS,
-    HOLD_REASONS,
-    RELEASE_REASONS,
-    LogDecrypted,
-    RecordAdmin,
-)
-from vault_service.services import login_pool, service_side
 from vault_service.settings import Settings
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
+    from vault_service.records.retention import ERASE_REASONS, HOLD_REASONS, RELEASE_REASONS
+
     retention = sub.add_parser("retention", help="record retention (admin login)")
     retention_cmd = retention.add_subparsers(dest="action", required=True)
     run = retention_cmd.add_parser(
@@ -55,6 +49,9 @@ def register(sub: Any) -> None:
 
 async def _records_command(args: argparse.Namespace) -> Any:
     """Legal holds and erasures, four-eyes, on the admin's own login."""
+    from vault_service.records.retention import RecordAdmin
+    from vault_service.services import login_pool
+
     async with login_pool(admin_login()) as pool:
         admin = RecordAdmin(pool)
         if args.action == "requests":
@@ -86,6 +83,9 @@ async def _retention_run(settings: Settings, dry_run: bool) -> dict[str, Any]:
     scheduler): its acts are logged under that account through vs_log_admin_act.
     Records written before the service dated them are dated first, with the
     service's own role and keys (the birth date is encrypted)."""
+    from vault_service.records.retention import LogDecrypted, RecordAdmin
+    from vault_service.services import login_pool, service_side
+
     dsn = admin_login("set VAULT_SERVICE_ADMIN_DATABASE_URL to an admin login")
 
     async def backfill(log: LogDecrypted) -> int:

@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 from vault_service.errors import ConfigurationError
-from vault_service.services import connection
 from vault_service.settings import Logins, OperatorVault
 
 __all__ = ["register"]
@@ -27,6 +26,7 @@ def register(sub: Any) -> None:
 
 async def _apply(dsn: str) -> list[str]:
     from vault_service import migrations
+    from vault_service.services import connection
 
     async with connection(dsn) as conn:
         return await migrations.migrate(conn)

@@ -9,9 +9,6 @@ import asyncio
 import json
 from typing import Any
 
-from vault_service.alerts.store import Alerts
-from vault_service.records.honeytokens import HONEYTOKEN_LABEL, Canaries
-from vault_service.services import service_side, stats_refresher
 from vault_service.settings import Settings
 
 __all__ = ["register"]
@@ -28,6 +25,10 @@ def register(sub: Any) -> None:
 
 
 async def _stats_refresh(settings: Settings) -> dict[str, Any]:
+    from vault_service.alerts.store import Alerts
+    from vault_service.records.honeytokens import HONEYTOKEN_LABEL, Canaries
+    from vault_service.services import service_side, stats_refresher
+
     async with service_side(settings) as service:
         canaries = Canaries(service.pool, await service.keys.derived_key(False, HONEYTOKEN_LABEL))
         await canaries.load()

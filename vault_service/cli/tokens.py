@@ -7,18 +7,16 @@ import argparse
 import asyncio
 import uuid
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vault_service.access.sequencer import add_in_transaction
-from vault_service.audit.entry import AccessEvent
-from vault_service.auth.admin import AccountAdmin
-from vault_service.auth.permissions import Role
 from vault_service.cli.arguments import parse_ttl, uuid_arg
 from vault_service.cli.logins import admin_login
 from vault_service.cli.output import print_json
 from vault_service.errors import Forbidden, NotFound
-from vault_service.services import connection, login_pool, token_issuer, vault
 from vault_service.settings import Settings
+
+if TYPE_CHECKING:
+    from vault_service.audit.entry import AccessEvent
 
 __all__ = ["issue", "register"]
 
@@ -44,6 +42,8 @@ def _token_issued(token: str, structure_id: uuid.UUID | None) -> AccessEvent:
     actor, and role `service` says whose credentials made the token."""
     import jwt
 
+    from vault_service.audit.entry import AccessEvent
+
     # Our own token, signed a moment ago: read, not verified.
     claims = jwt.decode(token, options={"verify_signature": False})
     return AccessEvent(
@@ -59,6 +59,10 @@ def _token_issued(token: str, structure_id: uuid.UUID | None) -> AccessEvent:
 
 async def issue(settings: Settings, subject: uuid.UUID, ttl: int) -> str:
     """A token for `subject`, printed only once its access-log entry is durable."""
+    from vault_service.access.sequencer import add_in_transaction
+    from vault_service.auth.permissions import Role
+    from vault_service.services import connection, token_issuer, vault
+
     async with connection(settings.database.url) as conn:
         row = await conn.fetchrow(
             "SELECT role, structure_id, state FROM accounts WHERE id = $1", subject
@@ -84,6 +88,9 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 async def _revoke_token(jti: uuid.UUID) -> dict[str, str]:
+    from vault_service.auth.admin import AccountAdmin
+    from vault_service.services import login_pool
+
     async with login_pool(admin_login()) as pool:
         await AccountAdmin(pool).revoke_token(jti)
     return {"jti": str(jti), "state": "revoked"}
