@@ -208,7 +208,6 @@ class ServiceSide:
     a job outside the API server holds them (honeytokens, imports, the statistics
     seal, retention's dating of old records)."""
 
-    settings: Settings
     pool: asyncpg.Pool
     kms: VaultKms
     keys: KeyHierarchy
@@ -225,7 +224,7 @@ async def service_side(
         )
         kms = vault(stack, settings)
         keys = key_hierarchy(settings, kms, pool)
-        yield ServiceSide(settings, pool, kms, keys, record_service(settings, pool, keys))
+        yield ServiceSide(pool, kms, keys, record_service(settings, pool, keys))
 
 
 async def import_worker_records() -> RecordService:
